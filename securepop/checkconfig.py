@@ -1,0 +1,89 @@
+"""
+securepop check-config: the effective configuration and every warning.
+"""
+
+from __future__ import annotations
+
+import stat
+
+
+def report(settings):
+    """
+    @return: (lines to print, number of problems that should fail the check).
+    """
+    lines, warnings, problems = [], [], 0
+    s = settings
+    lines.append(f"configuration: {s.path or '(embedded default)'}")
+    lines.append(f"server.hostname = {s.server.hostname}")
+    lines.append(f"server.data_dir = {s.server.data_dir}")
+    for listener in s.listen:
+        extra = " (INSECURE: credentials in cleartext allowed)" \
+            if listener.insecure_allow_cleartext else ""
+        lines.append(f"listen {listener.endpoint} tls={listener.tls}{extra}")
+        if listener.tls == "none" and listener.insecure_allow_cleartext:
+            warnings.append(f"listener {listener.endpoint} accepts credentials without TLS")
+    lines.append(f"tls.profile = {s.tls.profile}; min_cipher_bits = {s.tls.min_cipher_bits};"
+                 f" require_secure_channel = {s.tls.require_secure_channel}")
+    if s.tls.profile == "legacy":
+        warnings.append("tls.profile = legacy enables TLS 1.0/1.1 (insecure)")
+    if not s.tls.require_secure_channel:
+        warnings.append("tls.require_secure_channel = false: passwords may cross the "
+                        "network in cleartext")
+    mechs = list(s.auth.mechanisms) + (["APOP"] if s.auth.apop else [])
+    lines.append(f"auth.source = {s.auth.source}; mechanisms = {', '.join(mechs)};"
+                 f" user_pass = {s.auth.user_pass}")
+    if s.auth.apop:
+        warnings.append("APOP is enabled: the server must keep a password-equivalent secret")
+    if s.auth.insecure_allow_ntlmv1:
+        warnings.append("auth.insecure_allow_ntlmv1: NTLMv1 responses can be cracked")
+    lines.append(f"access.mode = {s.access.mode}")
+    try:
+        from securepop.access.rules import parseRule
+
+        for rule in s.access.rules:
+            lines.append(f"  rule {parseRule(rule)!s}")
+    except ValueError as e:
+        problems += 1
+        lines.append(f"ERROR access.rules: {e}")
+    lines.append(f"limits: total={s.access.max_connections} "
+                 f"per-ip={s.access.max_connections_per_ip} "
+                 f"per-user={s.access.max_connections_per_user}")
+    # Certificate.
+    try:
+        from securepop.tls import certificates
+
+        if s.tls.certificate:
+            cert, key = str(s.resolve(s.tls.certificate)), str(s.resolve(s.tls.key))
+        else:
+            cert, key = certificates.default_paths(str(s.data_path))
+        import os
+
+        if os.path.exists(cert):
+            rep = certificates.inspect(cert, hostname=s.server.hostname, key_path=key)
+            for line in rep.lines():
+                lines.append(f"  {line}")
+            for problem in rep.problems:
+                warnings.append(f"certificate: {problem}")
+        else:
+            lines.append(f"certificate {cert}: not present yet (self-signed made at first start)")
+    except Exception as e:    # report, never crash: this is a diagnostic tool
+        problems += 1
+        lines.append(f"ERROR certificate: {e}")
+    if s.auth.source == "file":
+        from securepop.auth.userfile import UsersFile
+
+        path = s.resolve(s.auth.file.path)
+        try:
+            users = UsersFile(path).load()
+            UsersFile(path).check_permissions()
+        except Exception as e:
+            problems += 1
+            lines.append(f"ERROR users file: {e}")
+            users = {}
+        lines.append(f"users file {path}: {len(users)} users")
+        if not users:
+            warnings.append("no users yet: add one with `securepop user add NAME`")
+    for w in warnings:
+        lines.append(f"WARNING {w}")
+    lines.append("configuration OK" if not problems else f"{problems} problem(s)")
+    return lines, problems

@@ -1,0 +1,386 @@
+"""
+The configuration contract: one TOML file -> frozen settings objects.
+
+Every key is optional; no file at all is the embedded default.  Every error
+names the file, the key (dotted), the line when it can be found, and the
+reason, so a bad file stops the start with something an administrator can
+act on.  Unknown keys are errors too: a typo must not silently fall back to
+a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from securepop.errors import ConfigError
+
+DEFAULT_DATA_DIR = "./securepop-data"
+DEFAULT_LISTENERS = (
+    ("tcp:1110:interface=127.0.0.1", "starttls"),
+    ("tcp:1995:interface=127.0.0.1", "implicit"),
+)
+ALL_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256", "NTLM", "CRAM-MD5")
+DEFAULT_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    hostname: str = field(default_factory=socket.getfqdn)
+    data_dir: str = DEFAULT_DATA_DIR
+    implementation: str = ""           # CAPA IMPLEMENTATION, off when empty
+    greeting: str = "securepop ready"
+    idle_timeout_login: float = 60.0   # before login (short: slots are precious)
+    idle_timeout: float = 600.0        # after login: RFC 1939 says at least 10 minutes
+    max_pipeline: int = 100            # queued commands before the connection is closed
+    max_bad_commands: int = 10         # malformed / overlong lines before closing
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class ListenSettings:
+    endpoint: str
+    tls: str = "starttls"              # starttls | implicit | none
+    insecure_allow_cleartext: bool = False  # credentials on a non-TLS connection
+
+
+@dataclass(frozen=True)
+class SNISettings:
+    hostname: str
+    certificate: str
+    key: str
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    certificate: str = ""
+    key: str = ""
+    profile: str = "intermediate"      # modern | intermediate | legacy
+    require_secure_channel: bool = True
+    min_cipher_bits: int = 128
+    sni: tuple[SNISettings, ...] = ()
+
+
+@dataclass(frozen=True)
+class FileSourceSettings:
+    path: str = "users"
+
+
+@dataclass(frozen=True)
+class LDAPSettings:
+    urls: tuple[str, ...] = ()
+    ca_file: str = ""
+    bind_dn: str = ""
+    bind_password_file: str = ""
+    base_dn: str = ""
+    user_filter: str = "(uid={user})"
+    required_group: str = ""
+    pop3_enabled_attribute: str = ""
+    nt_hash_attribute: str = ""
+    apop_secret_attribute: str = ""
+    mailbox_attribute: str = ""
+    start_tls: bool = False
+    insecure_cleartext: bool = False
+    timeout: float = 5.0
+    pool_size: int = 4
+    # AD only
+    domain: str = ""
+    ntlm_auth: str = "/usr/bin/ntlm_auth"
+    ntlm_auth_config: str = ""
+    helpers: int = 4
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    source: str = "file"               # file | ldap | ad
+    mechanisms: tuple[str, ...] = DEFAULT_MECHANISMS
+    user_pass: bool = True
+    apop: bool = False
+    failure_delay: float = 2.0
+    failure_delay_max: float = 15.0
+    max_attempts: int = 3
+    lockout_threshold: int = 0         # 0 = no per-user lockout
+    lockout_window: float = 900.0
+    insecure_allow_ntlmv1: bool = False
+    ntlm_timestamp_window: float = 300.0
+    netbios_domain: str = "SECUREPOP"
+    dns_domain: str = ""
+    username_case: str = "lower"       # lower | preserve
+    strip_domain: bool = False         # "DOMAIN\\user" and "user@domain" -> "user"
+    cache_ttl: float = 60.0
+    file: FileSourceSettings = FileSourceSettings()
+    ldap: LDAPSettings = LDAPSettings()
+    ad: LDAPSettings = LDAPSettings(user_filter="(sAMAccountName={user})")
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    mode: str = "deny-listed"          # allow-listed | deny-listed
+    rules: tuple[str, ...] = ()
+    reverse_dns: bool = True
+    dns_servers: tuple[str, ...] = ()
+    dns_timeout: float = 2.0
+    dns_failure: str = "no-match"
+    decline_message: str = "Connection declined by access policy"
+    trusted_proxies: tuple[str, ...] = ()
+    max_connections: int = 5000
+    max_connections_per_ip: int = 20
+    max_connections_per_user: int = 4
+    max_concurrent_lookups: int = 64
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    root: str = "mail/{user}/Maildir"
+    on_delete: str = "delete"          # delete | trash
+    trash_folder: str = ".Trash"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    format: str = "text"               # text | json
+    protocol_log: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything securepop needs; C{path} is where it came from (or None)."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    listen: tuple[ListenSettings, ...] = tuple(
+        ListenSettings(endpoint=e, tls=t) for e, t in DEFAULT_LISTENERS
+    )
+    tls: TLSSettings = TLSSettings()
+    auth: AuthSettings = AuthSettings()
+    access: AccessSettings = AccessSettings()
+    mail: MailSettings = MailSettings()
+    log: LogSettings = LogSettings()
+    path: str | None = None
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir)
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the file, relative to the data directory."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.data_path / p
+
+
+_CHOICES = {
+    "listen.tls": ("starttls", "implicit", "none"),
+    "tls.profile": ("modern", "intermediate", "legacy"),
+    "auth.source": ("file", "ldap", "ad"),
+    "auth.username_case": ("lower", "preserve"),
+    "access.mode": ("allow-listed", "deny-listed"),
+    "access.dns_failure": ("no-match", "match", "decline"),
+    "mail.on_delete": ("delete", "trash"),
+    "log.format": ("text", "json"),
+}
+
+
+class _Reader:
+    """Builds frozen dataclasses from TOML tables, checking every key."""
+
+    def __init__(self, path, text):
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line_of(self, key):
+        """Best-effort line of a dotted key (tomllib does not report it)."""
+        leaf = key.rsplit(".", 1)[-1].split("[")[0]
+        pattern = re.compile(r"^\s*" + re.escape(leaf) + r"\s*=")
+        for number, line in enumerate(self.lines, 1):
+            if pattern.match(line):
+                return number
+        return None
+
+    def error(self, key, reason):
+        return ConfigError(self.path, key, reason, self.line_of(key))
+
+    def build(self, cls, table, prefix, base=None):
+        if not isinstance(table, dict):
+            raise self.error(prefix, "must be a table")
+        base = base if base is not None else cls()
+        known = {f.name: f for f in fields(cls)}
+        values = {}
+        for name, value in table.items():
+            key = f"{prefix}.{name}"
+            if name not in known:
+                raise self.error(key, "unknown key")
+            default = getattr(base, name)
+            values[name] = self.convert(key, value, default)
+        result = replace(base, **values)
+        for name in values:
+            choices = _CHOICES.get(f"{prefix.split('[')[0]}.{name}")
+            if choices and getattr(result, name) not in choices:
+                raise self.error(
+                    f"{prefix}.{name}",
+                    f"must be one of {', '.join(choices)}, not {values[name]!r}",
+                )
+        return result
+
+    def convert(self, key, value, default):
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise self.error(key, "must be true or false")
+            return value
+        if isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.error(key, "must be a whole number")
+            if value < 0:
+                raise self.error(key, "must not be negative")
+            return value
+        if isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise self.error(key, "must be a number")
+            if value < 0:
+                raise self.error(key, "must not be negative")
+            return float(value)
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise self.error(key, "must be a string")
+            if "\x00" in value:
+                raise self.error(key, "must not contain NUL")
+            return value
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or not all(
+                isinstance(v, str) for v in value
+            ):
+                raise self.error(key, "must be a list of strings")
+            return tuple(value)
+        raise self.error(key, "unexpected value")
+
+
+def _check(reader, settings):
+    """Cross-key rules that a single key cannot express."""
+    if not settings.listen:
+        raise reader.error("listen", "at least one [[listen]] is needed")
+    for i, listener in enumerate(settings.listen):
+        if listener.tls not in _CHOICES["listen.tls"]:
+            raise reader.error(
+                f"listen[{i}].tls",
+                f"must be one of starttls, implicit, none, not {listener.tls!r}",
+            )
+    for m in settings.auth.mechanisms:
+        if m not in ALL_MECHANISMS:
+            raise reader.error(
+                "auth.mechanisms",
+                f"unknown mechanism {m!r} (known: {', '.join(ALL_MECHANISMS)})",
+            )
+    if not 0 < settings.tls.min_cipher_bits <= 256:
+        raise reader.error("tls.min_cipher_bits", "must be between 1 and 256")
+    if settings.auth.max_attempts < 1:
+        raise reader.error("auth.max_attempts", "must be at least 1")
+    if "{user}" not in settings.mail.root:
+        raise reader.error("mail.root", "must contain {user}")
+    if bool(settings.tls.certificate) != bool(settings.tls.key):
+        raise reader.error("tls.key", "tls.certificate and tls.key go together")
+    if settings.auth.source in ("ldap", "ad"):
+        section = getattr(settings.auth, settings.auth.source)
+        if not section.urls:
+            raise reader.error(
+                f"auth.{settings.auth.source}.urls", "at least one URL is needed"
+            )
+        if not section.base_dn:
+            raise reader.error(f"auth.{settings.auth.source}.base_dn", "is required")
+        for url in section.urls:
+            if url.startswith("ldap://") and not (
+                section.start_tls or section.insecure_cleartext
+            ):
+                raise reader.error(
+                    f"auth.{settings.auth.source}.urls",
+                    f"{url} is cleartext LDAP: use ldaps://, start_tls = true, "
+                    "or insecure_cleartext = true",
+                )
+
+
+def parse(text, path="<string>", data_dir=None):
+    """
+    Parse configuration text into L{Settings}.
+
+    @param data_dir: overrides C{server.data_dir} (the C{--data-dir} option).
+    @raise ConfigError: naming file, key, line and reason.
+    """
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"line (\d+)", str(e))
+        raise ConfigError(path, "(syntax)", str(e), int(m.group(1)) if m else None)
+    reader = _Reader(path, text)
+    settings = Settings(path=str(path))
+    known = {"server", "listen", "tls", "auth", "access", "mail", "log"}
+    for name in raw:
+        if name not in known:
+            raise reader.error(name, "unknown section")
+    if "server" in raw:
+        settings = replace(settings, server=reader.build(ServerSettings, raw["server"], "server"))
+    if "listen" in raw:
+        if not isinstance(raw["listen"], list):
+            raise reader.error("listen", "must be an array of tables: [[listen]]")
+        listeners = []
+        for i, table in enumerate(raw["listen"]):
+            if not isinstance(table, dict) or "endpoint" not in table:
+                raise reader.error(f"listen[{i}].endpoint", "is required")
+            listeners.append(
+                reader.build(ListenSettings, table, f"listen[{i}]", ListenSettings(endpoint=""))
+            )
+        settings = replace(settings, listen=tuple(listeners))
+    if "tls" in raw:
+        table = dict(raw["tls"]) if isinstance(raw["tls"], dict) else raw["tls"]
+        sni = table.pop("sni", []) if isinstance(table, dict) else []
+        tls = reader.build(TLSSettings, table, "tls")
+        entries = []
+        for i, entry in enumerate(sni if isinstance(sni, list) else [None]):
+            if not isinstance(entry, dict) or set(entry) != {"hostname", "certificate", "key"}:
+                raise reader.error(
+                    f"tls.sni[{i}]", "needs exactly hostname, certificate and key"
+                )
+            entries.append(SNISettings(**{k: str(v) for k, v in entry.items()}))
+        settings = replace(settings, tls=replace(tls, sni=tuple(entries)))
+    if "auth" in raw:
+        table = raw["auth"]
+        if not isinstance(table, dict):
+            raise reader.error("auth", "must be a table")
+        table = dict(table)
+        subs = {}
+        for sub, cls in (("file", FileSourceSettings), ("ldap", LDAPSettings), ("ad", LDAPSettings)):
+            if sub in table:
+                subs[sub] = reader.build(
+                    cls, table.pop(sub), f"auth.{sub}", getattr(AuthSettings(), sub)
+                )
+        auth = reader.build(AuthSettings, table, "auth")
+        settings = replace(settings, auth=replace(auth, **subs))
+    for name, cls in (("access", AccessSettings), ("mail", MailSettings), ("log", LogSettings)):
+        if name in raw:
+            settings = replace(settings, **{name: reader.build(cls, raw[name], name)})
+    if data_dir is not None:
+        settings = replace(settings, server=replace(settings.server, data_dir=str(data_dir)))
+    _check(reader, settings)
+    return settings
+
+
+def load(path=None, data_dir=None):
+    """
+    Load the file at C{path}, or the embedded default when C{path} is None.
+
+    @raise ConfigError: when the file is unreadable or invalid.
+    """
+    if path is None:
+        settings = Settings()
+        if data_dir is not None:
+            settings = replace(settings, server=replace(settings.server, data_dir=str(data_dir)))
+        return settings
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as e:
+        raise ConfigError(path, "(file)", e.strerror or str(e))
+    except UnicodeDecodeError:
+        raise ConfigError(path, "(file)", "is not UTF-8 text")
+    settings = parse(text, os.fspath(path), data_dir)
+    return settings

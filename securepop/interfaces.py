@@ -1,0 +1,200 @@
+"""
+The contracts between securepop's layers.
+
+A SASL mechanism never talks to LDAP; a credential source never parses POP3.
+The protocol asks a mechanism for credentials, hands them to the portal, and
+gets back a mailbox.  Each arrow in that sentence is one interface below.
+"""
+
+from zope.interface import Attribute, Interface
+from twisted.mail.pop3 import IMailbox
+
+# Credential kinds a source may serve and a mechanism may need (Dovecot's
+# passdb "credentials schemes").  A configuration that enables a mechanism
+# whose kind the source cannot serve stops the start.
+PLAINTEXT = "plaintext"              # verify a password given in clear
+NT_HASH = "nt-hash"                  # MD4(UTF-16LE(password)), 16 bytes
+SCRAM_SHA_256 = "scram-sha-256"      # ScramSecret (salt, iterations, keys)
+CLEARTEXT_SECRET = "cleartext-secret"  # APOP / CRAM-MD5 shared secret (bytes)
+NTLM_DELEGATE = "ntlm-delegate"      # NTLM verified by a domain controller
+
+CREDENTIAL_KINDS = frozenset(
+    {PLAINTEXT, NT_HASH, SCRAM_SHA_256, CLEARTEXT_SECRET, NTLM_DELEGATE}
+)
+
+
+class ICredentialSource(Interface):
+    """
+    Where users and their secrets live (users file, OpenLDAP, AD).
+
+    Every method returns a Deferred and never blocks the reactor thread.
+    Failures: L{twisted.cred.error.UnauthorizedLogin} for "no such user / wrong
+    password / account disabled" (the protocol shows one generic text), and
+    L{securepop.errors.SourceUnavailable} when the source cannot answer now
+    (the protocol answers C{-ERR [SYS/TEMP]}).
+    """
+
+    name = Attribute("Short name for logs: 'file', 'ldap', 'ad'.")
+
+    def capabilities():
+        """
+        @return: frozenset of the credential kinds (module constants above)
+            this source can serve.
+        """
+
+    def verifyPassword(username, password):
+        """
+        @type username: L{str} (already normalised)
+        @type password: L{bytes}
+        @return: Deferred firing with a L{securepop.auth.records.UserRecord}.
+        """
+
+    def lookupSecret(username, kind):
+        """
+        @param kind: one of the kinds in L{capabilities} other than PLAINTEXT.
+        @return: Deferred firing with C{(UserRecord, secret)}; the secret's
+            type depends on C{kind} (bytes for NT_HASH and CLEARTEXT_SECRET,
+            L{securepop.auth.records.ScramSecret} for SCRAM_SHA_256).
+        """
+
+    def lookupUser(username):
+        """
+        @return: Deferred firing with the L{UserRecord} of a user who may log
+            in (exists, enabled, in the required group), used after a
+            delegated verification (NTLM through the domain controller).
+        """
+
+
+class ISecretCredentials(Interface):
+    """
+    Credentials proven against a stored secret (APOP, CRAM-MD5, NTLM).
+
+    The checker fetches the secret of C{kind} for C{username} and asks the
+    credentials to verify themselves, as Twisted's IUsernameHashedPassword.
+    """
+
+    username = Attribute("The normalised user name (str).")
+    kind = Attribute("The credential kind needed.")
+
+    def checkSecret(secret):
+        """
+        @return: L{bool}, computed in constant time.
+        """
+
+
+class IVerifiedCredentials(Interface):
+    """
+    Credentials that a mechanism has already verified during its exchange
+    (SCRAM checks the client proof mid-exchange; NTLM via winbind is verified
+    by the domain controller).  The checker still asks the source whether the
+    user may log in.
+    """
+
+    username = Attribute("The normalised user name (str).")
+    mechanism = Attribute("Name of the mechanism that verified them.")
+
+
+class ISASLContext(Interface):
+    """
+    What a SASL exchange may know about its connection and ask of the
+    credential source.
+    """
+
+    hostname = Attribute("server.hostname (str).")
+    clock = Attribute("IReactorTime for timestamps.")
+    secure = Attribute("True when the connection is under TLS now.")
+    settings = Attribute("The securepop.config.AuthSettings in force.")
+
+    def normaliseUsername(raw):
+        """
+        @return: the normalised user name (str), or raise ValueError.
+        """
+
+    def lookupSecret(username, kind):
+        """
+        As L{ICredentialSource.lookupSecret}, for mechanisms that need the
+        secret mid-exchange (SCRAM's salt and iteration count).
+        """
+
+    def channelBinding(kind):
+        """
+        @return: bytes of TLS channel binding data ('tls-exporter',
+            'tls-server-end-point') or None.
+        """
+
+
+class ISASLMechanism(Interface):
+    """
+    One SASL mechanism (RFC 4422) as POP3 AUTH offers it (RFC 5034).
+    """
+
+    name = Attribute("The IANA name, e.g. 'PLAIN'.")
+    exposesPassword = Attribute(
+        "True when the password crosses the wire (base64 is not "
+        "encryption): then it is offered and accepted only under TLS."
+    )
+    requires = Attribute("The credential kind it needs from the source.")
+
+    def newExchange(context):
+        """
+        @type context: L{ISASLContext}
+        @return: a fresh L{ISASLExchange} for one AUTH command.
+        """
+
+
+class ISASLExchange(Interface):
+    """
+    One AUTH exchange in progress.
+    """
+
+    def step(response):
+        """
+        Feed the client's next response.
+
+        @param response: the decoded client response (bytes), or L{None} when
+            the client sent no initial response with AUTH.
+        @return: Deferred (or plain value) of either
+            L{securepop.sasl.base.Challenge} (send C{+ base64(data)}) or an
+            credentials object the portal understands
+            (L{twisted.cred.credentials.IUsernamePassword},
+            L{ISecretCredentials} or L{IVerifiedCredentials}).  Fails with
+            L{securepop.errors.SASLError} for a malformed response.
+        """
+
+
+class ISecureMailbox(IMailbox):
+    """
+    A POP3 maildrop with RFC 1939 semantics.
+
+    Extends Twisted's IMailbox (0-based indices; listMessages() gives 0 for
+    deleted messages) with what a correct server needs.
+    """
+
+    def isDeleted(index):
+        """
+        @return: True when the message is marked deleted in this session.
+        """
+
+    def commit():
+        """
+        Remove (or move to trash) the marked messages: the UPDATE state.
+
+        @return: Deferred firing when done.
+        """
+
+    def release():
+        """
+        Release the mailbox lock without removing anything.  Idempotent.
+        """
+
+
+class IAccessPolicy(Interface):
+    """
+    Decides, before the greeting, whether a client may connect.
+    """
+
+    def check(address):
+        """
+        @param address: the client's IP address (str).
+        @return: Deferred firing with a L{securepop.access.rules.Decision}.
+        """

@@ -1,0 +1,184 @@
+"""
+The server-wide collaborators every session shares, behind one object.
+
+A session asks its L{ServerContext} what is allowed now (capabilities,
+mechanisms, credentials before TLS), to admit a peer, to log a user in, and
+what a failure costs.  Reload swaps the settings and collaborators here, so
+open sessions keep running and new ones see the new policy.
+"""
+
+from __future__ import annotations
+
+import secrets
+import os
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+
+from securepop import events
+from securepop.access.rules import Decision
+from securepop.auth.portal import LoginMind
+from securepop.interfaces import ISecureMailbox
+
+
+class ServerContext:
+    """
+    @ivar settings: the L{securepop.config.Settings} in force.
+    @ivar portal: a twisted.cred Portal whose avatars are L{ISecureMailbox}.
+    @ivar source: the L{securepop.interfaces.ICredentialSource}.
+    @ivar mechanisms: name -> L{securepop.interfaces.ISASLMechanism}, enabled
+        in the configuration and servable by the source.
+    @ivar tls: the server TLS connection creator for STLS / implicit TLS.
+    @ivar policy: an L{securepop.interfaces.IAccessPolicy} or None.
+    @ivar limits: a L{securepop.access.limits.ConnectionLimits} or None.
+    @ivar penalty: a L{securepop.auth.penalty.FailurePenalty} or None.
+    """
+
+    def __init__(self, settings, clock, portal, source, mechanisms, tls=None,
+                 policy=None, limits=None, penalty=None, lockout=None,
+                 metrics=None, protocol_log=None, ntlm_delegate=None):
+        self.settings = settings
+        self.clock = clock
+        self.portal = portal
+        self.source = source
+        self.mechanisms = mechanisms
+        self.tls = tls
+        self.policy = policy
+        self.limits = limits
+        self.penalty = penalty
+        self.lockout = lockout
+        self.metrics = metrics
+        self._protocol_log = protocol_log
+        self._ntlm_delegate = ntlm_delegate
+        self.sessions = set()
+
+    @property
+    def hostname(self):
+        return self.settings.server.hostname
+
+    @property
+    def apop_enabled(self):
+        return self.settings.auth.apop
+
+    # -- connection ----------------------------------------------------------
+
+    def peer_address(self, transport):
+        """The real client address: from a trusted PROXY header, else the socket."""
+        real = getattr(transport, "proxied_peer", None)
+        if real is not None:
+            return real
+        peer = transport.getPeer()
+        return getattr(peer, "host", str(peer))
+
+    def admit(self, address):
+        if self.policy is None:
+            return Decision(True, None, "no-policy")
+        return self.policy.check(address)
+
+    def session_started(self, session):
+        self.sessions.add(session)
+
+    def session_ended(self, session):
+        self.sessions.discard(session)
+
+    def tls_started(self, session):
+        events.emit("tls.starttls", ip=session.peer)
+
+    # -- what is allowed now -----------------------------------------------------
+
+    def credentials_allowed(self, session):
+        """Require secure channel: no credentials before TLS unless allowed."""
+        if session.secure:
+            return True
+        if session.listener.insecure_allow_cleartext:
+            return True
+        return not self.settings.tls.require_secure_channel
+
+    def offered_mechanisms(self, session):
+        if not self.credentials_allowed(session):
+            return []
+        return [name for name in self.settings.auth.mechanisms
+                if name in self.mechanisms]
+
+    def usable_mechanism(self, session, name):
+        if name in self.offered_mechanisms(session):
+            return self.mechanisms[name]
+        return None
+
+    def capabilities(self, session):
+        caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+        if session.state == "AUTHORIZATION":
+            if (session.listener.tls == "starttls" and not session.secure
+                    and self.tls is not None):
+                caps.append(b"STLS")
+            if self.settings.auth.user_pass and self.credentials_allowed(session):
+                caps.append(b"USER")
+            mechs = self.offered_mechanisms(session)
+            if mechs:
+                caps.append(b"SASL " + " ".join(mechs).encode("ascii"))
+        if self.settings.server.implementation:
+            caps.append(b"IMPLEMENTATION " + self.settings.server.implementation.encode(
+                "ascii", "replace"))
+        return caps
+
+    def normalise(self, raw):
+        """User name rules shared by every mechanism (see README)."""
+        name = raw.strip() if isinstance(raw, str) else raw.decode("utf-8").strip()
+        if self.settings.auth.strip_domain:
+            if "\\" in name:
+                name = name.split("\\", 1)[1]
+            elif "@" in name:
+                name = name.split("@", 1)[0]
+        if self.settings.auth.username_case == "lower":
+            name = name.lower()
+        if not name or len(name.encode("utf-8")) > 255 or any(
+                ord(c) < 0x20 or c == "\x7f" for c in name):
+            raise ValueError("unacceptable user name")
+        return name
+
+    def apop_timestamp(self):
+        """RFC 1939 timestamp: unguessable, fresh per connection."""
+        return "<%s.%d@%s>" % (secrets.token_hex(12), os.getpid(), self.hostname)
+
+    # -- login -------------------------------------------------------------------
+
+    def login(self, credentials):
+        """
+        @return: Deferred firing with (UserRecord, mailbox, logout).
+        """
+        user = getattr(credentials, "username", None)
+        if self.lockout is not None and user and self.lockout.locked(user):
+            return defer.fail(UnauthorizedLogin("locked-out"))
+        mind = LoginMind()
+        d = self.portal.login(credentials, mind, ISecureMailbox)
+        return d.addCallback(lambda result: (mind.record, result[1], result[2]))
+
+    def penalty_failure(self, address, user):
+        if self.lockout is not None and user:
+            self.lockout.record_failure(user)
+        if self.penalty is None:
+            return 0.0
+        self.penalty.record_failure(address)
+        return self.penalty.delay_for(address)
+
+    def penalty_success(self, address):
+        if self.penalty is not None:
+            self.penalty.record_success(address)
+
+    def channel_binding(self, transport, kind):
+        return None
+
+    def ntlm_delegate(self):
+        if self._ntlm_delegate is None:
+            return None
+        return self._ntlm_delegate()
+
+    # -- observability -------------------------------------------------------------
+
+    def count(self, *labels):
+        if self.metrics is not None:
+            self.metrics.count(*labels)
+
+    def protocol_log(self, session, direction, line):
+        if self._protocol_log is not None:
+            self._protocol_log.write(session, direction, line)

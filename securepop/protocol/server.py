@@ -1,0 +1,780 @@
+"""
+The POP3 state machine: AUTHORIZATION -> TRANSACTION -> UPDATE.
+
+Built on L{twisted.internet.protocol.Protocol} with its own line splitting,
+because every line length, queue and timer here is a security decision:
+command lines are bounded (RFC 2449: 255 octets), AUTH continuations are
+bounded, pipelined input is read only as fast as it is answered, and nothing
+pipelined after STLS is ever answered.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+import time
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from securepop import events
+from securepop.access.limits import LimitExceeded
+from securepop.errors import MailboxInUse, SASLError, SourceUnavailable
+from securepop.interfaces import ISASLContext, ISecureMailbox
+from securepop.protocol import responses as R
+from securepop.protocol.streaming import MessageProducer
+from securepop.sasl.base import Challenge
+
+MAX_COMMAND_LINE = 255          # RFC 2449, including CRLF
+MAX_AUTH_LINE = 8 * 1024        # an AUTH continuation (NTLM tokens are ~1-2 KiB)
+MAX_BUFFER = 64 * 1024          # unread pipelined input before we stop reading
+
+_NUMBER = re.compile(rb"^[0-9]{1,10}$")
+
+AUTHORIZATION, TRANSACTION, UPDATE, CLOSED = "AUTHORIZATION", "TRANSACTION", "UPDATE", "CLOSED"
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+@implementer(ISASLContext)
+class SASLContext:
+    """What a SASL exchange may ask of this connection (L{ISASLContext})."""
+
+    def __init__(self, session):
+        self._session = session
+        self.hostname = session.ctx.hostname
+        self.clock = session.ctx.clock
+        self.settings = session.ctx.settings.auth
+
+    @property
+    def secure(self):
+        return self._session.secure
+
+    def normaliseUsername(self, raw):
+        return self._session.ctx.normalise(raw)
+
+    def lookupSecret(self, username, kind):
+        return self._session.ctx.source.lookupSecret(username, kind)
+
+    def channelBinding(self, kind):
+        return self._session.ctx.channel_binding(self._session.transport, kind)
+
+    def ntlmDelegate(self):
+        return self._session.ctx.ntlm_delegate()
+
+
+class POP3Session(Protocol):
+    """
+    One POP3 connection.
+
+    All collaborators come from C{factory.ctx} (a L{ServerContext}); the
+    session itself holds only per-connection state, which STLS resets.
+    """
+
+    def __init__(self, ctx, listener):
+        self.ctx = ctx
+        self.listener = listener
+        self.clock = ctx.clock
+        self.state = AUTHORIZATION
+        self.secure = listener.tls == "implicit"
+        self.peer = None
+        self._buffer = b""
+        self._busy = False
+        self._paused = False
+        self._discarding = False
+        self._bad = 0
+        self._attempts = 0
+        self._timer = None
+        self._user = None
+        self._exchange = None
+        self._exchange_mech = None
+        self._apop_stamp = None
+        self.mailbox = None
+        self._logout = None
+        self.username = None
+        self.mechanism = None
+        self._started = time.monotonic()
+        self._retrieved = self._deleted = self._bytes = 0
+        self._leases = []
+        self._greeted = False
+        self._draining = False
+        self._sizes = []
+
+    # -- connection ------------------------------------------------------
+
+    def connectionMade(self):
+        self.peer = self.ctx.peer_address(self.transport)
+        self.ctx.session_started(self)
+        self._busy = True           # nothing is read before the greeting
+        d = defer.maybeDeferred(self.ctx.admit, self.peer)
+        d.addCallbacks(self._admitted, self._admitError)
+
+    def _admitError(self, failure):
+        events.emit("access.error", "error", ip=self.peer, error=failure.getErrorMessage())
+        self._decline(self.ctx.settings.access.decline_message, "error")
+
+    def _admitted(self, decision):
+        if self.state == CLOSED:
+            return
+        if not decision.allowed:
+            events.emit("access.declined", ip=self.peer, rule=decision.rule,
+                        reason=decision.reason)
+            self.ctx.count("declined", decision.rule or decision.reason)
+            self._decline(self.ctx.settings.access.decline_message, decision.rule)
+            return
+        if self.ctx.limits is not None:
+            try:
+                self._leases.append(self.ctx.limits.acquireConnection(self.peer))
+            except LimitExceeded as e:
+                events.emit("access.limit", ip=self.peer, limit=e.limit)
+                self.ctx.count("declined", "limit")
+                self.sendLine(R.TOO_MANY_CONNECTIONS)
+                self._close()
+                return
+        greeting = "+OK " + self.ctx.settings.server.greeting
+        if self.ctx.apop_enabled:
+            self._apop_stamp = self.ctx.apop_timestamp()
+            greeting += " " + self._apop_stamp
+        self.sendLine(greeting.encode("ascii", "replace"))
+        self._greeted = True
+        self._resetTimer()
+        self._busy = False
+        self._drain()
+
+    def _decline(self, message, rule):
+        text = message.replace("\r", " ").replace("\n", " ")
+        self.sendLine(b"-ERR [SYS/PERM] " + text.encode("ascii", "replace"))
+        self._close()
+
+    def connectionLost(self, reason):
+        was = self.state
+        self.state = CLOSED
+        self._cancelTimer()
+        if self.mailbox is not None:
+            # Not a completed QUIT: nothing marked is removed.
+            try:
+                self.mailbox.release()
+            except Exception:
+                events.emit("mailbox.release_failed", "error", user=self.username)
+            self.mailbox = None
+        if self._logout is not None:
+            logout, self._logout = self._logout, None
+            logout()
+        while self._leases:
+            self._leases.pop().release()
+        self.ctx.session_ended(self)
+        if self._greeted:
+            events.emit(
+                "session.end", ip=self.peer, user=self.username, tls=self.secure,
+                mechanism=self.mechanism, retrieved=self._retrieved,
+                deleted=self._deleted, bytes=self._bytes,
+                duration="%.3f" % (time.monotonic() - self._started),
+                state=was,
+            )
+
+    # -- output ------------------------------------------------------------
+
+    def sendLine(self, line: bytes):
+        if self.state != CLOSED or line:
+            self.transport.write(line + b"\r\n")
+        self.ctx.protocol_log(self, "S", line)
+
+    def _close(self):
+        self._busy = True
+        self._buffer = b""
+        self.transport.loseConnection()
+
+    def _abort(self, line=None):
+        if line:
+            self.sendLine(line)
+        self._busy = True
+        self._buffer = b""
+        self.transport.loseConnection()
+
+    # -- timers ----------------------------------------------------------------
+
+    def _resetTimer(self):
+        self._cancelTimer()
+        if self.state == CLOSED:
+            return
+        s = self.ctx.settings.server
+        timeout = s.idle_timeout if self.state == TRANSACTION else s.idle_timeout_login
+        if timeout > 0:
+            self._timer = self.clock.callLater(timeout, self._timedOut)
+
+    def _cancelTimer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timedOut(self):
+        self._timer = None
+        events.emit("session.timeout", ip=self.peer, user=self.username, state=self.state)
+        self.sendLine(R.TIMEOUT)
+        abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+        self.state = CLOSED
+        abort()
+
+    # -- input -------------------------------------------------------------------
+
+    def dataReceived(self, data):
+        if self.state == CLOSED:
+            return
+        self._buffer += data
+        self._drain()
+
+    def _lineLimit(self):
+        return MAX_AUTH_LINE if self._exchange is not None else MAX_COMMAND_LINE
+
+    def _nextLine(self):
+        """The next complete line without its terminator, or None."""
+        nl = self._buffer.find(b"\n")
+        limit = self._lineLimit()
+        if nl < 0:
+            if len(self._buffer) > limit:
+                self._buffer = b""
+                self._discarding = True
+                raise _LineTooLong()
+            return None
+        line, self._buffer = self._buffer[:nl], self._buffer[nl + 1:]
+        if self._discarding:
+            self._discarding = False
+            return self._nextLine()
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) + 2 > limit:
+            raise _LineTooLong()
+        return line
+
+    def _drain(self):
+        if self._draining:
+            return      # a reply finished inside the loop below: it goes on
+        self._draining = True
+        try:
+            self._drainLines()
+        finally:
+            self._draining = False
+
+    def _drainLines(self):
+        while not self._busy and self.state not in (CLOSED, UPDATE):
+            try:
+                line = self._nextLine()
+            except _LineTooLong:
+                if self._exchange is not None:
+                    self._exchange = None
+                    self._authFailed("auth-line-too-long", R.AUTH_MALFORMED)
+                    continue
+                if self._badCommand(R.LINE_TOO_LONG):
+                    return
+                continue
+            if line is None:
+                break
+            self._resetTimer()
+            try:
+                self._dispatch(line)
+            except Exception:
+                events.log.failure("Unhandled error in command", failure=Failure())
+                self.sendLine(R.INTERNAL)
+        if self._busy and len(self._buffer) > MAX_BUFFER and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        elif self._paused and not self._busy and len(self._buffer) <= MAX_BUFFER:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _wait(self, d):
+        """Hold further input until C{d} has written its one reply."""
+        self._busy = True
+
+        def done(_):
+            self._busy = False
+            if self.state not in (CLOSED,):
+                self._resetTimer()
+                self._drain()
+
+        def crashed(f):
+            events.log.failure("Unhandled error in deferred command", failure=f)
+            if self.state != CLOSED:
+                self.sendLine(R.INTERNAL)
+
+        d.addErrback(crashed)
+        d.addBoth(done)
+        return d
+
+    def _badCommand(self, reply):
+        """One -ERR; too many in a row close the connection.  True if closed."""
+        self._bad += 1
+        if self._bad >= self.ctx.settings.server.max_bad_commands:
+            events.emit("session.abuse", "warn", ip=self.peer, reason="too-many-errors")
+            self._abort(R.TOO_MANY_ERRORS)
+            return True
+        self.sendLine(reply)
+        return False
+
+    def _dispatch(self, line):
+        if self._exchange is not None:
+            self.ctx.protocol_log(self, "C", b"<sasl response redacted>")
+            return self._authContinue(line)
+        if b"\x00" in line:
+            self.ctx.protocol_log(self, "C", b"<line with NUL>")
+            self._badCommand(R.BAD_SYNTAX)
+            return
+        parts = line.split(b" ")
+        command = parts[0].upper()
+        args = parts[1:]
+        self.ctx.protocol_log(self, "C", _redact(command, args))
+        handler = None
+        if command.isalpha() and len(command) <= 8:
+            handler = getattr(self, "do_" + command.decode("ascii"), None)
+        if handler is None:
+            self._badCommand(R.UNKNOWN_COMMAND)
+            return
+        if getattr(handler, "raw", False):
+            # The rest of the line is one argument (RFC 1939: PASS may hold spaces).
+            args = [line.split(b" ", 1)[1]] if b" " in line else []
+        if not self._arity_ok(handler, args):
+            self._badCommand(R.BAD_SYNTAX)
+            return
+        handler(*args)
+
+    @staticmethod
+    def _arity_ok(handler, args):
+        lo, hi = getattr(handler, "arity", (0, 0))
+        return lo <= len(args) <= hi and all(args)
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _message(self, arg, allow_deleted=False):
+        """Message index (0-based) from a 1-based argument, or None after -ERR."""
+        if not _NUMBER.match(arg):
+            self._badCommand(R.BAD_SYNTAX)
+            return None
+        n = int(arg)
+        count = len(self._sizes)
+        if not 1 <= n <= count:
+            self.sendLine(R.NO_SUCH_MESSAGE)
+            return None
+        if not allow_deleted and self.mailbox.isDeleted(n - 1):
+            self.sendLine(R.MESSAGE_DELETED)
+            return None
+        return n - 1
+
+    def _requireTransaction(self):
+        if self.state != TRANSACTION:
+            self.sendLine(R.NOT_NOW)
+            return False
+        return True
+
+    def _loginAllowed(self, plaintext):
+        """Gate for USER/PASS/APOP/AUTH: state and secure channel."""
+        if self.state != AUTHORIZATION:
+            self.sendLine(R.ALREADY_LOGGED_IN)
+            return False
+        if not self.ctx.credentials_allowed(self):
+            self.sendLine(R.TLS_REQUIRED)
+            return False
+        return True
+
+    # -- AUTHORIZATION commands --------------------------------------------------
+
+    def do_CAPA(self):
+        self.sendLine(b"+OK Capability list follows")
+        for cap in self.ctx.capabilities(self):
+            self.sendLine(cap)
+        self.sendLine(b".")
+    do_CAPA.arity = (0, 0)
+
+    def do_NOOP(self):
+        if self._requireTransaction():
+            self.sendLine(b"+OK")
+    do_NOOP.arity = (0, 0)
+
+    def do_QUIT(self):
+        if self.state != TRANSACTION:
+            self.sendLine(b"+OK Bye")
+            self._close()
+            return
+        self.state = UPDATE
+        self._cancelTimer()
+        self._busy = True
+        d = defer.maybeDeferred(self.mailbox.commit)
+
+        def committed(_):
+            self.sendLine(b"+OK Bye")
+
+        def failed(f):
+            events.emit("mailbox.commit_failed", "error", user=self.username,
+                        error=f.getErrorMessage())
+            self.sendLine(R.COMMIT_FAILED)
+
+        d.addCallbacks(committed, failed)
+        d.addBoth(lambda _: self._close())
+        return d
+    do_QUIT.arity = (0, 0)
+
+    def do_STLS(self):
+        if self.state != AUTHORIZATION or self.secure or self.listener.tls != "starttls" \
+                or self.ctx.tls is None or self._user is not None:
+            self.sendLine(R.STLS_NOT_AVAILABLE)
+            return
+        self.sendLine(R.STLS_READY)
+        # Anything pipelined after STLS came in cleartext: it is dropped, never
+        # answered inside TLS (the STARTTLS command injection).
+        self._buffer = b""
+        self._discarding = False
+        self._bad = 0
+        self._apop_stamp = None
+        self.transport.startTLS(self.ctx.tls)
+        self.secure = True
+        self.ctx.tls_started(self)
+    do_STLS.arity = (0, 0)
+
+    def do_USER(self, name):
+        if not self.ctx.settings.auth.user_pass:
+            self._badCommand(R.USER_PASS_DISABLED)
+            return
+        if not self._loginAllowed(True):
+            return
+        self._user = name
+        self.sendLine(b"+OK Send PASS")
+    do_USER.arity = (1, 1)
+
+    def do_PASS(self, password):
+        if not self.ctx.settings.auth.user_pass:
+            self._badCommand(R.USER_PASS_DISABLED)
+            return
+        if not self._loginAllowed(True):
+            return
+        if self._user is None:
+            self.sendLine(b"-ERR USER first")
+            return
+        raw, self._user = self._user, None
+        try:
+            username = self.ctx.normalise(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return self._wait(self._loginFailed("USER", raw, "bad-username"))
+        creds = UsernamePassword(username, password)
+        return self._wait(self._login(creds, "USER"))
+    do_PASS.arity = (1, 1)
+    do_PASS.raw = True
+
+    def do_APOP(self, name, digest):
+        if not self.ctx.apop_enabled:
+            self._badCommand(R.APOP_DISABLED)
+            return
+        if not self._loginAllowed(False):
+            return
+        if self._apop_stamp is None:
+            self.sendLine(R.MECHANISM_UNAVAILABLE)
+            return
+        from securepop.sasl.apop import APOPCredentials
+
+        try:
+            username = self.ctx.normalise(name.decode("utf-8"))
+            digest_text = digest.decode("ascii")
+            if not re.fullmatch(r"[0-9a-fA-F]{32}", digest_text):
+                raise ValueError
+        except (UnicodeDecodeError, ValueError):
+            return self._wait(self._loginFailed("APOP", name, "malformed"))
+        creds = APOPCredentials(username, self._apop_stamp.encode("ascii"),
+                                digest_text.lower().encode("ascii"))
+        return self._wait(self._login(creds, "APOP"))
+    do_APOP.arity = (2, 2)
+
+    def do_AUTH(self, *args):
+        if not args:
+            if self.state != AUTHORIZATION:
+                self.sendLine(R.ALREADY_LOGGED_IN)
+                return
+            self.sendLine(b"+OK Supported mechanisms follow")
+            for name in self.ctx.offered_mechanisms(self):
+                self.sendLine(name.encode("ascii"))
+            self.sendLine(b".")
+            return
+        if not self._loginAllowed(True):
+            return
+        name = args[0].upper().decode("ascii", "replace")
+        mech = self.ctx.usable_mechanism(self, name)
+        if mech is None:
+            self.sendLine(R.MECHANISM_UNAVAILABLE)
+            return
+        initial = None
+        if len(args) == 2:
+            initial = self._decode64(args[1])
+            if initial is None:
+                return self._wait(self._loginFailed(name, None, "malformed-initial-response",
+                                                     R.AUTH_MALFORMED))
+        self._exchange = mech.newExchange(SASLContext(self))
+        self._exchange_mech = name
+        self._authStep(initial)
+    do_AUTH.arity = (0, 2)
+
+    def _decode64(self, data):
+        if data == b"=":
+            return b""
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+
+    def _authContinue(self, line):
+        name = self._exchange_mech
+        if line == b"*":
+            self._exchange = None
+            self.sendLine(R.AUTH_CANCELLED)
+            self._countAttempt(name, "cancelled")
+            return
+        data = self._decode64(line)
+        if data is None:
+            self._exchange = None
+            return self._wait(self._loginFailed(name, None, "malformed-response",
+                                                R.AUTH_MALFORMED))
+        self._authStep(data)
+
+    def _authStep(self, data):
+        exchange = self._exchange
+        name = self._exchange_mech
+        d = defer.maybeDeferred(exchange.step, data)
+
+        def stepped(result):
+            if self._exchange is not exchange or self.state == CLOSED:
+                return None
+            if isinstance(result, Challenge):
+                self.sendLine(b"+ " + base64.b64encode(result.data))
+                return None
+            self._exchange = None
+            return self._login(result, name)
+
+        def failed(f):
+            self._exchange = None
+            if f.check(SourceUnavailable):
+                events.emit("auth.unavailable", "warn", ip=self.peer, mechanism=name)
+                self.sendLine(R.SOURCE_UNAVAILABLE)
+                return None
+            reason = "malformed" if f.check(SASLError) else "refused"
+            if f.check(UnauthorizedLogin):
+                reason = "bad-credentials"
+            return self._loginFailed(name, getattr(f.value, "username", None), reason)
+
+        d.addCallbacks(stepped, failed)
+        return self._wait(d)
+
+    # -- login --------------------------------------------------------------------
+
+    def _login(self, credentials, mechanism):
+        started = self.clock.seconds()
+        d = self.ctx.login(credentials)
+
+        def success(result):
+            record, mailbox, logout = result
+            if self.state == CLOSED:
+                mailbox.release()
+                logout()
+                return
+            if self.ctx.limits is not None:
+                try:
+                    self._leases.append(self.ctx.limits.acquireUser(record.username))
+                except LimitExceeded:
+                    mailbox.release()
+                    logout()
+                    events.emit("auth.limit", ip=self.peer, user=record.username)
+                    self.sendLine(R.TOO_MANY_SESSIONS)
+                    return
+            self.mailbox = mailbox
+            self._logout = logout
+            self.username = record.username
+            self.mechanism = mechanism
+            self.state = TRANSACTION
+            self._sizes = mailbox.listMessages()
+            self.ctx.penalty_success(self.peer)
+            events.emit("auth.success", ip=self.peer, user=record.username,
+                        mechanism=mechanism, tls=self.secure,
+                        ms="%.1f" % ((self.clock.seconds() - started) * 1000))
+            self.ctx.count("login", mechanism, "success")
+            total = sum(self._sizes)
+            self.sendLine(b"+OK Logged in, %d messages (%d octets)" % (len(self._sizes), total))
+
+        def failure(f):
+            user = getattr(credentials, "username", None)
+            if f.check(MailboxInUse):
+                events.emit("auth.in_use", ip=self.peer, user=user)
+                self.sendLine(R.IN_USE)
+                return None
+            if f.check(SourceUnavailable):
+                events.emit("auth.unavailable", "warn", ip=self.peer, user=user,
+                            mechanism=mechanism, error=f.getErrorMessage())
+                self.sendLine(R.SOURCE_UNAVAILABLE)
+                return None
+            if f.check(UnauthorizedLogin):
+                return self._loginFailed(mechanism, user, _reason(f))
+            events.log.failure("Login error", failure=f)
+            self.sendLine(R.INTERNAL)
+            return None
+
+        d.addCallbacks(success, failure)
+        return d
+
+    def _loginFailed(self, mechanism, user, reason, reply=R.LOGIN_FAILED):
+        """Log the precise reason, wait the penalty, send the generic text."""
+        if isinstance(user, bytes):
+            user = user.decode("utf-8", "replace")
+        events.emit("auth.failure", ip=self.peer, user=user, mechanism=mechanism,
+                    reason=reason)
+        self.ctx.count("login", mechanism, "failure")
+        delay = self.ctx.penalty_failure(self.peer, user)
+        d = defer.Deferred()
+
+        def answer():
+            if self.state == CLOSED:
+                d.callback(None)
+                return
+            self._countAttempt(mechanism, reason, reply)
+            d.callback(None)
+
+        if delay > 0:
+            self.clock.callLater(delay, answer)
+        else:
+            answer()
+        return d
+
+    def _countAttempt(self, mechanism, reason, reply=None):
+        self._attempts += 1
+        if self._attempts >= self.ctx.settings.auth.max_attempts:
+            events.emit("auth.attempts_exceeded", "warn", ip=self.peer)
+            if reply is not None:
+                self.sendLine(reply)
+            self._abort(R.TOO_MANY_ATTEMPTS)
+        elif reply is not None:
+            self.sendLine(reply)
+
+    # -- TRANSACTION commands ------------------------------------------------------
+
+    def do_STAT(self):
+        if not self._requireTransaction():
+            return
+        live = [s for i, s in enumerate(self._sizes) if not self.mailbox.isDeleted(i)]
+        self.sendLine(b"+OK %d %d" % (len(live), sum(live)))
+    do_STAT.arity = (0, 0)
+
+    def _listing(self, args, value):
+        if not self._requireTransaction():
+            return
+        if args:
+            i = self._message(args[0])
+            if i is not None:
+                self.sendLine(b"+OK %d %s" % (i + 1, value(i)))
+            return
+        self.sendLine(b"+OK")
+        for i in range(len(self._sizes)):
+            if not self.mailbox.isDeleted(i):
+                self.sendLine(b"%d %s" % (i + 1, value(i)))
+        self.sendLine(b".")
+
+    def do_LIST(self, *args):
+        self._listing(args, lambda i: b"%d" % self._sizes[i])
+    do_LIST.arity = (0, 1)
+
+    def do_UIDL(self, *args):
+        self._listing(args, self._uidl)
+    do_UIDL.arity = (0, 1)
+
+    def _uidl(self, i):
+        uid = self.mailbox.getUidl(i)
+        return uid.encode("ascii") if isinstance(uid, str) else uid
+
+    def do_DELE(self, arg):
+        if not self._requireTransaction():
+            return
+        i = self._message(arg)
+        if i is not None:
+            self.mailbox.deleteMessage(i)
+            self._deleted += 1
+            self.sendLine(b"+OK Message %d deleted" % (i + 1))
+    do_DELE.arity = (1, 1)
+
+    def do_RSET(self):
+        if not self._requireTransaction():
+            return
+        self.mailbox.undeleteMessages()
+        self._deleted = 0
+        self.sendLine(b"+OK")
+    do_RSET.arity = (0, 0)
+
+    def do_RETR(self, arg):
+        if not self._requireTransaction():
+            return
+        i = self._message(arg)
+        if i is not None:
+            self._retrieved += 1
+            return self._stream(i, b"+OK %d octets" % self._sizes[i], None)
+    do_RETR.arity = (1, 1)
+
+    def do_TOP(self, arg, lines):
+        if not self._requireTransaction():
+            return
+        if not _NUMBER.match(lines):
+            self._badCommand(R.BAD_SYNTAX)
+            return
+        i = self._message(arg)
+        if i is not None:
+            return self._stream(i, b"+OK", int(lines))
+    do_TOP.arity = (2, 2)
+
+    def _stream(self, index, first, top_lines):
+        try:
+            f = self.mailbox.getMessage(index)
+        except (OSError, IndexError) as e:
+            events.emit("mailbox.read_failed", "error", user=self.username, error=str(e))
+            self.sendLine(b"-ERR [SYS/TEMP] Message could not be read")
+            return None
+        self.sendLine(first)
+        producer = MessageProducer(f, self.transport, top_lines, onProgress=self._resetTimer)
+        d = producer.start()
+
+        def sent(n):
+            self._bytes += n
+
+        def lost(f):
+            return None
+
+        d.addCallbacks(sent, lost)
+        return self._wait(d)
+
+
+def _reason(failure):
+    text = failure.getErrorMessage()
+    return text if text and len(text) < 64 and text.isascii() else "unauthorized"
+
+
+def _redact(command, args):
+    """A command line as the protocol log may show it: no credentials."""
+    if command in (b"PASS",):
+        return command + b" <redacted>"
+    if command == b"APOP" and args:
+        return b"APOP " + args[0][:64] + b" <redacted>"
+    if command == b"AUTH" and len(args) > 1:
+        return b"AUTH " + args[0][:32] + b" <redacted>"
+    return b" ".join([command] + [a[:64] for a in args])
+
+
+class POP3Factory(Factory):
+    """Makes one L{POP3Session} per connection of one listener."""
+
+    noisy = False
+
+    def __init__(self, ctx, listener):
+        self.ctx = ctx
+        self.listener = listener
+
+    def buildProtocol(self, addr):
+        session = POP3Session(self.ctx, self.listener)
+        session.factory = self
+        return session

@@ -1,0 +1,264 @@
+"""
+makeService(settings, reactor): securepop as an IService, for twistd and
+for embedding in another Twisted application.
+
+Everything is built here from the frozen settings: credential source,
+portal, mechanisms, TLS, access policy, limits, penalty; then one listener
+per C{[[listen]]}.  C{reload()} rebuilds them from the file and swaps them
+into the shared L{ServerContext}: open sessions are untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer, endpoints, threads
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.threadpool import ThreadPool
+
+from securepop import config as configmodule
+from securepop import events
+from securepop.errors import ConfigError
+from securepop.interfaces import PLAINTEXT
+from securepop.protocol.context import ServerContext
+from securepop.protocol.server import POP3Factory
+
+
+def prepare_data_dir(settings):
+    """Create the data directory (0700) and refuse one others can enter."""
+    path = settings.data_path
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        events.emit("config.warning", "warn", key="server.data_dir",
+                    problem=f"data directory mode is {mode:04o}; 0700 is expected")
+    return path
+
+
+class BlockingPool:
+    """A dedicated, bounded thread pool for password hashing and disk scans."""
+
+    def __init__(self, reactor, name, size=4):
+        self.reactor = reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
+
+    def start(self):
+        self.pool.start()
+
+    def stop(self):
+        self.pool.stop()
+
+    def __call__(self, f, *args):
+        return threads.deferToThreadPool(self.reactor, self.pool, f, *args)
+
+
+def build_credential_source(settings, reactor, run_blocking=None):
+    """The ICredentialSource the configuration names."""
+    auth = settings.auth
+    if auth.source == "file":
+        from securepop.auth.userfile import FileCredentialSource
+
+        return FileCredentialSource(settings.resolve(auth.file.path), run_blocking)
+    if auth.source == "ldap":
+        from securepop.auth.ldap import LDAPCredentialSource
+
+        return LDAPCredentialSource.fromSettings(auth.ldap, reactor, settings)
+    from securepop.auth.ad import ADCredentialSource
+
+    return ADCredentialSource.fromSettings(auth.ad, reactor, settings)
+
+
+def build_mechanisms(settings, source):
+    """
+    The enabled SASL mechanisms the source can serve; an impossible pairing
+    (e.g. CRAM-MD5 with Active Directory) stops the start.
+    """
+    from securepop.sasl import registry
+
+    capabilities = source.capabilities()
+    wanted = list(settings.auth.mechanisms)
+    try:
+        registry.check_pairings(wanted + (["APOP"] if settings.auth.apop else []),
+                                capabilities)
+    except ValueError as e:
+        raise ConfigError(settings.path or "(defaults)", "auth.mechanisms", str(e))
+    return {name: registry.mechanism_for(name, capabilities) for name in wanted}
+
+
+def build_tls(settings, clock):
+    """The shared TLS server creator (profiles, certificates, SNI, reload)."""
+    from securepop.tls import certificates
+    from securepop.tls.contextfactory import ServerTLS
+    from securepop.tls.profiles import TLSPolicy
+
+    tls = settings.tls
+    if tls.certificate:
+        cert, key = str(settings.resolve(tls.certificate)), str(settings.resolve(tls.key))
+    else:
+        cert, key = certificates.ensure_selfsigned(str(settings.data_path),
+                                                   settings.server.hostname)
+    try:
+        policy = TLSPolicy(profile=tls.profile, min_cipher_bits=tls.min_cipher_bits)
+    except ValueError as e:
+        raise ConfigError(settings.path or "(defaults)", "tls.profile", str(e))
+    sni = [(s.hostname, str(settings.resolve(s.certificate)), str(settings.resolve(s.key)))
+           for s in tls.sni]
+    creator = ServerTLS(policy, cert, key, sni=sni, hostname=settings.server.hostname,
+                        clock=clock)
+    if policy.insecure:
+        events.emit("tls.insecure_profile", "warn", profile=tls.profile)
+    for warning in creator.warnings():
+        events.emit("tls.certificate_warning", "warn", problem=str(warning))
+    return creator
+
+
+def build_access(settings, reactor):
+    from securepop.access.limits import ConnectionLimits
+    from securepop.access.policy import AccessPolicy
+
+    from securepop.access import dns as accessdns
+    from securepop.access.rules import DomainRule, HostRule, parseRule
+
+    a = settings.access
+    try:
+        rules = [parseRule(r) for r in a.rules]
+        resolver = None
+        needs_dns = any(isinstance(r, HostRule) for r in rules) or (
+            a.reverse_dns and any(isinstance(r, DomainRule) for r in rules))
+        if needs_dns:
+            resolver = accessdns.AccessResolver(
+                accessdns.makeTwistedResolver(reactor, a.dns_servers), reactor,
+                timeout=a.dns_timeout, maxConcurrentLookups=a.max_concurrent_lookups)
+        policy = AccessPolicy(rules, a.mode, resolver, reactor, reverse_dns=a.reverse_dns,
+                              dns_failure=a.dns_failure)
+    except ValueError as e:
+        raise ConfigError(settings.path or "(defaults)", "access.rules", str(e))
+    limits = ConnectionLimits(a.max_connections, a.max_connections_per_ip,
+                              a.max_connections_per_user)
+    return policy, limits
+
+
+def build_penalty(settings, clock):
+    from securepop.auth.penalty import FailurePenalty, UserLockout
+
+    a = settings.auth
+    penalty = FailurePenalty(clock, base=a.failure_delay, maximum=a.failure_delay_max)
+    lockout = None
+    if a.lockout_threshold:
+        lockout = UserLockout(clock, a.lockout_threshold, a.lockout_window)
+    return penalty, lockout
+
+
+def build_context(settings, reactor, pool):
+    """Everything a session needs, from the settings."""
+    prepare_data_dir(settings)
+    source = build_credential_source(settings, reactor, pool)
+    mechanisms = build_mechanisms(settings, source)
+    if settings.auth.user_pass and PLAINTEXT not in source.capabilities():
+        raise ConfigError(settings.path or "(defaults)", "auth.user_pass",
+                          f"the {source.name} source cannot verify passwords")
+    from securepop.auth.portal import MaildirRealm, build_portal
+
+    trash = settings.mail.trash_folder if settings.mail.on_delete == "trash" else None
+    realm = MaildirRealm(settings.mail.root, str(settings.data_path), pool, trash)
+    cache = None
+    portal = build_portal(source, realm, cache)
+    tls = build_tls(settings, reactor)
+    policy, limits = build_access(settings, reactor)
+    penalty, lockout = build_penalty(settings, reactor)
+    delegate = getattr(source, "ntlmDelegateFactory", None)
+    return ServerContext(settings, reactor, portal, source, mechanisms, tls=tls,
+                         policy=policy, limits=limits, penalty=penalty,
+                         lockout=lockout, ntlm_delegate=delegate)
+
+
+class SecurePOPService(service.MultiService):
+    """
+    The whole server: listeners over one shared L{ServerContext}.
+
+    C{reload()} re-reads the configuration file; an invalid file is logged
+    and the settings in force stay.
+    """
+
+    def __init__(self, settings, reactor):
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        self.pool = BlockingPool(reactor, "securepop-blocking")
+        self.context = build_context(settings, reactor, self.pool)
+        for listener in settings.listen:
+            self._addListener(listener)
+
+    def _addListener(self, listener):
+        factory = POP3Factory(self.context, listener)
+        if listener.tls == "implicit":
+            factory = TLSMemoryBIOFactory(self.context.tls, False, factory)
+        try:
+            endpoint = endpoints.serverFromString(self.reactor, listener.endpoint)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(self.settings.path or "(defaults)", "listen.endpoint",
+                              f"{listener.endpoint!r}: {e}")
+        svc = StreamServerEndpointService(endpoint, factory)
+        svc._raiseSynchronously = True
+        svc.setName(f"listen:{listener.endpoint}")
+        svc.listener = listener
+        svc.setServiceParent(self)
+
+    def startService(self):
+        self.pool.start()
+        super().startService()
+        for svc in self:
+            if getattr(svc, "listener", None) is not None:
+                events.emit("listen", endpoint=svc.listener.endpoint, tls=svc.listener.tls)
+        source = self.context.source
+        if source.name == "file" and not getattr(source, "users", {True: 1}):
+            cfg = f" --config {self.settings.path}" if self.settings.path else ""
+            events.emit("users.none", "warn",
+                        hint=f"securepop{cfg} --data-dir {self.settings.server.data_dir} "
+                             f"user add NAME")
+
+    def stopService(self):
+        d = defer.maybeDeferred(super().stopService)
+        d.addBoth(lambda r: (self.pool.stop(), r)[1])
+        return d
+
+    def reload(self):
+        """SIGHUP: rebuild from the file; keep the old settings on any error."""
+        path = self.settings.path
+        try:
+            fresh = configmodule.load(path, self.settings.server.data_dir) if path else \
+                self.settings
+            context = build_context(fresh, self.reactor, self.pool)
+        except Exception as e:
+            events.emit("config.reload_failed", "error", error=str(e))
+            return False
+        old = self.context
+        for name in ("settings", "portal", "source", "mechanisms", "tls", "policy",
+                     "limits", "penalty", "lockout", "_ntlm_delegate"):
+            if name == "limits":
+                continue      # counts of open sessions must survive
+            setattr(old, name, getattr(context, name))
+        self.settings = fresh
+        events.emit("config.reloaded", path=path)
+        return True
+
+
+def makeService(settings=None, reactor=None):
+    """
+    Build securepop as an L{IService}.
+
+    @param settings: L{securepop.config.Settings}; the embedded default when
+        None.
+    @param reactor: the reactor to use; the global one when None.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    if settings is None:
+        settings = configmodule.load(None)
+    return SecurePOPService(settings, reactor)
