@@ -38,7 +38,10 @@ class ServerSettings:
     idle_timeout: float = 600.0        # after login: RFC 1939 says at least 10 minutes
     max_pipeline: int = 100            # queued commands before the connection is closed
     max_bad_commands: int = 10         # malformed / overlong lines before closing
-    shutdown_grace: float = 10.0
+    shutdown_grace: float = 10.0        # SIGTERM: sessions in flight get this long
+    user: str = ""                     # drop privileges to this user after binding
+    group: str = ""
+    workers: str = "1"                 # a number, or "auto" (one per CPU)
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,12 @@ class MailSettings:
 @dataclass(frozen=True)
 class LogSettings:
     format: str = "text"               # text | json
-    protocol_log: str = ""
+    protocol_log: str = ""             # path; credentials always redacted
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    endpoint: str = ""                 # e.g. "tcp:9110:interface=127.0.0.1"; off when empty
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,7 @@ class Settings:
     access: AccessSettings = AccessSettings()
     mail: MailSettings = MailSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
     path: str | None = None
 
     @property
@@ -276,6 +285,9 @@ def _check(reader, settings):
         raise reader.error("tls.min_cipher_bits", "must be between 1 and 256")
     if settings.auth.max_attempts < 1:
         raise reader.error("auth.max_attempts", "must be at least 1")
+    w = settings.server.workers
+    if w != "auto" and not (w.isdigit() and 1 <= int(w) <= 256):
+        raise reader.error("server.workers", 'must be "auto" or a number from 1 to 256')
     if "{user}" not in settings.mail.root:
         raise reader.error("mail.root", "must contain {user}")
     if bool(settings.tls.certificate) != bool(settings.tls.key):
@@ -313,7 +325,7 @@ def parse(text, path="<string>", data_dir=None):
         raise ConfigError(path, "(syntax)", str(e), int(m.group(1)) if m else None)
     reader = _Reader(path, text)
     settings = Settings(path=str(path))
-    known = {"server", "listen", "tls", "auth", "access", "mail", "log"}
+    known = {"server", "listen", "tls", "auth", "access", "mail", "log", "metrics"}
     for name in raw:
         if name not in known:
             raise reader.error(name, "unknown section")
@@ -355,7 +367,8 @@ def parse(text, path="<string>", data_dir=None):
                 )
         auth = reader.build(AuthSettings, table, "auth")
         settings = replace(settings, auth=replace(auth, **subs))
-    for name, cls in (("access", AccessSettings), ("mail", MailSettings), ("log", LogSettings)):
+    for name, cls in (("access", AccessSettings), ("mail", MailSettings), ("log", LogSettings),
+                      ("metrics", MetricsSettings)):
         if name in raw:
             settings = replace(settings, **{name: reader.build(cls, raw[name], name)})
     if data_dir is not None:
