@@ -166,6 +166,11 @@ def build_context(settings, reactor, pool):
     trash = settings.mail.trash_folder if settings.mail.on_delete == "trash" else None
     realm = MaildirRealm(settings.mail.root, str(settings.data_path), pool, trash)
     cache = None
+    if settings.auth.cache_ttl > 0:
+        from securepop.auth.cache import AuthCache
+
+        cache = AuthCache(reactor, ttl=settings.auth.cache_ttl,
+                          negative_ttl=min(5.0, settings.auth.cache_ttl))
     portal = build_portal(source, realm, cache)
     tls = build_tls(settings, reactor)
     policy, limits = build_access(settings, reactor)

@@ -32,18 +32,30 @@ class PasswordChecker:
             password = password.encode("utf-8")
         if not username or not password:
             return defer.fail(UnauthorizedLogin("empty"))
-        if self.cache is not None:
-            hit = self.cache.get(username, password)
-            if hit is not None:
-                return defer.succeed(hit)
-        d = defer.maybeDeferred(self.source.verifyPassword, username, password)
-        if self.cache is not None:
-            d.addCallback(self._remember, username, password)
-        return d
+        if self.cache is None:
+            return defer.maybeDeferred(self.source.verifyPassword, username, password)
+        from securepop.auth.cache import MISS, NEGATIVE
 
-    def _remember(self, record, username, password):
-        self.cache.put(username, password, record)
-        return record
+        # The source's generation (the users file's stamp) is part of the key,
+        # so a changed password invalidates what was cached for the old one.
+        key = self.cache.keyFor(username, password, str(getattr(self.source, "generation", "")))
+        hit = self.cache.get(key)
+        if hit is NEGATIVE:
+            return defer.fail(UnauthorizedLogin("bad-password-cached"))
+        if hit is not MISS:
+            return defer.succeed(hit)
+        d = defer.maybeDeferred(self.source.verifyPassword, username, password)
+
+        def remember(record):
+            self.cache.putPositive(key, record)
+            return record
+
+        def refused(failure):
+            failure.trap(UnauthorizedLogin)
+            self.cache.putNegative(key)
+            return failure
+
+        return d.addCallbacks(remember, refused)
 
 
 @implementer(ICredentialsChecker)

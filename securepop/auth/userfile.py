@@ -199,6 +199,11 @@ class FileCredentialSource:
         return self._users
 
     @property
+    def generation(self):
+        """Changes whenever the file does (auth cache keys include it)."""
+        return self._stamp
+
+    @property
     def users(self):
         return self._current()
 

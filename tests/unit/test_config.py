@@ -1,0 +1,109 @@
+"""The configuration contract: defaults, every sample key, and clear errors."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from securepop import config
+from securepop.errors import ConfigError
+
+SAMPLE = Path(__file__).parents[2] / "etc" / "securepop.toml"
+
+
+def test_embedded_default_is_secure():
+    s = config.load(None)
+    assert s.tls.require_secure_channel is True
+    assert s.tls.min_cipher_bits == 128
+    assert s.tls.profile == "intermediate"
+    assert [(l.endpoint, l.tls) for l in s.listen] == [
+        ("tcp:1110:interface=127.0.0.1", "starttls"),
+        ("tcp:1995:interface=127.0.0.1", "implicit"),
+    ]
+    assert not any(l.insecure_allow_cleartext for l in s.listen)
+    assert s.auth.apop is False
+    assert s.server.data_dir == "./securepop-data"
+
+
+def test_data_dir_override():
+    assert config.load(None, "/srv/x").server.data_dir == "/srv/x"
+    assert config.parse('[server]\ndata_dir = "/a"\n', "f", "/b").server.data_dir == "/b"
+
+
+def uncommented_sample():
+    """The sample with every commented `key = value` line switched on."""
+    out = []
+    for line in SAMPLE.read_text().splitlines():
+        m = re.match(r"^# ?(\[\[?[a-z.]+\]\]?|[a-z_0-9]+ = .*)$", line)
+        out.append(m.group(1) if m else line)
+    return "\n".join(out)
+
+
+def test_sample_parses_as_is():
+    s = config.parse(SAMPLE.read_text(), str(SAMPLE))
+    assert s.path == str(SAMPLE)
+
+
+def test_every_sample_key_is_known():
+    text = uncommented_sample()
+    # The sample's LDAP urls are ldaps://, so the cross checks pass too.
+    s = config.parse(text, "sample")
+    assert s.access.mode == "deny-listed"
+    assert s.tls.sni[0].hostname == "pop.example.org"
+    assert s.auth.ldap.user_filter == "(uid={user})"
+    assert s.metrics.endpoint == ""
+
+
+@pytest.mark.parametrize("text, key, reason", [
+    ('[server]\nhostnme = "x"\n', "server.hostnme", "unknown key"),
+    ('[auth]\nmax_attempts = "three"\n', "auth.max_attempts", "whole number"),
+    ('[auth]\nmax_attempts = 0\n', "auth.max_attempts", "at least 1"),
+    ('[tls]\nprofile = "fast"\n', "tls.profile", "must be one of"),
+    ('[tls]\nrequire_secure_channel = "yes"\n', "tls.require_secure_channel", "true or false"),
+    ('[[listen]]\ntls = "implicit"\n', "listen[0].endpoint", "required"),
+    ('[[listen]]\nendpoint = "tcp:1"\ntls = "ssl"\n', "listen[0].tls", "must be one of"),
+    ('[auth]\nmechanisms = ["PLAIN", "KERBEROS"]\n', "auth.mechanisms", "KERBEROS"),
+    ('[mail]\nroot = "mail/Maildir"\n', "mail.root", "{user}"),
+    ('[bogus]\nx = 1\n', "bogus", "unknown section"),
+    ('[auth]\nsource = "ldap"\n[auth.ldap]\nurls = ["ldap://h"]\nbase_dn = "dc=x"\n',
+     "auth.ldap.urls", "cleartext"),
+    ('[tls]\ncertificate = "c.pem"\n', "tls.key", "go together"),
+    ('[server]\nworkers = "many"\n', "server.workers", "auto"),
+    ('[access]\nmax_connections = -1\n', "access.max_connections", "negative"),
+])
+def test_errors_name_file_key_and_reason(text, key, reason):
+    with pytest.raises(ConfigError) as e:
+        config.parse(text, "/etc/securepop.toml")
+    assert e.value.key == key
+    assert reason in e.value.reason
+    assert str(e.value).startswith("/etc/securepop.toml")
+
+
+def test_error_names_the_line():
+    with pytest.raises(ConfigError) as e:
+        config.parse('[server]\n\n\nidle_timeout = "long"\n', "f.toml")
+    assert e.value.line == 4
+    assert str(e.value) == "f.toml:4: server.idle_timeout: must be a number"
+
+
+def test_syntax_error_has_line():
+    with pytest.raises(ConfigError) as e:
+        config.parse("[server]\nhostname = \n", "f.toml")
+    assert e.value.line == 2
+
+
+def test_unreadable_and_non_utf8_files(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        config.load(tmp_path / "missing.toml")
+    assert "missing.toml" in str(e.value)
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b'[server]\nhostname = "\xff"\n')
+    with pytest.raises(ConfigError, match="UTF-8"):
+        config.load(bad)
+
+
+def test_hostile_values():
+    with pytest.raises(ConfigError, match="NUL"):
+        config.parse('[server]\nhostname = "a\\u0000b"\n', "f")
+    with pytest.raises(ConfigError):
+        config.parse("[server]\nhostname = 1e999999\n", "f")
