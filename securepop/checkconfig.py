@@ -38,10 +38,16 @@ def report(settings):
         warnings.append("auth.insecure_allow_ntlmv1: NTLMv1 responses can be cracked")
     lines.append(f"access.mode = {s.access.mode}")
     try:
-        from securepop.access.rules import parseRule
+        from securepop.access.rules import parseRules
 
-        for rule in s.access.rules:
-            lines.append(f"  rule {parseRule(rule)!s}")
+        for number, rule in enumerate(parseRules(s.access.rules), 1):
+            lines.append(f"  rule {number}: {rule.text!r} -> {rule.describe()}")
+        if not s.access.rules:
+            lines.append("  no rules: " + ("every client is declined (WARNING)"
+                                           if s.access.mode == "allow-listed"
+                                           else "every client is allowed"))
+        if not s.access.reverse_dns:
+            lines.append("  reverse DNS off: domain rules never match")
     except ValueError as e:
         problems += 1
         lines.append(f"ERROR access.rules: {e}")

@@ -121,11 +121,11 @@ def build_access(settings, reactor):
     from securepop.access.policy import AccessPolicy
 
     from securepop.access import dns as accessdns
-    from securepop.access.rules import DomainRule, HostRule, parseRule
+    from securepop.access.rules import DomainRule, HostRule, parseRules
 
     a = settings.access
     try:
-        rules = [parseRule(r) for r in a.rules]
+        rules = parseRules(a.rules)
         resolver = None
         needs_dns = any(isinstance(r, HostRule) for r in rules) or (
             a.reverse_dns and any(isinstance(r, DomainRule) for r in rules))
@@ -136,7 +136,9 @@ def build_access(settings, reactor):
         policy = AccessPolicy(rules, a.mode, resolver, reactor, reverse_dns=a.reverse_dns,
                               dns_failure=a.dns_failure)
     except ValueError as e:
-        raise ConfigError(settings.path or "(defaults)", "access.rules", str(e))
+        index = getattr(e, "index", None)
+        key = "access.rules" if index is None else f"access.rules[{index}]"
+        raise ConfigError(settings.path or "(defaults)", key, str(e))
     limits = ConnectionLimits(a.max_connections, a.max_connections_per_ip,
                               a.max_connections_per_user)
     return policy, limits
@@ -202,6 +204,17 @@ class SecurePOPService(service.MultiService):
         factory = POP3Factory(self.context, listener)
         if listener.tls == "implicit":
             factory = TLSMemoryBIOFactory(self.context.tls, False, factory)
+        if self.settings.access.trusted_proxies:
+            # The PROXY header comes before TLS on the wire, and the policy
+            # must see the real client before the greeting.
+            from securepop.access.proxy import ProxyProtocolFactory
+
+            try:
+                factory = ProxyProtocolFactory(factory, self.settings.access.trusted_proxies,
+                                               self.reactor)
+            except ValueError as e:
+                raise ConfigError(self.settings.path or "(defaults)",
+                                  "access.trusted_proxies", str(e))
         try:
             endpoint = endpoints.serverFromString(self.reactor, listener.endpoint)
         except (ValueError, TypeError, KeyError) as e:
@@ -215,6 +228,7 @@ class SecurePOPService(service.MultiService):
 
     def startService(self):
         self.pool.start()
+        self.context.policy.start()
         super().startService()
         for svc in self:
             if getattr(svc, "listener", None) is not None:
@@ -228,7 +242,7 @@ class SecurePOPService(service.MultiService):
 
     def stopService(self):
         d = defer.maybeDeferred(super().stopService)
-        d.addBoth(lambda r: (self.pool.stop(), r)[1])
+        d.addBoth(lambda r: (self.pool.stop(), self.context.policy.stop(), r)[2])
         return d
 
     def reload(self):
@@ -242,6 +256,9 @@ class SecurePOPService(service.MultiService):
             events.emit("config.reload_failed", "error", error=str(e))
             return False
         old = self.context
+        old_policy = old.policy
+        context.policy.start()
+        old_policy.stop()
         for name in ("settings", "portal", "source", "mechanisms", "tls", "policy",
                      "limits", "penalty", "lockout", "_ntlm_delegate"):
             if name == "limits":
