@@ -1,0 +1,80 @@
+"""makeService: listeners from the settings, reload that keeps the old on error."""
+
+import pytest
+from argon2 import PasswordHasher
+from twisted.application.service import IService
+from twisted.internet.testing import MemoryReactorClock
+from zope.interface.verify import verifyObject
+
+from securepop import config, service
+from securepop.auth import userfile
+from securepop.errors import ConfigError
+
+CONFIG = """
+[server]
+hostname = "localhost"
+data_dir = "{data}"
+[[listen]]
+endpoint = "tcp:1110:interface=127.0.0.1"
+tls = "starttls"
+[[listen]]
+endpoint = "tcp:1995:interface=127.0.0.1"
+tls = "implicit"
+[access]
+mode = "deny-listed"
+rules = ["192.0.2.0/24"]
+"""
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setattr(userfile, "_hasher", PasswordHasher(time_cost=1, memory_cost=64,
+                                                            parallelism=1))
+    path = tmp_path / "securepop.toml"
+    path.write_text(CONFIG.format(data=tmp_path / "data"))
+    return path
+
+
+def test_listeners_and_default_certificate(setup, tmp_path):
+    reactor = MemoryReactorClock()
+    svc = service.makeService(config.load(setup), reactor)
+    verifyObject(IService, svc)
+    svc.startService()
+    try:
+        ports = sorted(p[0] for p in reactor.tcpServers)
+        assert ports == [1110, 1995]
+        assert all(p[3] == "127.0.0.1" for p in reactor.tcpServers)
+        key = tmp_path / "data" / "tls" / "key.pem"
+        assert key.exists() and (key.stat().st_mode & 0o077) == 0
+        assert (tmp_path / "data").stat().st_mode & 0o077 == 0
+    finally:
+        svc.stopService()
+
+
+def test_reload_applies_new_rules_and_keeps_old_on_error(setup):
+    reactor = MemoryReactorClock()
+    svc = service.makeService(config.load(setup), reactor)
+    context = svc.context
+    assert context.policy.rules[0].text == "192.0.2.0/24"
+    setup.write_text(setup.read_text().replace("192.0.2.0/24", "198.51.100.0/24"))
+    assert svc.reload() is True
+    assert svc.context is context                  # sessions keep their context object
+    assert context.policy.rules[0].text == "198.51.100.0/24"
+    setup.write_text(setup.read_text().replace('"198.51.100.0/24"', '"300.1.1.1"'))
+    assert svc.reload() is False
+    assert context.policy.rules[0].text == "198.51.100.0/24"
+
+
+def test_bad_endpoint_is_a_config_error(setup):
+    setup.write_text(setup.read_text().replace("tcp:1110:interface=127.0.0.1", "bogus:1"))
+    with pytest.raises(ConfigError) as e:
+        service.makeService(config.load(setup), MemoryReactorClock())
+    assert e.value.key == "listen.endpoint"
+
+
+def test_bad_rule_names_its_index(setup):
+    setup.write_text(setup.read_text().replace('"192.0.2.0/24"', '"192.0.2.0/24", "1.2.3.0 255.0.255.0"'))
+    with pytest.raises(ConfigError) as e:
+        service.makeService(config.load(setup), MemoryReactorClock())
+    assert e.value.key == "access.rules[1]"
+    assert "contiguous" in e.value.reason
