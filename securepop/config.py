@@ -141,6 +141,7 @@ class MailSettings:
     root: str = "mail/{user}/Maildir"
     on_delete: str = "delete"          # delete | trash
     trash_folder: str = ".Trash"
+    lock_stale_after: float = 1800.0   # a lock not refreshed this long is stale
 
 
 @dataclass(frozen=True)

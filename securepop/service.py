@@ -164,9 +164,13 @@ def build_context(settings, reactor, pool):
         raise ConfigError(settings.path or "(defaults)", "auth.user_pass",
                           f"the {source.name} source cannot verify passwords")
     from securepop.auth.portal import MaildirRealm, build_portal
+    from securepop.mailstore.maildir import MaildirStore
 
     trash = settings.mail.trash_folder if settings.mail.on_delete == "trash" else None
-    realm = MaildirRealm(settings.mail.root, str(settings.data_path), pool, trash)
+    store = MaildirStore(settings.mail.root, str(settings.data_path), trash=trash,
+                         reactor=reactor, threadpool=pool.pool if pool else None,
+                         staleAfter=settings.mail.lock_stale_after)
+    realm = MaildirRealm(store)
     cache = None
     if settings.auth.cache_ttl > 0:
         from securepop.auth.cache import AuthCache

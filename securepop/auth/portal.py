@@ -2,6 +2,7 @@
 The portal and the realm: from a verified user to an open, locked maildrop.
 """
 
+from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from zope.interface import implementer
@@ -20,39 +21,29 @@ class LoginMind:
 class MaildirRealm:
     """
     Opens the user's Maildir (path confined to the mail root), takes its
-    lock (L{securepop.errors.MailboxInUse} when held) and snapshots it.
-
-    @param run_blocking: C{f(*args) -> Deferred}, running the directory scan
-        off the reactor thread (a thread pool in the daemon).
+    lock (L{securepop.errors.MailboxInUse} when held) and snapshots it, off
+    the reactor thread, through a L{securepop.mailstore.maildir.MaildirStore}.
     """
 
-    def __init__(self, root_template, data_dir, run_blocking=None, trash=None):
-        self.root_template = root_template
-        self.data_dir = data_dir
-        self.trash = trash
-        self._run = run_blocking or (lambda f, *a: defer.maybeDeferred(f, *a))
-
-    def path_for(self, record):
-        from securepop.mailstore.paths import mailbox_path
-
-        if record.mailbox:
-            return record.mailbox
-        return mailbox_path(self.root_template, self.data_dir, record.username)
+    def __init__(self, store):
+        self.store = store
 
     def requestAvatar(self, avatarId, mind, *interfaces):
         if ISecureMailbox not in interfaces:
             return defer.fail(NotImplementedError("securepop only serves maildrops"))
-        from securepop.mailstore.maildir import MaildirMailbox
-
         if mind is not None:
             mind.record = avatarId
-        path = self.path_for(avatarId)
-        d = self._run(MaildirMailbox.open, path, True, self.trash)
+        try:
+            d = self.store.login(avatarId.username, avatarId.mailbox)
+        except ValueError:
+            return defer.fail(UnauthorizedLogin("unusable-mailbox-path"))
 
-        def opened(mailbox):
-            return ISecureMailbox, mailbox, mailbox.release
+        def refused(failure):
+            failure.trap(ValueError)
+            raise UnauthorizedLogin("unusable-mailbox-path")
 
-        return d.addCallback(opened)
+        d.addCallbacks(lambda mailbox: (ISecureMailbox, mailbox, mailbox.release), refused)
+        return d
 
 
 def build_portal(source, realm, cache=None):

@@ -1,0 +1,167 @@
+"""
+Maildir delivery: the only way a message enters a mailbox without a window
+in which a reader could see half of it.
+
+The message is written to C{tmp/} under a unique name, fsynced, linked (or
+renamed) into C{new/} with C{,S=<size>,W=<crlf-size>} in its name (Dovecot's
+convention, so a login never reads the file to learn its POP3 size), and
+C{new/} is fsynced so the name survives a power loss.  Any failure before
+the link removes the temporary file and leaves C{new/} untouched.
+
+Blocking (writes and fsyncs the whole message): call it off the reactor
+thread.
+"""
+
+import errno
+import os
+import secrets
+import socket
+import time
+
+from securepop.mailstore.sizes import CHUNK_SIZE, CRLFCounter
+
+MAILDIR_SUBDIRS = ("tmp", "new", "cur")
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def fsyncDirectory(path):
+    """
+    Make the names in directory C{path} durable.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makeDirectory(path):
+    try:
+        os.mkdir(path, DIRECTORY_MODE)
+    except FileExistsError:
+        if not os.path.isdir(path) or os.path.islink(path):
+            raise
+        return False
+    return True
+
+
+def ensureMaildir(path):
+    """
+    Create C{path} (and missing parents) with C{tmp/ new/ cur/}, mode 0700.
+
+    @return: C{path}.
+    """
+    path = os.fspath(path)
+    missing = []
+    parent = os.path.abspath(path)
+    while not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    created = [p for p in reversed(missing) if _makeDirectory(p)]
+    for sub in MAILDIR_SUBDIRS:
+        if _makeDirectory(os.path.join(path, sub)):
+            created.append(os.path.join(path, sub))
+    for directory in {os.path.dirname(p) for p in created}:
+        fsyncDirectory(directory)
+    return path
+
+
+def _encodeHost(host):
+    return host.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+
+
+def uniqueName(now=time.time):
+    """
+    A Maildir unique name: C{<sec>.M<usec>P<pid>R<random>.<host>}.
+    """
+    moment = now()
+    seconds = int(moment)
+    micro = int((moment - seconds) * 1_000_000)
+    host = _encodeHost(socket.gethostname() or "localhost")
+    return f"{seconds}.M{micro}P{os.getpid()}R{secrets.token_hex(8)}.{host}"
+
+
+def _chunks(dataOrFile):
+    if isinstance(dataOrFile, (bytes, bytearray, memoryview)):
+        view = memoryview(dataOrFile)
+        for start in range(0, len(view), CHUNK_SIZE):
+            yield bytes(view[start : start + CHUNK_SIZE])
+        return
+    while True:
+        chunk = dataOrFile.read(CHUNK_SIZE)
+        if not chunk:
+            return
+        if not isinstance(chunk, bytes):
+            raise TypeError("deliver() needs bytes or a binary file")
+        yield chunk
+
+
+def _writeAll(fd, data):
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _publish(source, target):
+    """
+    Move C{source} to C{target} without ever replacing an existing file.
+    """
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "target exists", target) from None
+        os.rename(source, target)
+    else:
+        os.unlink(source)
+
+
+def deliver(maildir_path, data_or_file, now=time.time):
+    """
+    Deliver one message into the Maildir at C{maildir_path}, creating it
+    when missing.
+
+    @param data_or_file: the message: L{bytes} or a binary file object
+        (read to its end in chunks; stored exactly as given, LF or CRLF).
+    @return: the file name in C{new/} (L{str}).
+    """
+    maildir = ensureMaildir(maildir_path)
+    tmpDir = os.path.join(maildir, "tmp")
+    newDir = os.path.join(maildir, "new")
+    for _ in range(10):
+        unique = uniqueName(now)
+        tmpPath = os.path.join(tmpDir, unique)
+        try:
+            fd = os.open(
+                tmpPath,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                FILE_MODE,
+            )
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise FileExistsError(errno.EEXIST, "no unique name in tmp/", tmpDir)
+    try:
+        try:
+            counter = CRLFCounter()
+            for chunk in _chunks(data_or_file):
+                counter.feed(chunk)
+                _writeAll(fd, chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        name = f"{unique},S={counter.rawSize},W={counter.crlfSize}"
+        _publish(tmpPath, os.path.join(newDir, name))
+    except BaseException:
+        try:
+            os.unlink(tmpPath)
+        except OSError:
+            pass
+        raise
+    fsyncDirectory(newDir)
+    return name

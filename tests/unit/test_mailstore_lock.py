@@ -1,0 +1,189 @@
+"""
+Tests for L{securepop.mailstore.lock}: the exclusive per-mailbox lock.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from securepop.errors import MailboxInUse
+from securepop.mailstore import lock as lockModule
+from securepop.mailstore.lock import LockOwner, acquire
+
+
+@pytest.fixture
+def lockPath(tmp_path):
+    return str(tmp_path / "securepop.lock")
+
+
+def writeLock(path, host=None, pid=None, boot=None, created=None, age=0.0):
+    """Leave a lock file as a holder that never released it would."""
+    owner = LockOwner(
+        host or socket.gethostname(),
+        pid if pid is not None else os.getpid(),
+        boot or lockModule._bootId(),
+        created if created is not None else time.time(),
+        "deadbeef",
+    )
+    with open(path, "wb") as f:
+        f.write(owner.serialise())
+    when = time.time() - age
+    os.utime(path, (when, when))
+
+
+def deadPid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_acquire_writes_owner_and_release_removes(lockPath):
+    held = acquire(lockPath)
+    with open(lockPath, "rb") as f:
+        owner = LockOwner.parse(f.read())
+    assert owner.host == socket.gethostname() and owner.pid == os.getpid()
+    assert os.stat(lockPath).st_mode & 0o777 == 0o600
+    held.release()
+    assert not os.path.exists(lockPath)
+    held.release()  # idempotent
+    assert not held.held
+
+
+def test_context_manager_releases_on_error(lockPath):
+    with pytest.raises(ZeroDivisionError):
+        with acquire(lockPath):
+            1 / 0
+    assert not os.path.exists(lockPath)
+    acquire(lockPath).release()
+
+
+def test_second_acquire_in_process_refused(lockPath):
+    with acquire(lockPath):
+        with pytest.raises(MailboxInUse):
+            acquire(lockPath)
+        assert os.path.exists(lockPath)  # the refused attempt did not break it
+    acquire(lockPath).release()
+
+
+HOLDER = """
+import sys, time
+from securepop.mailstore.lock import acquire
+held = acquire(sys.argv[1])
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_other_process_holds_then_killed_9(lockPath):
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, lockPath],
+        stdout=subprocess.PIPE,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        with pytest.raises(MailboxInUse):
+            acquire(lockPath)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    assert os.path.exists(lockPath)  # left behind by the killed holder
+    held = acquire(lockPath)  # recovered
+    held.release()
+
+
+def test_stale_lock_of_dead_pid_recovered(lockPath):
+    writeLock(lockPath, pid=deadPid())
+    held = acquire(lockPath)
+    with open(lockPath, "rb") as f:
+        assert LockOwner.parse(f.read()).pid == os.getpid()
+    held.release()
+
+
+def test_lock_of_live_pid_on_this_host_respected(lockPath):
+    # pid 1 is alive; no flock (another implementation's lock file)
+    writeLock(lockPath, pid=1)
+    with pytest.raises(MailboxInUse):
+        acquire(lockPath)
+    assert os.path.exists(lockPath)
+
+
+def test_lock_of_own_pid_from_previous_incarnation_recovered(lockPath):
+    # a restarted server in a container often has the same pid
+    writeLock(lockPath, pid=os.getpid())
+    acquire(lockPath).release()
+
+
+def test_lock_from_previous_boot_recovered(lockPath):
+    writeLock(lockPath, pid=1, boot="another-boot")
+    acquire(lockPath).release()
+
+
+def test_other_host_fresh_lock_respected(lockPath):
+    writeLock(lockPath, host="other.example", pid=1234, age=60)
+    with pytest.raises(MailboxInUse):
+        acquire(lockPath, staleAfter=600)
+
+
+def test_other_host_unrefreshed_lock_recovered(lockPath):
+    writeLock(lockPath, host="other.example", pid=1234, age=601)
+    acquire(lockPath, staleAfter=600).release()
+
+
+def test_age_uses_injected_clock(lockPath):
+    writeLock(lockPath, host="other.example", pid=1234)
+    with pytest.raises(MailboxInUse):
+        acquire(lockPath, staleAfter=600, now=lambda: time.time() + 599)
+    acquire(lockPath, staleAfter=600, now=lambda: time.time() + 700).release()
+
+
+@pytest.mark.parametrize("content", [b"", b"half a rec", b"host notapid boot 1 t\n",
+                                     b"\xff\xfe\n"])
+def test_unreadable_lock_young_respected_old_recovered(lockPath, content):
+    with open(lockPath, "wb") as f:
+        f.write(content)
+    with pytest.raises(MailboxInUse):
+        acquire(lockPath)
+    old = time.time() - lockModule.UNWRITTEN_GRACE - 5
+    os.utime(lockPath, (old, old))
+    acquire(lockPath).release()
+
+
+def test_refresh_updates_mtime(lockPath):
+    with acquire(lockPath) as held:
+        os.utime(lockPath, (5, 5))
+        held.refresh()
+        assert os.stat(lockPath).st_mtime > 5
+
+
+def test_release_leaves_a_lock_that_is_no_longer_ours(lockPath):
+    held = acquire(lockPath)
+    os.rename(lockPath, lockPath + ".old")  # someone broke and replaced it
+    writeLock(lockPath, host="other.example", pid=42)
+    assert not held.stillOurs()
+    held.release()
+    assert os.path.exists(lockPath)
+
+
+def test_symlink_at_lock_path_refused(lockPath, tmp_path):
+    target = tmp_path / "victim"
+    target.write_bytes(b"keep me\n")
+    os.symlink(target, lockPath)
+    with pytest.raises(OSError):
+        acquire(lockPath)
+    assert target.read_bytes() == b"keep me\n"
+    assert os.path.islink(lockPath)
+
+
+def test_owner_parse_rejects_garbage():
+    assert LockOwner.parse(b"a 1 b 2 c") is None  # no newline: half written
+    assert LockOwner.parse(b"a 1 b 2\n") is None
+    assert LockOwner.parse(b"a x b 2 c\n") is None
+    owner = LockOwner.parse(b"h 12 boot 3 tok\n")
+    assert (owner.host, owner.pid, owner.boot, owner.token) == ("h", 12, "boot", "tok")
