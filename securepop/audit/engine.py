@@ -1,0 +1,647 @@
+"""
+The audit's checks: the "How to confirm" steps of an administrator's
+checklist, run against any POP3 server.
+
+Each check yields L{Finding}s (check name, PASS/WARN/FAIL/INFO, reason).
+No real credential is ever sent before TLS: cleartext exposure is probed
+with a made-up user name and every SASL exchange is cancelled with C{*}
+before a response would be needed.  The optional login runs only under
+TLS, and only after the certificate has been verified.
+"""
+
+import base64
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from securepop.audit import tlsprobe
+from securepop.audit.pop3client import (
+    BudgetExhausted,
+    ConnectionClosed,
+    POP3Probe,
+    ProbeBudget,
+    ProbeError,
+    ProbeTimeout,
+    openSocket,
+)
+
+PASS, WARN, FAIL, INFO = "PASS", "WARN", "FAIL", "INFO"
+STATUSES = (PASS, WARN, FAIL, INFO)
+
+# What each mechanism puts on the wire: True = the password itself (or an
+# equivalent bearer secret), protected only by TLS.
+PASSWORD_EXPOSING = {
+    "USER": True, "PLAIN": True, "LOGIN": True, "XOAUTH2": True,
+    "OAUTHBEARER": True,
+    "APOP": False, "CRAM-MD5": False, "DIGEST-MD5": False, "NTLM": False,
+    "GSSAPI": False, "GSS-SPNEGO": False, "EXTERNAL": False, "ANONYMOUS": False,
+    "SCRAM-SHA-1": False, "SCRAM-SHA-1-PLUS": False, "SCRAM-SHA-256": False,
+    "SCRAM-SHA-256-PLUS": False, "SCRAM-SHA-512": False,
+}
+
+APOP_TIMESTAMP = re.compile(r"<[^<>\s]{1,200}@[^<>\s]{1,200}>")
+EXPIRY_WARNING_DAYS = 14
+
+
+@dataclass(frozen=True)
+class Finding:
+    """
+    One line of the report.
+
+    @ivar check: a stable dotted name (e.g. C{"cleartext.user-pass"}).
+    @ivar status: one of PASS, WARN, FAIL, INFO.
+    @ivar reason: why, in one sentence (never a credential).
+    """
+
+    check: str
+    status: str
+    reason: str
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}")
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """
+    What to audit and how.
+
+    @ivar target: L{securepop.audit.pop3client.Target}.
+    @ivar password: bytes, only used under verified TLS; never printed.
+    @ivar injectionWait: seconds to wait for an answer to a command that was
+        pipelined after STLS.
+    """
+
+    target: object
+    sourceAddress: str = None
+    servername: str = None
+    cafile: str = None
+    user: str = None
+    password: bytes = field(default=None, repr=False)
+    timeout: float = 10.0
+    injectionWait: float = 1.0
+    maxConnections: int = 32
+    maxSeconds: float = 300.0
+
+    @property
+    def checkedName(self):
+        """The name the certificate must carry."""
+        return self.servername or self.target.host
+
+
+@dataclass
+class AuditResult:
+    """
+    @ivar declined: True when the server declined our connection before
+        greeting (the rest could not be audited).
+    """
+
+    target: object
+    findings: list = field(default_factory=list)
+    declined: bool = False
+    sourceAddress: str = None
+
+    def add(self, check, status, reason):
+        self.findings.append(Finding(check, status, reason))
+
+    def status(self, check):
+        for finding in self.findings:
+            if finding.check == check:
+                return finding.status
+        return None
+
+
+def mechanismsOf(capabilities, greeting=None):
+    """
+    @return: the login methods the capabilities announce, as names in
+        L{PASSWORD_EXPOSING} style (C{"USER"} for USER/PASS, C{"APOP"} when the
+        greeting carries a timestamp).
+    """
+    names = []
+    if "USER" in capabilities:
+        names.append("USER")
+    names.extend(m for m in capabilities.get("SASL", ()) if m not in names)
+    if greeting is not None and APOP_TIMESTAMP.search(greeting.text):
+        names.append("APOP")
+    return names
+
+
+def exposingMechanisms(names):
+    """
+    @return: (exposing, not exposing, unknown) lists.
+    """
+    exposing = [n for n in names if PASSWORD_EXPOSING.get(n) is True]
+    safe = [n for n in names if PASSWORD_EXPOSING.get(n) is False]
+    unknown = [n for n in names if n not in PASSWORD_EXPOSING]
+    return exposing, safe, unknown
+
+
+def classifyCleartextAnswer(response):
+    """
+    Judge the answer to a USER or AUTH probe sent before TLS.
+
+    @return: True when the server accepted it (C{+OK} to USER, a C{+}
+        continuation to AUTH), False when it refused.
+    """
+    return response.ok or response.continuation
+
+
+def describeCapabilities(capabilities):
+    parts = []
+    for name, args in capabilities.items():
+        parts.append(" ".join((name,) + tuple(args)))
+    return ", ".join(parts) if parts else "nothing"
+
+
+def shorten(text, limit=120):
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class Audit:
+    """
+    Run every check against one server.
+
+    Usage: C{Audit(AuditOptions(...)).run()} returns an L{AuditResult}.
+    """
+
+    def __init__(self, options, now=tlsprobe.utcNow):
+        self.options = options
+        self.now = now
+        self.budget = ProbeBudget(options.maxConnections, options.maxSeconds)
+        self.result = AuditResult(options.target, sourceAddress=options.sourceAddress)
+        self.capabilitiesBefore = {}
+        self.capabilitiesUnderTLS = None
+        self.facts = None
+        self.tlsWorks = False
+        self.certificateTrusted = False
+        self.cleartextAccepted = []
+        self.greeting = None
+        self.mainProbe = None
+
+    # -- helpers -----------------------------------------------------------
+
+    def _probe(self):
+        return POP3Probe(self.options.target, self.options.sourceAddress,
+                         self.options.timeout, self.budget)
+
+    def _context(self, version=None):
+        return tlsprobe.makeContext(version)
+
+    def _connect(self, probe, context=None):
+        """Connect and demand a +OK greeting."""
+        greeting = probe.connect(context or self._context(), self.options.checkedName)
+        if not greeting.ok:
+            raise ProbeError(f"greeting was {greeting.status} {shorten(greeting.text)}")
+        return greeting
+
+    def _openAtTLSStart(self):
+        """
+        A probe whose socket is where the ClientHello goes: right after
+        STLS's +OK, or at once for pop3s.
+        """
+        probe = self._probe()
+        if self.options.target.implicitTLS:
+            self.budget.spend()
+            probe.sock = openSocket(self.options.target, self.options.sourceAddress,
+                                    self.options.timeout)
+            return probe
+        try:
+            self._connect(probe)
+            answer = probe.command("STLS")
+            if not answer.ok:
+                raise ProbeError(f"STLS answered {answer.status} {shorten(answer.text)}")
+        except Exception:
+            probe.close()
+            raise
+        return probe
+
+    # -- the run -------------------------------------------------------------
+
+    def run(self):
+        r = self.result
+        try:
+            if self._connection():
+                if self.options.target.implicitTLS:
+                    self._implicitSession()
+                else:
+                    self._cleartextSession()
+                    self._cleartextProbes()
+                    self._injection()
+                if self.tlsWorks:
+                    self._versions()
+                    self._weakSuites()
+                    self._certificate()
+                self._authentication()
+                self._login()
+        except BudgetExhausted as e:
+            r.add("audit.budget", WARN, f"audit stopped early: {e}")
+        return r
+
+    # -- connection ------------------------------------------------------------
+
+    def _connection(self):
+        """
+        Greeting and whether our (source) address is declined.
+
+        @return: True when the server greeted us and the audit can go on.
+        """
+        r = self.result
+        o = self.options
+        probe = self._probe()
+        source = o.sourceAddress or "this host's default address"
+        try:
+            greeting = probe.connect(self._context(), o.checkedName)
+        except (ConnectionClosed,) as e:
+            probe.close()
+            r.declined = True
+            r.add("connection.greeting", INFO,
+                  f"connection declined: server closed it before greeting ({e})")
+            r.add("connection.source-address", INFO,
+                  f"server declined connections from {source}")
+            return False
+        except ProbeTimeout as e:
+            probe.close()
+            r.add("connection.greeting", FAIL, f"no greeting: {e}")
+            return False
+        except ProbeError as e:
+            probe.close()
+            r.add("connection.greeting", FAIL, f"cannot audit: {e}")
+            return False
+        if not greeting.ok:
+            probe.close()
+            r.declined = True
+            r.add("connection.greeting", INFO,
+                  f"connection declined: {greeting.status} {shorten(greeting.text)}")
+            r.add("connection.source-address", INFO,
+                  f"server declined connections from {source}")
+            return False
+        r.add("connection.greeting", PASS, f"+OK {shorten(greeting.text)}")
+        if o.sourceAddress:
+            r.add("connection.source-address", INFO,
+                  f"server accepted connections from {o.sourceAddress}")
+        try:
+            local, peer = probe.sock.getsockname()[0], probe.sock.getpeername()[0]
+        except (OSError, AttributeError):
+            local = peer = None
+        if local is not None and local == peer:
+            r.add("connection.vantage", INFO,
+                  f"client and server share the address {local}: some servers (Dovecot) "
+                  "treat such connections as secure, so remote clients may see less; "
+                  "use --source-address with another address")
+        if APOP_TIMESTAMP.search(greeting.text):
+            r.add("cleartext.apop", WARN,
+                  "greeting carries an APOP timestamp: APOP is MD5 over a secret "
+                  "the server must store in clear, and it works without TLS")
+        else:
+            r.add("cleartext.apop", PASS, "greeting carries no APOP timestamp")
+        self.greeting = greeting
+        self.mainProbe = probe
+        return True
+
+    # -- pop3:// -------------------------------------------------------------------
+
+    def _cleartextSession(self):
+        r = self.result
+        probe = self.mainProbe
+        try:
+            response, self.capabilitiesBefore = probe.capa()
+            if response.ok:
+                r.add("cleartext.capa", INFO,
+                      f"CAPA before TLS offers: {describeCapabilities(self.capabilitiesBefore)}")
+            else:
+                r.add("cleartext.capa", WARN, f"CAPA refused before TLS: {shorten(response.text)}")
+            if "STLS" in self.capabilitiesBefore:
+                r.add("stls.offered", PASS, "STLS is offered")
+            else:
+                r.add("stls.offered", FAIL,
+                      "STLS is not offered: nothing on this port can be protected by TLS")
+            answer = probe.command("STLS")
+            if not answer.ok:
+                r.add("stls.works", FAIL, f"STLS refused: {answer.status} {shorten(answer.text)}")
+                return
+            try:
+                probe.startTLS(self._context(), self.options.checkedName)
+            except ProbeError as e:
+                r.add("stls.works", FAIL, f"STLS answered +OK but {e}")
+                return
+            self.facts = tlsprobe.handshakeFacts(probe.tls)
+            self.tlsWorks = True
+            r.add("stls.works", PASS,
+                  f"TLS started: {self.facts.version} {self.facts.cipher} "
+                  f"({self.facts.bits}-bit)")
+            response, self.capabilitiesUnderTLS = probe.capa()
+            if not response.ok:
+                r.add("stls.capa-after", WARN, f"CAPA refused under TLS: {shorten(response.text)}")
+            elif "STLS" in self.capabilitiesUnderTLS:
+                r.add("stls.capa-after", FAIL, "CAPA under TLS still offers STLS")
+            else:
+                r.add("stls.capa-after", PASS, "CAPA under TLS no longer offers STLS")
+        except ProbeError as e:
+            r.add("stls.works", FAIL, f"session failed: {e}")
+        finally:
+            probe.quit()
+
+    def _cleartextProbes(self):
+        """
+        USER, AUTH PLAIN and AUTH LOGIN before TLS, each on its own
+        connection, with a made-up user name and no password.
+        """
+        r = self.result
+        fakeUser = "audit-probe-" + secrets.token_hex(6)
+        probes = (
+            ("cleartext.user-pass", "USER", f"USER {fakeUser}", "USER/PASS"),
+            ("cleartext.auth-plain", "PLAIN", "AUTH PLAIN", "AUTH PLAIN"),
+            ("cleartext.auth-login", "LOGIN", "AUTH LOGIN", "AUTH LOGIN"),
+        )
+        self.cleartextAccepted = []
+        for check, mechanism, line, label in probes:
+            probe = self._probe()
+            try:
+                self._connect(probe)
+                answer = probe.command(line)
+                if answer.continuation:
+                    probe.sendRaw(b"*\r\n")   # cancel: nothing secret is ever sent
+                advertised = (mechanism in self.capabilitiesBefore if mechanism == "USER"
+                              else mechanism in self.capabilitiesBefore.get("SASL", ()))
+                if classifyCleartextAnswer(answer):
+                    self.cleartextAccepted.append(label)
+                    r.add(check, FAIL,
+                          f"{label} accepted before TLS (answered {answer.status} to "
+                          f"{line.split()[0]} {line.split()[1] if mechanism != 'USER' else '<made-up user>'}): "
+                          "passwords cross the network in clear")
+                elif advertised:
+                    r.add(check, WARN,
+                          f"{label} refused before TLS ({shorten(answer.status + ' ' + answer.text)}) "
+                          "but CAPA advertises it before TLS")
+                else:
+                    r.add(check, PASS,
+                          f"{label} refused before TLS: {shorten(answer.status + ' ' + answer.text)}")
+            except ProbeError as e:
+                r.add(check, WARN, f"{label} probe failed: {e}")
+            finally:
+                probe.quit()
+
+    def _injection(self):
+        """
+        STLS and CAPA in one packet: a correct server discards the CAPA; a
+        broken one answers it, in clear or inside TLS (CVE-2011-0411 class).
+        """
+        r = self.result
+        check = "stls.injection"
+        probe = self._probe()
+        try:
+            self._connect(probe)
+            probe.sendRaw(b"STLS\r\nCAPA\r\n")
+            answer = probe.readResponse()
+            if not answer.ok:
+                r.add(check, INFO, f"not tested: STLS refused ({shorten(answer.text)})")
+                return
+            leftover = probe.pollData(min(self.options.injectionWait, 0.2))
+            if leftover:
+                r.add(check, FAIL,
+                      "command pipelined after STLS was answered in clear before TLS: "
+                      + shorten(leftover.decode("utf-8", "replace"), 60))
+                return
+            try:
+                probe.startTLS(self._context(), self.options.checkedName)
+            except ProbeError as e:
+                # The server fed the pipelined bytes to its TLS layer (or
+                # dropped them and us): it cannot answer them in TLS.
+                r.add(check, PASS,
+                      f"command pipelined after STLS was not answered (TLS then failed: {e})")
+                return
+            unsolicited = probe.pollData(self.options.injectionWait)
+            if unsolicited:
+                r.add(check, FAIL,
+                      "command pipelined after STLS was answered inside TLS "
+                      "(command injection): "
+                      + shorten(unsolicited.decode("utf-8", "replace"), 60))
+            else:
+                r.add(check, PASS, "command pipelined after STLS was discarded")
+        except ProbeError as e:
+            r.add(check, WARN, f"injection probe failed: {e}")
+        finally:
+            probe.quit()
+
+    # -- pop3s:// ------------------------------------------------------------------
+
+    def _implicitSession(self):
+        r = self.result
+        probe = self.mainProbe
+        try:
+            self.facts = tlsprobe.handshakeFacts(probe.tls)
+            self.tlsWorks = True
+            r.add("tls.implicit", PASS,
+                  f"implicit TLS: {self.facts.version} {self.facts.cipher} ({self.facts.bits}-bit)")
+            r.add("cleartext.exposure", PASS, "implicit TLS: nothing is sent in clear on this port")
+            response, self.capabilitiesUnderTLS = probe.capa()
+            if not response.ok:
+                r.add("tls.capa", WARN, f"CAPA refused: {shorten(response.text)}")
+            else:
+                r.add("tls.capa", INFO,
+                      f"CAPA under TLS offers: {describeCapabilities(self.capabilitiesUnderTLS)}")
+                if "STLS" in self.capabilitiesUnderTLS:
+                    r.add("stls.capa-after", FAIL, "CAPA under implicit TLS offers STLS")
+        except ProbeError as e:
+            r.add("tls.capa", WARN, f"session failed: {e}")
+        finally:
+            probe.quit()
+        self.cleartextAccepted = []
+
+    # -- TLS -----------------------------------------------------------------------
+
+    def _versions(self):
+        r = self.result
+        accepted = {}
+        for name, version in tlsprobe.PROTOCOL_VERSIONS:
+            try:
+                probe = self._openAtTLSStart()
+            except ProbeError as e:
+                r.add(f"tls.version.{name}", WARN, f"TLS {name} not tested: {e}")
+                continue
+            try:
+                probe.startTLS(self._context(version), self.options.checkedName)
+                accepted[name] = tlsprobe.handshakeFacts(probe.tls)
+            except ProbeError as e:
+                accepted[name] = None
+                refusal = str(e)
+            finally:
+                probe.close()
+            facts = accepted[name]
+            if name in ("1.0", "1.1"):
+                if facts:
+                    r.add(f"tls.version.{name}", FAIL,
+                          f"TLS {name} accepted ({facts.cipher}): deprecated by RFC 8996")
+                else:
+                    r.add(f"tls.version.{name}", PASS, f"TLS {name} refused")
+            elif facts:
+                r.add(f"tls.version.{name}", PASS, f"TLS {name} accepted ({facts.cipher})")
+            elif name == "1.3":
+                r.add(f"tls.version.{name}", WARN, f"TLS 1.3 not accepted: {shorten(refusal, 80)}")
+            else:
+                r.add(f"tls.version.{name}", INFO, f"TLS 1.2 not accepted: {shorten(refusal, 80)}")
+
+    def _weakSuites(self):
+        r = self.result
+        for key, (label, suites) in tlsprobe.WEAK_SUITE_CATEGORIES.items():
+            check = f"tls.cipher.{key}"
+            try:
+                probe = self._openAtTLSStart()
+            except ProbeError as e:
+                r.add(check, WARN, f"{label} suites not tested: {e}")
+                continue
+            try:
+                answer = tlsprobe.offerSuites(probe.sock, suites, self.options.checkedName,
+                                              self.options.timeout)
+            finally:
+                probe.close()
+            if answer.kind == "hello" and answer.suite in suites:
+                r.add(check, FAIL,
+                      f"{label} suite accepted: server chose 0x{answer.suite:04X}")
+            elif answer.kind == "hello":
+                r.add(check, WARN,
+                      f"server chose 0x{answer.suite:04X}, which was not offered")
+            elif answer.kind in ("alert", "closed"):
+                r.add(check, PASS, f"{label} suites refused")
+            else:
+                r.add(check, WARN, f"{label} probe inconclusive: {answer.kind} {answer.detail}")
+
+    def _certificate(self):
+        r = self.result
+        o = self.options
+        chain = self.facts.chain if self.facts else ()
+        if not chain:
+            r.add("tls.cert.chain", FAIL, "server sent no certificate")
+            return
+        leaf = chain[0]
+        chainOK, why = tlsprobe.verifyChain(chain, o.cafile)
+        r.add("tls.cert.chain", PASS if chainOK else FAIL, why)
+        nameOK, why = tlsprobe.verifyName(leaf, o.checkedName)
+        r.add("tls.cert.name", PASS if nameOK else FAIL, why)
+        self.certificateTrusted = chainOK and nameOK
+        notBefore, notAfter = tlsprobe.validityWindow(leaf)
+        now = self.now()
+        if now < notBefore:
+            r.add("tls.cert.expiry", FAIL, f"certificate not valid before {notBefore:%Y-%m-%d %H:%M} UTC")
+        elif now > notAfter:
+            r.add("tls.cert.expiry", FAIL, f"certificate expired on {notAfter:%Y-%m-%d %H:%M} UTC")
+        elif (notAfter - now).days < EXPIRY_WARNING_DAYS:
+            r.add("tls.cert.expiry", WARN,
+                  f"certificate expires in {(notAfter - now).days} days ({notAfter:%Y-%m-%d})")
+        else:
+            r.add("tls.cert.expiry", PASS, f"certificate valid until {notAfter:%Y-%m-%d}")
+        r.add("tls.cert.key", *judgeKey(*tlsprobe.describeKey(leaf)))
+        r.add("tls.cert.signature", *judgeSignature(tlsprobe.signatureHash(leaf)))
+
+    # -- authentication --------------------------------------------------------------
+
+    def _authentication(self):
+        r = self.result
+        before = mechanismsOf(self.capabilitiesBefore, self.greeting) \
+            if not self.options.target.implicitTLS else []
+        under = mechanismsOf(self.capabilitiesUnderTLS or {}, None)
+        parts = []
+        if not self.options.target.implicitTLS:
+            parts.append(f"before TLS: {', '.join(before) or 'none'}")
+        if self.capabilitiesUnderTLS is not None:
+            parts.append(f"under TLS: {', '.join(under) or 'none'}")
+        r.add("auth.mechanisms", INFO, "; ".join(parts) or "none announced")
+        exposing, safe, unknown = exposingMechanisms(list(dict.fromkeys(before + under)))
+        text = f"send the password itself: {', '.join(exposing) or 'none'}"
+        if safe:
+            text += f"; do not: {', '.join(safe)}"
+        if unknown:
+            text += f"; unknown: {', '.join(unknown)}"
+        r.add("auth.password-exposing", INFO, text)
+        if self.cleartextAccepted:
+            r.add("auth.cleartext", FAIL,
+                  "password-exposing login usable without TLS: "
+                  + ", ".join(self.cleartextAccepted))
+        elif self.options.target.implicitTLS:
+            r.add("auth.cleartext", PASS, "implicit TLS: no login is possible in clear")
+        else:
+            r.add("auth.cleartext", PASS,
+                  "no password-exposing login (USER/PASS, PLAIN, LOGIN) usable without TLS")
+
+    def _login(self):
+        r = self.result
+        o = self.options
+        if not o.user:
+            return
+        if not self.tlsWorks:
+            r.add("login", INFO, "not attempted: no TLS; credentials are never sent in clear")
+            return
+        if not self.certificateTrusted:
+            r.add("login", INFO,
+                  "not attempted: the certificate was not verified (chain and name); "
+                  "give --cafile / --servername so credentials go only to the right server")
+            return
+        capabilities = self.capabilitiesUnderTLS or {}
+        probe = None
+        try:
+            probe = self._openAtTLSStart()
+            probe.startTLS(self._context(), o.checkedName)
+            if o.target.implicitTLS:
+                probe.greeting = probe.readResponse()
+                if not probe.greeting.ok:
+                    raise ProbeError(f"greeting was {shorten(probe.greeting.text)}")
+            if "PLAIN" in capabilities.get("SASL", ()):
+                method = "AUTH PLAIN"
+                token = base64.b64encode(
+                    b"\0" + o.user.encode("utf-8") + b"\0" + (o.password or b"")).decode()
+                answer = probe.command("AUTH PLAIN")
+                if answer.continuation:
+                    answer = probe.command(token)
+            elif "USER" in capabilities or not capabilities:
+                method = "USER/PASS"
+                answer = probe.command(f"USER {o.user}")
+                if answer.ok:
+                    probe.sendRaw(b"PASS " + (o.password or b"") + b"\r\n")
+                    answer = probe.readResponse()
+            else:
+                r.add("login", INFO, "not attempted: no USER or PLAIN offered under TLS")
+                return
+            if answer.ok:
+                stat = probe.command("STAT")
+                r.add("login", PASS,
+                      f"logged in as {o.user} with {method} under TLS"
+                      + (f"; STAT {shorten(stat.text, 40)}" if stat.ok else ""))
+            else:
+                r.add("login", FAIL,
+                      f"login as {o.user} with {method} refused: {shorten(answer.status + ' ' + answer.text)}")
+        except ProbeError as e:
+            r.add("login", FAIL, f"login failed: {e}")
+        finally:
+            if probe is not None:
+                probe.quit()
+
+
+def judgeKey(kind, bits):
+    """
+    @return: (status, reason) for a certificate key.
+    """
+    if kind == "RSA":
+        if bits < 2048:
+            return FAIL, f"RSA key of {bits} bits (at least 2048 needed)"
+        return PASS, f"RSA key of {bits} bits"
+    if kind.startswith("EC "):
+        if bits < 256:
+            return FAIL, f"{kind} key of {bits} bits (at least 256 needed)"
+        return PASS, f"{kind} key of {bits} bits"
+    if kind in ("Ed25519", "Ed448"):
+        return PASS, f"{kind} key"
+    if kind == "DSA":
+        return FAIL, f"DSA key of {bits} bits (DSA is obsolete)"
+    return WARN, f"unrecognised key type {kind}"
+
+
+def judgeSignature(hashName):
+    """
+    @param hashName: the certificate signature's hash (None for EdDSA).
+    @return: (status, reason).
+    """
+    if hashName in ("md2", "md4", "md5", "sha1"):
+        return FAIL, f"certificate signed with {hashName.upper()} (collisions are practical)"
+    return PASS, f"certificate signed with {(hashName or 'EdDSA').upper()}"

@@ -1,0 +1,208 @@
+"""
+Tests for L{securepop.audit.engine}: the judgement of each fact, without a
+network (the checks against real servers are in tests/integration).
+"""
+
+import datetime
+
+import pytest
+
+from securepop.audit import engine
+from securepop.audit.engine import (
+    FAIL,
+    INFO,
+    PASS,
+    WARN,
+    Audit,
+    AuditOptions,
+    Finding,
+    classifyCleartextAnswer,
+    exposingMechanisms,
+    judgeKey,
+    judgeSignature,
+    mechanismsOf,
+)
+from securepop.audit.pop3client import Response, parseURL
+from securepop.audit.tlsprobe import HandshakeFacts
+
+from tests.unit.audit_certificates import makeCertificate, makeKey, writePEM
+
+UTC = datetime.timezone.utc
+
+
+def options(url="pop3://127.0.0.1:1110", **kw):
+    return AuditOptions(target=parseURL(url), **kw)
+
+
+def test_findingStatusIsChecked():
+    assert Finding("x", PASS, "ok").status == PASS
+    with pytest.raises(ValueError):
+        Finding("x", "OK", "no such status")
+
+
+def test_optionsNeverShowThePassword():
+    o = options(user="alice", password=b"s3cr3t-pw")
+    assert "s3cr3t-pw" not in repr(o)
+    assert o.checkedName == "127.0.0.1"
+    assert options(servername="mail.example.com").checkedName == "mail.example.com"
+
+
+def test_mechanismsOf():
+    greeting = Response("+OK", "ready <1896.697170952@dbc.mtview.ca.us>")
+    caps = {"USER": (), "SASL": ("PLAIN", "CRAM-MD5")}
+    assert mechanismsOf(caps, greeting) == ["USER", "PLAIN", "CRAM-MD5", "APOP"]
+    assert mechanismsOf({}, Response("+OK", "ready")) == []
+    assert mechanismsOf({"SASL": ()}) == []
+
+
+def test_apopTimestampNeedsTheShape():
+    assert engine.APOP_TIMESTAMP.search("<1.2@host>")
+    assert not engine.APOP_TIMESTAMP.search("ready <no-at-sign>")
+    assert not engine.APOP_TIMESTAMP.search("ready")
+
+
+def test_exposingMechanisms():
+    exposing, safe, unknown = exposingMechanisms(
+        ["USER", "PLAIN", "LOGIN", "SCRAM-SHA-256", "NTLM", "X-WEIRD", "XOAUTH2"])
+    assert exposing == ["USER", "PLAIN", "LOGIN", "XOAUTH2"]
+    assert safe == ["SCRAM-SHA-256", "NTLM"]
+    assert unknown == ["X-WEIRD"]
+
+
+@pytest.mark.parametrize("response, accepted", [
+    (Response("+OK", ""), True),
+    (Response("+", ""), True),
+    (Response("+", "VXNlcm5hbWU6"), True),
+    (Response("-ERR", "[AUTH] Plaintext authentication disallowed"), False),
+    (Response("-ERR", "not allowed without TLS"), False),
+    (Response("?", "garbage"), False),
+])
+def test_classifyCleartextAnswer(response, accepted):
+    assert classifyCleartextAnswer(response) is accepted
+
+
+@pytest.mark.parametrize("kind, bits, status", [
+    ("RSA", 4096, PASS), ("RSA", 2048, PASS), ("RSA", 1024, FAIL),
+    ("EC secp256r1", 256, PASS), ("EC secp192r1", 192, FAIL),
+    ("Ed25519", 256, PASS), ("DSA", 2048, FAIL), ("Mystery", 0, WARN),
+])
+def test_judgeKey(kind, bits, status):
+    assert judgeKey(kind, bits)[0] == status
+
+
+@pytest.mark.parametrize("name, status", [
+    ("sha256", PASS), ("sha384", PASS), (None, PASS), ("sha1", FAIL), ("md5", FAIL),
+])
+def test_judgeSignature(name, status):
+    assert judgeSignature(name)[0] == status
+
+
+# -- certificate findings with a fixed "now" ---------------------------------------------
+
+
+def certificateFindings(certificate, now, **kw):
+    audit = Audit(options(**kw), now=lambda: now)
+    audit.facts = HandshakeFacts("TLSv1.3", "TLS_AES_128_GCM_SHA256", 128, (certificate,))
+    audit._certificate()
+    return {f.check: f for f in audit.result.findings}, audit
+
+
+def test_certificateGood(tmp_path):
+    start = datetime.datetime(2026, 1, 1, tzinfo=UTC)
+    certificate, _ = makeCertificate(notBefore=start, notAfter=start + datetime.timedelta(days=365))
+    cafile = writePEM(tmp_path / "ca.pem", certificate)
+    f, audit = certificateFindings(certificate, start + datetime.timedelta(days=30), cafile=cafile)
+    assert {k: v.status for k, v in f.items()} == {
+        "tls.cert.chain": PASS, "tls.cert.name": PASS, "tls.cert.expiry": PASS,
+        "tls.cert.key": PASS, "tls.cert.signature": PASS}
+    assert audit.certificateTrusted
+
+
+@pytest.mark.parametrize("offsetDays, status, word", [
+    (-5, FAIL, "not valid before"), (400, FAIL, "expired"), (360, WARN, "expires in"),
+])
+def test_certificateExpiry(offsetDays, status, word):
+    start = datetime.datetime(2026, 1, 1, tzinfo=UTC)
+    certificate, _ = makeCertificate(notBefore=start, notAfter=start + datetime.timedelta(days=365))
+    f, _ = certificateFindings(certificate, start + datetime.timedelta(days=offsetDays))
+    assert f["tls.cert.expiry"].status == status
+    assert word in f["tls.cert.expiry"].reason
+
+
+def test_certificateWrongNameAndUntrusted():
+    certificate, _ = makeCertificate(names=("other.example.com",), ips=())
+    f, audit = certificateFindings(certificate, datetime.datetime.now(UTC),
+                                   servername="mail.example.com")
+    assert f["tls.cert.name"].status == FAIL
+    assert f["tls.cert.chain"].status == FAIL
+    assert not audit.certificateTrusted
+
+
+def test_weakKeyFails():
+    certificate, _ = makeCertificate(makeKey("rsa", 1024))
+    f, _ = certificateFindings(certificate, datetime.datetime.now(UTC))
+    assert f["tls.cert.key"].status == FAIL and "1024" in f["tls.cert.key"].reason
+
+
+def test_noCertificateFails():
+    audit = Audit(options())
+    audit.facts = HandshakeFacts("TLSv1.3", "x", 128, ())
+    audit._certificate()
+    assert audit.result.findings == [Finding("tls.cert.chain", FAIL, "server sent no certificate")]
+
+
+# -- authentication summary and login refusal ----------------------------------------------
+
+
+def authFindings(audit):
+    audit._authentication()
+    return {f.check: f for f in audit.result.findings}
+
+
+def test_authenticationCleartextUsable():
+    audit = Audit(options())
+    audit.capabilitiesBefore = {"USER": (), "SASL": ("PLAIN", "CRAM-MD5")}
+    audit.capabilitiesUnderTLS = {"USER": (), "SASL": ("PLAIN",)}
+    audit.cleartextAccepted = ["USER/PASS", "AUTH PLAIN"]
+    f = authFindings(audit)
+    assert f["auth.cleartext"].status == FAIL
+    assert "USER/PASS" in f["auth.cleartext"].reason
+    assert "before TLS: USER, PLAIN, CRAM-MD5" in f["auth.mechanisms"].reason
+    assert "CRAM-MD5" in f["auth.password-exposing"].reason.split("do not:")[1]
+
+
+def test_authenticationNothingInClear():
+    audit = Audit(options())
+    audit.capabilitiesBefore = {"STLS": ()}
+    audit.capabilitiesUnderTLS = {"SASL": ("SCRAM-SHA-256",)}
+    f = authFindings(audit)
+    assert f["auth.cleartext"].status == PASS
+    assert "none" in f["auth.password-exposing"].reason
+
+
+def test_loginRefusedWithoutTLS():
+    audit = Audit(options(user="alice", password=b"pw"))
+    audit._login()
+    assert audit.result.findings[0].status == INFO
+    assert "never sent in clear" in audit.result.findings[0].reason
+
+
+def test_loginRefusedWithUnverifiedCertificate():
+    audit = Audit(options(user="alice", password=b"pw"))
+    audit.tlsWorks = True
+    audit._login()
+    assert "not verified" in audit.result.findings[0].reason
+
+
+def test_noLoginWithoutUser():
+    audit = Audit(options())
+    audit.tlsWorks = audit.certificateTrusted = True
+    audit._login()
+    assert audit.result.findings == []
+
+
+def test_packageExports():
+    import securepop.audit as package
+    for name in package.__all__:
+        assert getattr(package, name) is not None
+    assert package.Finding is Finding
