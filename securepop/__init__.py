@@ -21,7 +21,16 @@ from securepop.interfaces import (
     IAccessPolicy, ICredentialSource, ISASLExchange, ISASLMechanism,
     ISecretCredentials, ISecureMailbox, IVerifiedCredentials,
 )
-from securepop.service import SecurePOPService, makeService
+
+
+def __getattr__(name):
+    # The service pulls in the whole server; the CLI and twistd --help should
+    # not pay for it just by importing the package.
+    if name in ("SecurePOPService", "makeService"):
+        from securepop import service
+
+        return getattr(service, name)
+    raise AttributeError(name)
 
 __version__ = "0.1.0"
 

@@ -24,7 +24,7 @@ DEFAULT_LISTENERS = (
     ("tcp:1110:interface=127.0.0.1", "starttls"),
     ("tcp:1995:interface=127.0.0.1", "implicit"),
 )
-ALL_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256", "NTLM", "CRAM-MD5")
+ALL_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "NTLM", "CRAM-MD5")
 DEFAULT_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 
 

@@ -3,7 +3,7 @@ The local users file: the embedded default credential source.
 
 One user a line, fields separated by ":" (none of them can contain one)::
 
-    alice:$argon2id$v=19$m=65536,t=3,p=4$...:nt=<hex>:scram=SCRAM-SHA-256$...:secret=<b64>
+    alice:$argon2id$v=19$m=65536,t=3,p=4$...:nt=<hex>:scram=4096,<salt>,<stored>,<server>:secret=<b64>
 
 The argon2id hash verifies USER/PASS, PLAIN and LOGIN.  The other fields are
 written only for mechanisms enabled when the password was set: C{nt} for
@@ -38,13 +38,19 @@ from securepop.interfaces import (
 #: Which stored field serves which credential kind, and which mechanisms need it.
 FIELD_FOR_KIND = {NT_HASH: "nt", SCRAM_SHA_256: "scram", CLEARTEXT_SECRET: "secret"}
 MECHANISMS_FOR_KIND = {
-    NT_HASH: ("NTLM",), SCRAM_SHA_256: ("SCRAM-SHA-256",),
+    NT_HASH: ("NTLM",), SCRAM_SHA_256: ("SCRAM-SHA-256", "SCRAM-SHA-256-PLUS"),
     CLEARTEXT_SECRET: ("CRAM-MD5", "APOP"),
 }
 
 _hasher = PasswordHasher()
-# Verified when the user does not exist, so "no such user" costs the same time.
-_DUMMY_HASH = _hasher.hash("securepop-no-such-user")
+_dummy = []
+
+
+def _dummy_hash():
+    """Verified when the user does not exist, so "no such user" costs the same."""
+    if not _dummy:
+        _dummy.append(_hasher.hash("securepop-no-such-user"))
+    return _dummy[0]
 
 
 @dataclass(frozen=True)
@@ -209,7 +215,7 @@ class FileCredentialSource:
 
     def verifyPassword(self, username, password):
         entry = self._current().get(username)
-        hashed = entry.password_hash if entry else _DUMMY_HASH
+        hashed = entry.password_hash if entry else _dummy_hash()
 
         def verify():
             try:

@@ -95,10 +95,16 @@ class ServerContext:
         return not self.settings.tls.require_secure_channel
 
     def offered_mechanisms(self, session):
+        """Mechanism names usable on this connection now, in configured order."""
         if not self.credentials_allowed(session):
             return []
-        return [name for name in self.settings.auth.mechanisms
-                if name in self.mechanisms]
+        from securepop.sasl.registry import mechanisms_for
+
+        allow_cleartext = session.listener.insecure_allow_cleartext or \
+            not self.settings.tls.require_secure_channel
+        offered = mechanisms_for(self.settings.auth.mechanisms, self.source.capabilities(),
+                                 session.secure, allow_cleartext)
+        return [m.name for m in offered if m.name in self.mechanisms]
 
     def usable_mechanism(self, session, name):
         if name in self.offered_mechanisms(session):
@@ -166,7 +172,9 @@ class ServerContext:
             self.penalty.record_success(address)
 
     def channel_binding(self, transport, kind):
-        return None
+        from securepop.tls.contextfactory import channel_binding
+
+        return channel_binding(transport, kind)
 
     def ntlm_delegate(self):
         if self._ntlm_delegate is None:

@@ -559,7 +559,8 @@ class POP3Session(Protocol):
                 events.emit("auth.unavailable", "warn", ip=self.peer, mechanism=name)
                 self.sendLine(R.SOURCE_UNAVAILABLE)
                 return None
-            reason = "malformed" if f.check(SASLError) else "refused"
+            reason = getattr(f.value, "reason", "malformed") if f.check(SASLError) \
+                else "refused"
             if f.check(UnauthorizedLogin):
                 reason = "bad-credentials"
             return self._loginFailed(name, getattr(f.value, "username", None), reason)
