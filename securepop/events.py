@@ -20,6 +20,7 @@ from twisted.logger import Logger
 log = Logger(namespace="securepop")
 
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def clean(value) -> str:
@@ -30,10 +31,16 @@ def clean(value) -> str:
     return _UNSAFE.sub(lambda m: "\\x%02x" % (ord(m.group()) & 0xFF), text) or "-"
 
 
-def emit(name: str, level: str = "info", **fields) -> None:
-    """Log event C{name} with C{fields}, as one stable text line."""
+def emit(name: str, level: str = "info", message: str = "", **fields) -> None:
+    """
+    Log event C{name} with C{fields}, as one stable text line; C{message} is
+    an optional human sentence (server-written, never client data) after
+    C{" -- "}.
+    """
     parts = " ".join(f"{k}={clean(v)}" for k, v in fields.items())
     text = f"securepop {name} {parts}".rstrip()
+    if message:
+        text += " -- " + _CONTROL.sub(" ", message)
     getattr(log, level)(
         "{securepop_text}", securepop_event=name, securepop_text=text,
         **{f"sp_{k}": v for k, v in fields.items()},

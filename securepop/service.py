@@ -241,8 +241,8 @@ class SecurePOPService(service.MultiService):
         if source.name == "file" and not getattr(source, "users", {True: 1}):
             cfg = f" --config {self.settings.path}" if self.settings.path else ""
             events.emit("users.none", "warn",
-                        hint=f"securepop{cfg} --data-dir {self.settings.server.data_dir} "
-                             f"user add NAME")
+                        message=f"no users yet; add one with: securepop{cfg} --data-dir "
+                                f"{self.settings.server.data_dir} user add NAME")
 
     def stopService(self):
         d = defer.maybeDeferred(super().stopService)
