@@ -30,7 +30,9 @@ def test_hostile_values_cannot_forge_lines_or_fields():
     [e] = capture(lambda: events.emit("auth.failure", "warn", ip="192.0.2.7", user=hostile))
     text = formatEvent(e)
     assert "\n" not in text
-    assert text.count("user=") == 1 and " ip=1.2.3.4" not in text
+    keys = [token.split("=", 1)[0] for token in text.split(" ")[2:]]
+    assert keys == ["ip", "user"]            # one token per field, whatever the value
+    assert " ip=1.2.3.4" not in text
     assert e["log_level"] == LogLevel.warn
 
 
