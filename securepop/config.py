@@ -90,11 +90,23 @@ class LDAPSettings:
     insecure_cleartext: bool = False
     timeout: float = 5.0
     pool_size: int = 4
+    group_base_dn: str = ""            # where test-auth lists groups
+    nested_groups: bool = False        # AD: in-chain matching rule
+    username_attribute: str = "uid"    # the canonical user name
+    pop3_attribute_default: bool = False
+    pop3_denied_group: str = ""
+    connect_timeout: float = 3.0
+    request_timeout: float = 15.0      # a whole login, failover included
+    retry_down_after: float = 30.0     # a failed server is skipped this long
+    max_pending: int = 64              # queued logins before [SYS/TEMP]
     # AD only
     domain: str = ""
     ntlm_auth: str = "/usr/bin/ntlm_auth"
     ntlm_auth_config: str = ""
     helpers: int = 4
+    ntlm_timeout: float = 10.0
+    ntlm_exchange_timeout: float = 30.0
+    ntlm_max_queue: int = 32
 
 
 @dataclass(frozen=True)
@@ -117,7 +129,8 @@ class AuthSettings:
     cache_ttl: float = 60.0
     file: FileSourceSettings = FileSourceSettings()
     ldap: LDAPSettings = LDAPSettings()
-    ad: LDAPSettings = LDAPSettings(user_filter="(sAMAccountName={user})")
+    ad: LDAPSettings = LDAPSettings(user_filter="(sAMAccountName={user})", nested_groups=True,
+                                    username_attribute="sAMAccountName")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,191 @@
+"""
+C{securepop test-auth USER}: try one login against the configured
+credential source and say what happened, step by step.
+
+This is the tool an administrator reaches for when "login fails" (as
+Dovecot's C{doveadm auth test}): which server answered, which DN was found,
+its groups and account state, the result, and how long it took.  The
+password comes from the terminal (not echoed) or from the first line of
+standard input; it is never printed.
+"""
+
+import argparse
+import getpass
+import hmac
+import sys
+import time
+
+from twisted.cred.error import UnauthorizedLogin
+
+from securepop.errors import SourceUnavailable
+from securepop.interfaces import CLEARTEXT_SECRET, NT_HASH
+
+MECHANISMS = ("plain", "ntlm", "cram-md5", "apop", "lookup")
+
+
+def add_parser(subparsers):
+    """
+    Register C{test-auth} on the C{securepop} command's subparsers.
+
+    @return: the new parser; its C{func} default is L{run}.
+    """
+    parser = subparsers.add_parser(
+        "test-auth", help="try one login against the credential source",
+        description=__doc__.split("\n\n")[1])
+    parser.add_argument("user", help="the user name as a client would send it")
+    parser.add_argument(
+        "--mechanism", choices=MECHANISMS, default="plain",
+        help="plain: verify the password (USER/PASS, PLAIN, LOGIN); "
+             "ntlm: NTLM (NT hash from the directory, or the DC via winbind); "
+             "cram-md5/apop: compare with the stored secret; "
+             "lookup: only whether the user may log in (no password)")
+    parser.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of stdin")
+    parser.add_argument("--config", default=argparse.SUPPRESS,
+                        help="configuration file")
+    parser.add_argument("--data-dir", default=argparse.SUPPRESS,
+                        help="data directory")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def readPassword(args, stdin=None, prompt=getpass.getpass):
+    """
+    @return: the password as bytes (from the terminal, or stdin's first
+        line without its line end).
+    """
+    stdin = stdin or sys.stdin
+    if args.password_stdin or not stdin.isatty():
+        line = stdin.readline()
+        return line.rstrip("\r\n").encode("utf-8")
+    return prompt(f"Password for {args.user}: ").encode("utf-8")
+
+
+def ntHashOf(password):
+    """MD4(UTF-16LE(password)), without relying on OpenSSL's legacy MD4."""
+    import hashlib
+
+    try:
+        return hashlib.new("md4", password.decode("utf-8").encode("utf-16-le")).digest()
+    except ValueError:
+        from spnego._ntlm_raw.md4 import md4
+
+        return md4(password.decode("utf-8").encode("utf-16-le"))
+
+
+async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None):
+    """
+    Run one login and describe it.
+
+    @return: a dict with at least C{result} (C{ok}, C{refused},
+        C{unavailable}) and C{seconds}.
+    """
+    started = clock()
+    report = {"user": user, "mechanism": mechanism,
+              "source": getattr(source, "name", "?")}
+    try:
+        if hasattr(source, "explain") and mechanism in ("plain", "lookup"):
+            report.update(await source.explain(
+                user, password if mechanism == "plain" else None))
+        elif mechanism == "plain":
+            record = await source.verifyPassword(user, password)
+            report.update(result="ok", username=record.username, **record.info)
+        elif mechanism == "lookup":
+            record = await source.lookupUser(user)
+            report.update(result="ok", username=record.username, **record.info)
+        elif mechanism == "ntlm" and ntlmVerifier is not None:
+            report.update(await _ntlmThroughVerifier(
+                source, ntlmVerifier, user, password))
+        elif mechanism == "ntlm":
+            record, stored = await source.lookupSecret(user, NT_HASH)
+            ok = hmac.compare_digest(stored, ntHashOf(password))
+            report.update(result="ok" if ok else "refused",
+                          username=record.username, **record.info)
+            if not ok:
+                report["reason"] = "NT hash does not match the password"
+        else:
+            record, stored = await source.lookupSecret(user, CLEARTEXT_SECRET)
+            ok = hmac.compare_digest(stored, password)
+            report.update(result="ok" if ok else "refused",
+                          username=record.username, **record.info)
+            if not ok:
+                report["reason"] = "stored secret does not match"
+    except UnauthorizedLogin as error:
+        report.update(result="refused", reason=str(error))
+    except SourceUnavailable as error:
+        report.update(result="unavailable", reason=str(error))
+    except ValueError as error:
+        report.update(result="refused", reason=str(error))
+    report["seconds"] = round(clock() - started, 3)
+    return report
+
+
+async def _ntlmThroughVerifier(source, verifier, user, password):
+    import spnego
+
+    client = spnego.client(user, password.decode("utf-8"), hostname="localhost",
+                           service="pop", protocol="ntlm")
+    exchange = verifier.newExchange()
+    challenge = await exchange.negotiate(client.step())
+    verified = await exchange.authenticate(client.step(challenge))
+    report = {"verified_by_dc": verified}
+    if hasattr(source, "explain"):
+        report.update(await source.explain(verified, None))
+    else:
+        record = await source.lookupUser(verified)
+        report.update(result="ok", username=record.username)
+    return report
+
+
+def formatReport(report):
+    """
+    @return: the report as aligned "key: value" lines.
+    """
+    order = ["result", "user", "mechanism", "source", "server", "dn",
+             "groups", "account", "bind", "verified_by_dc", "username",
+             "mailbox", "attributes", "reason", "seconds"]
+    keys = [key for key in order if key in report] + sorted(
+        key for key in report if key not in order)
+    lines = []
+    for key in keys:
+        value = report[key]
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(str(item) for item in value) or "(none)"
+        lines.append(f"{key + ':':<16}{value}")
+    return "\n".join(lines)
+
+
+def run(args, out=None):
+    """
+    Entry point for C{securepop test-auth}.
+
+    @return: exit code: 0 accepted, 1 refused, 2 directory unavailable.
+    """
+    out = out or sys.stdout
+    password = b"" if args.mechanism == "lookup" else readPassword(args)
+
+    from twisted.internet import defer, task
+
+    exitCode = []
+
+    async def main(reactor):
+        from securepop import config, service
+
+        settings = config.load(getattr(args, "config", None),
+                               getattr(args, "data_dir", None))
+        source = service.build_credential_source(settings, reactor)
+        verifier = None
+        builder = getattr(service, "build_ntlm_verifier", None)
+        if args.mechanism == "ntlm" and builder is not None:
+            verifier = builder(settings, reactor)
+        report = await tryLogin(source, args.user, args.mechanism, password,
+                                time.monotonic, verifier)
+        out.write(formatReport(report) + "\n")
+        exitCode.append({"ok": 0, "refused": 1}.get(report.get("result"), 2))
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+    except SystemExit as done:
+        if done.code not in (0, None):
+            return done.code
+    return exitCode[0] if exitCode else 2

@@ -1,0 +1,121 @@
+"""
+Tests for securepop.auth.cache.AuthCache (fake clock, no timing).
+"""
+
+import pytest
+from twisted.internet.task import Clock
+
+from securepop.auth.cache import MISS, NEGATIVE, AuthCache
+from securepop.auth.records import UserRecord
+
+
+def makeCache(**kwargs):
+    clock = Clock()
+    return clock, AuthCache(clock, **kwargs)
+
+
+def test_keyNeverContainsThePassword():
+    _, cache = makeCache()
+    key = cache.keyFor("ldap", "alice", b"Secret-pass-1")
+    assert b"Secret-pass-1" not in key
+    assert len(key) == 32
+
+
+def test_keyDependsOnEveryPartAndTheProcessKey():
+    _, cache = makeCache()
+    _, other = makeCache()
+    key = cache.keyFor("alice", b"pw")
+    assert key == cache.keyFor("alice", b"pw")
+    assert key != cache.keyFor("alice", b"pW")
+    assert key != cache.keyFor("alicE", b"pw")
+    assert key != other.keyFor("alice", b"pw")
+
+
+def test_keyPartsCannotBeShiftedIntoEachOther():
+    _, cache = makeCache()
+    assert cache.keyFor("ab", "c") != cache.keyFor("a", "bc")
+    assert cache.keyFor("a\x00", "b") != cache.keyFor("a", "\x00b")
+
+
+def test_keyRefusesOtherTypes():
+    _, cache = makeCache()
+    with pytest.raises(TypeError):
+        cache.keyFor(123)
+
+
+def test_positiveHitUntilTTL():
+    clock, cache = makeCache(ttl=60, negative_ttl=5)
+    record = UserRecord("alice")
+    key = cache.keyFor("alice", b"pw")
+    assert cache.get(key) is MISS
+    cache.putPositive(key, record)
+    clock.advance(59)
+    assert cache.get(key) == record
+    clock.advance(1)
+    assert cache.get(key) is MISS
+    assert len(cache) == 0
+
+
+def test_negativeIsShortLived():
+    clock, cache = makeCache(ttl=60, negative_ttl=5)
+    key = cache.keyFor("alice", b"wrong")
+    cache.putNegative(key)
+    assert cache.get(key) is NEGATIVE
+    clock.advance(5)
+    assert cache.get(key) is MISS
+
+
+def test_zeroTTLsDisableCaching():
+    _, cache = makeCache(ttl=0, negative_ttl=0)
+    key = cache.keyFor("x")
+    cache.putPositive(key, UserRecord("x"))
+    cache.putNegative(cache.keyFor("y"))
+    assert len(cache) == 0
+    assert cache.get(key) is MISS
+
+
+def test_boundedLeastRecentlyUsedGoesFirst():
+    _, cache = makeCache(max_entries=2)
+    first, second, third = (cache.keyFor(name) for name in "abc")
+    cache.putPositive(first, 1)
+    cache.putPositive(second, 2)
+    assert cache.get(first) == 1  # first is now the most recently used
+    cache.putPositive(third, 3)
+    assert len(cache) == 2
+    assert cache.get(second) is MISS
+    assert cache.get(first) == 1
+    assert cache.get(third) == 3
+
+
+def test_manyEntriesNeverExceedTheBound():
+    _, cache = makeCache(max_entries=10)
+    for number in range(1000):
+        cache.putNegative(cache.keyFor(str(number)))
+    assert len(cache) == 10
+
+
+def test_discardAndClear():
+    _, cache = makeCache()
+    key = cache.keyFor("a")
+    cache.putPositive(key, 1)
+    cache.discard(key)
+    assert cache.get(key) is MISS
+    cache.discard(key)  # idempotent
+    cache.putPositive(key, 1)
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_badArguments():
+    clock = Clock()
+    with pytest.raises(ValueError):
+        AuthCache(clock, ttl=-1)
+    with pytest.raises(ValueError):
+        AuthCache(clock, max_entries=0)
+
+
+def test_injectedKeyGivesStableKeys():
+    clock = Clock()
+    one = AuthCache(clock, key=b"k" * 32)
+    two = AuthCache(clock, key=b"k" * 32)
+    assert one.keyFor("a", b"b") == two.keyFor("a", b"b")

@@ -1,0 +1,144 @@
+"""
+Tests for securepop.cli.test_auth (the `securepop test-auth` command).
+"""
+
+import argparse
+import io
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import ensureDeferred, fail, succeed
+
+from securepop.auth.records import UserRecord
+from securepop.cli import test_auth
+from securepop.errors import SourceUnavailable
+from securepop.interfaces import CLEARTEXT_SECRET, NT_HASH
+
+# MD4(UTF-16LE("Secret-pass-3"))
+CAROL_NT = bytes.fromhex("0701327011" + "73C003589BA38563C67B5F")
+
+
+class FakeSource:
+    name = "fake"
+
+    def __init__(self, outcome=None):
+        self.outcome = outcome
+        self.calls = []
+
+    def verifyPassword(self, username, password):
+        self.calls.append(("verify", username, password))
+        if self.outcome is not None:
+            return fail(self.outcome)
+        return succeed(UserRecord(username, info={"dn": f"uid={username}"}))
+
+    def lookupUser(self, username):
+        self.calls.append(("lookup", username))
+        if self.outcome is not None:
+            return fail(self.outcome)
+        return succeed(UserRecord(username))
+
+    def lookupSecret(self, username, kind):
+        self.calls.append(("secret", username, kind))
+        if self.outcome is not None:
+            return fail(self.outcome)
+        secret = CAROL_NT if kind == NT_HASH else b"apop-secret"
+        return succeed((UserRecord(username), secret))
+
+
+class Ticks:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        self.now += 0.25
+        return self.now
+
+
+def run(source, mechanism, password):
+    results = []
+    ensureDeferred(test_auth.tryLogin(source, "carol", mechanism, password,
+                                      Ticks())).addBoth(results.append)
+    return results[0]
+
+
+def test_parserRegistration():
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers()
+    test_auth.add_parser(subparsers)
+    args = parser.parse_args(["test-auth", "alice", "--mechanism", "ntlm"])
+    assert args.user == "alice" and args.mechanism == "ntlm"
+    assert args.func is test_auth.run
+    assert not hasattr(args, "config")  # never overrides a global --config
+    args = parser.parse_args(["test-auth", "bob", "--config", "/x.toml"])
+    assert args.config == "/x.toml" and args.mechanism == "plain"
+
+
+def test_passwordFromStdin():
+    args = argparse.Namespace(user="a", password_stdin=True)
+    assert test_auth.readPassword(args, io.StringIO("s3cret\r\nmore\n")) == b"s3cret"
+
+
+def test_passwordFromTerminal():
+    class TTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    args = argparse.Namespace(user="a", password_stdin=False)
+    prompts = []
+    password = test_auth.readPassword(
+        args, TTY(), prompt=lambda text: prompts.append(text) or "pw")
+    assert password == b"pw" and prompts == ["Password for a: "]
+
+
+def test_plainOk():
+    source = FakeSource()
+    report = run(source, "plain", b"pw")
+    assert report["result"] == "ok"
+    assert report["dn"] == "uid=carol"
+    assert report["seconds"] == 0.25
+    assert source.calls == [("verify", "carol", b"pw")]
+
+
+def test_refusedAndUnavailable():
+    assert run(FakeSource(UnauthorizedLogin("no")), "plain", b"x")["result"] == "refused"
+    report = run(FakeSource(SourceUnavailable("down")), "plain", b"x")
+    assert report["result"] == "unavailable" and report["reason"] == "down"
+
+
+def test_ntlmComparesTheStoredNTHash():
+    assert run(FakeSource(), "ntlm", b"Secret-pass-3")["result"] == "ok"
+    report = run(FakeSource(), "ntlm", b"Secret-pass-4")
+    assert report["result"] == "refused"
+
+
+def test_secretMechanisms():
+    source = FakeSource()
+    assert run(source, "cram-md5", b"apop-secret")["result"] == "ok"
+    assert source.calls[-1][2] == CLEARTEXT_SECRET
+    assert run(source, "apop", b"other")["result"] == "refused"
+
+
+def test_lookupNeedsNoPassword():
+    source = FakeSource()
+    assert run(source, "lookup", b"")["result"] == "ok"
+    assert source.calls == [("lookup", "carol")]
+
+
+def test_explainIsPreferred():
+    class Explaining(FakeSource):
+        def explain(self, username, password=None):
+            self.calls.append(("explain", username, password))
+            return succeed({"result": "refused", "dn": "x", "groups": []})
+
+    source = Explaining()
+    report = run(source, "plain", b"pw")
+    assert report["result"] == "refused"
+    assert source.calls == [("explain", "carol", b"pw")]
+
+
+def test_formatReportNeverShowsThePassword():
+    text = test_auth.formatReport({"result": "ok", "user": "a", "groups": [],
+                                   "seconds": 0.1, "zzz": 1})
+    lines = text.splitlines()
+    assert lines[0].startswith("result:") and lines[0].endswith("ok")
+    assert "groups:         (none)" in lines
+    assert lines[-1].startswith("zzz:")
