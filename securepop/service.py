@@ -104,13 +104,12 @@ def build_tls(settings, clock):
     try:
         policy = TLSPolicy(profile=tls.profile, min_cipher_bits=tls.min_cipher_bits)
     except ValueError as e:
-        raise ConfigError(settings.path or "(defaults)", "tls.profile", str(e))
+        key = "tls.min_cipher_bits" if "min_cipher_bits" in str(e) else "tls.profile"
+        raise ConfigError(settings.path or "(defaults)", key, str(e))
     sni = [(s.hostname, str(settings.resolve(s.certificate)), str(settings.resolve(s.key)))
            for s in tls.sni]
     creator = ServerTLS(policy, cert, key, sni=sni, hostname=settings.server.hostname,
                         clock=clock)
-    if policy.insecure:
-        events.emit("tls.insecure_profile", "warn", profile=tls.profile)
     for warning in creator.warnings():
         events.emit("tls.certificate_warning", "warn", problem=str(warning))
     return creator

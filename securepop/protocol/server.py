@@ -19,6 +19,7 @@ import time
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -71,6 +72,7 @@ class SASLContext:
         return self._session.ctx.ntlm_delegate()
 
 
+@implementer(IHandshakeListener)
 class POP3Session(Protocol):
     """
     One POP3 connection.
@@ -107,6 +109,7 @@ class POP3Session(Protocol):
         self._greeted = False
         self._draining = False
         self._sizes = []
+        self.tls_info = {}
 
     # -- connection ------------------------------------------------------
 
@@ -154,6 +157,16 @@ class POP3Session(Protocol):
         self.sendLine(b"-ERR [SYS/PERM] " + text.encode("ascii", "replace"))
         self._close()
 
+    def handshakeCompleted(self):
+        """TLS is up (implicit or after STLS): note and log what was agreed."""
+        from securepop.tls.contextfactory import tls_facts
+
+        self.tls_info = tls_facts(self.transport) or {}
+        events.emit("tls.handshake", ip=self.peer, protocol=self.tls_info.get("protocol"),
+                    cipher=self.tls_info.get("cipher"), bits=self.tls_info.get("bits"),
+                    sni=self.tls_info.get("sni"))
+        self.ctx.count("tls", self.tls_info.get("protocol") or "unknown")
+
     def connectionLost(self, reason):
         was = self.state
         self.state = CLOSED
@@ -173,7 +186,8 @@ class POP3Session(Protocol):
         self.ctx.session_ended(self)
         if self._greeted:
             events.emit(
-                "session.end", ip=self.peer, user=self.username, tls=self.secure,
+                "session.end", ip=self.peer, user=self.username,
+                tls=self.tls_info.get("protocol") or self.secure,
                 mechanism=self.mechanism, retrieved=self._retrieved,
                 deleted=self._deleted, bytes=self._bytes,
                 duration="%.3f" % (time.monotonic() - self._started),
