@@ -10,6 +10,7 @@ a default.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -36,7 +37,6 @@ class ServerSettings:
     greeting: str = "securepop ready"
     idle_timeout_login: float = 60.0   # before login (short: slots are precious)
     idle_timeout: float = 600.0        # after login: RFC 1939 says at least 10 minutes
-    max_pipeline: int = 100            # queued commands before the connection is closed
     max_bad_commands: int = 10         # malformed / overlong lines before closing
     shutdown_grace: float = 10.0        # SIGTERM: sessions in flight get this long
     user: str = ""                     # drop privileges to this user after binding
@@ -261,6 +261,8 @@ class _Reader:
         if isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise self.error(key, "must be a number")
+            if not math.isfinite(value):
+                raise self.error(key, "must be a finite number")
             if value < 0:
                 raise self.error(key, "must not be negative")
             return float(value)
@@ -300,7 +302,7 @@ def _check(reader, settings):
     if settings.auth.max_attempts < 1:
         raise reader.error("auth.max_attempts", "must be at least 1")
     w = settings.server.workers
-    if w != "auto" and not (w.isdigit() and 1 <= int(w) <= 256):
+    if w != "auto" and not (re.fullmatch(r"[0-9]{1,3}", w) and 1 <= int(w) <= 256):
         raise reader.error("server.workers", 'must be "auto" or a number from 1 to 256')
     if "{user}" not in settings.mail.root:
         raise reader.error("mail.root", "must contain {user}")
@@ -337,6 +339,8 @@ def parse(text, path="<string>", data_dir=None):
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"line (\d+)", str(e))
         raise ConfigError(path, "(syntax)", str(e), int(m.group(1)) if m else None)
+    except RecursionError:
+        raise ConfigError(path, "(syntax)", "nested too deeply")
     reader = _Reader(path, text)
     settings = Settings(path=str(path))
     known = {"server", "listen", "tls", "auth", "access", "mail", "log", "metrics"}
@@ -366,7 +370,10 @@ def parse(text, path="<string>", data_dir=None):
                 raise reader.error(
                     f"tls.sni[{i}]", "needs exactly hostname, certificate and key"
                 )
-            entries.append(SNISettings(**{k: str(v) for k, v in entry.items()}))
+            for k, v in entry.items():
+                if not isinstance(v, str) or not v or "\x00" in v:
+                    raise reader.error(f"tls.sni[{i}].{k}", "must be a non-empty string")
+            entries.append(SNISettings(**entry))
         settings = replace(settings, tls=replace(tls, sni=tuple(entries)))
     if "auth" in raw:
         table = raw["auth"]

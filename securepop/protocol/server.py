@@ -35,6 +35,8 @@ from securepop.sasl.base import Challenge
 MAX_COMMAND_LINE = 255          # RFC 2449, including CRLF
 MAX_AUTH_LINE = 8 * 1024        # an AUTH continuation (NTLM tokens are ~1-2 KiB)
 MAX_BUFFER = 64 * 1024          # unread pipelined input before we stop reading
+COMMANDS_PER_TURN = 32          # pipelined commands answered before others get a turn
+CLOSE_GRACE = 5.0               # seconds a closing line may take to reach the client
 
 _NUMBER = re.compile(rb"^[0-9]{1,10}$")
 
@@ -110,6 +112,10 @@ class POP3Session(Protocol):
         self._draining = False
         self._sizes = []
         self.tls_info = {}
+        self._outputPaused = False
+        self._replyProducer = False
+        self._nextTurn = None
+        self._producer = None
 
     # -- connection ------------------------------------------------------
 
@@ -147,6 +153,7 @@ class POP3Session(Protocol):
             self._apop_stamp = self.ctx.apop_timestamp()
             greeting += " " + self._apop_stamp
         self.sendLine(greeting.encode("ascii", "replace"))
+        self._produceReplies()
         self._greeted = True
         self._resetTimer()
         self._busy = False
@@ -154,8 +161,7 @@ class POP3Session(Protocol):
 
     def _decline(self, message, rule):
         text = message.replace("\r", " ").replace("\n", " ")
-        self.sendLine(b"-ERR [SYS/PERM] " + text.encode("ascii", "replace"))
-        self._close()
+        self._closeWith(b"-ERR [SYS/PERM] " + text.encode("ascii", "replace"))
 
     def handshakeCompleted(self):
         """TLS is up (implicit or after STLS): note and log what was agreed."""
@@ -171,6 +177,10 @@ class POP3Session(Protocol):
         was = self.state
         self.state = CLOSED
         self._cancelTimer()
+        for call in (getattr(self, "_abortLater", None), self._nextTurn):
+            if call is not None and call.active():
+                call.cancel()
+        self._nextTurn = None
         if self.mailbox is not None:
             # Not a completed QUIT: nothing marked is removed.
             try:
@@ -202,6 +212,8 @@ class POP3Session(Protocol):
         self.ctx.protocol_log(self, "S", line)
 
     def _close(self):
+        # TLS waits for a registered producer before it shuts down: drop it.
+        self._stopProducingReplies()
         self._busy = True
         self._buffer = b""
         self.transport.loseConnection()
@@ -209,9 +221,7 @@ class POP3Session(Protocol):
     def _abort(self, line=None):
         if line:
             self.sendLine(line)
-        self._busy = True
-        self._buffer = b""
-        self.transport.loseConnection()
+        self._close()
 
     # -- timers ----------------------------------------------------------------
 
@@ -232,10 +242,27 @@ class POP3Session(Protocol):
     def _timedOut(self):
         self._timer = None
         events.emit("session.timeout", ip=self.peer, user=self.username, state=self.state)
-        self.sendLine(R.TIMEOUT)
-        abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+        self._closeWith(R.TIMEOUT)
+
+    def _closeWith(self, line):
+        """
+        Say why, then close; a client that does not read gets aborted after
+        L{CLOSE_GRACE} seconds, so it cannot hold the connection open.
+        """
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            producer.stopProducing()
+            self.transport.unregisterProducer()
+        self._stopProducingReplies()
+        if self.state != CLOSED:
+            self.sendLine(line)
         self.state = CLOSED
-        abort()
+        self._busy = True
+        self._buffer = b""
+        self.transport.loseConnection()
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            self._abortLater = self.clock.callLater(CLOSE_GRACE, abort)
 
     # -- input -------------------------------------------------------------------
 
@@ -253,7 +280,9 @@ class POP3Session(Protocol):
         nl = self._buffer.find(b"\n")
         limit = self._lineLimit()
         if nl < 0:
-            if len(self._buffer) > limit:
+            if self._discarding:
+                self._buffer = b""      # still inside a line already answered
+            elif len(self._buffer) > limit:
                 self._buffer = b""
                 self._discarding = True
                 raise _LineTooLong()
@@ -278,31 +307,73 @@ class POP3Session(Protocol):
             self._draining = False
 
     def _drainLines(self):
-        while not self._busy and self.state not in (CLOSED, UPDATE):
+        handled = 0
+        while not self._busy and not self._outputPaused and self.state not in (CLOSED, UPDATE):
+            if handled >= COMMANDS_PER_TURN:
+                # Fairness: a client pipelining thousands of commands gets
+                # them answered in turns, and other clients in between.
+                if self._nextTurn is None:
+                    self._nextTurn = self.clock.callLater(0, self._turn)
+                break
             try:
                 line = self._nextLine()
             except _LineTooLong:
+                handled += 1
                 if self._exchange is not None:
-                    self._exchange = None
-                    self._authFailed("auth-line-too-long", R.AUTH_MALFORMED)
+                    name, self._exchange = self._exchange_mech, None
+                    self._wait(self._loginFailed(name, None, "auth-line-too-long",
+                                                 R.AUTH_MALFORMED))
                     continue
                 if self._badCommand(R.LINE_TOO_LONG):
                     return
                 continue
             if line is None:
                 break
+            handled += 1
             self._resetTimer()
             try:
                 self._dispatch(line)
             except Exception:
                 events.log.failure("Unhandled error in command", failure=Failure())
                 self.sendLine(R.INTERNAL)
-        if self._busy and len(self._buffer) > MAX_BUFFER and not self._paused:
+        # Input backpressure: stop reading while replies are pending and the
+        # unread input is large; bounded memory whatever the client sends.
+        held = self._busy or self._outputPaused or self._nextTurn is not None
+        if held and len(self._buffer) > MAX_BUFFER and not self._paused:
             self._paused = True
             self.transport.pauseProducing()
-        elif self._paused and not self._busy and len(self._buffer) <= MAX_BUFFER:
+        elif self._paused and not held and len(self._buffer) <= MAX_BUFFER:
             self._paused = False
             self.transport.resumeProducing()
+
+    def _turn(self):
+        self._nextTurn = None
+        self._drain()
+
+    # -- output backpressure (IPushProducer for the replies) --------------------
+
+    def pauseProducing(self):
+        """The client is not reading: stop answering until it does."""
+        self._outputPaused = True
+
+    def resumeProducing(self):
+        self._outputPaused = False
+        if self.state not in (CLOSED,):
+            self._drain()
+
+    def stopProducing(self):
+        self._outputPaused = True
+
+    def _produceReplies(self):
+        if self.state != CLOSED and not self._replyProducer:
+            self.transport.registerProducer(self, True)
+            self._replyProducer = True
+
+    def _stopProducingReplies(self):
+        if self._replyProducer:
+            self._replyProducer = False
+            self._outputPaused = False
+            self.transport.unregisterProducer()
 
     def _wait(self, d):
         """Hold further input until C{d} has written its one reply."""
@@ -446,7 +517,9 @@ class POP3Session(Protocol):
         self._discarding = False
         self._bad = 0
         self._apop_stamp = None
+        self._stopProducingReplies()
         self.transport.startTLS(self.ctx.tls)
+        self._produceReplies()
         self.secure = True
         self.ctx.tls_started(self)
     do_STLS.arity = (0, 0)
@@ -751,7 +824,10 @@ class POP3Session(Protocol):
             self.sendLine(b"-ERR [SYS/TEMP] Message could not be read")
             return None
         self.sendLine(first)
+        # One producer at a time per transport: the message, then the replies.
+        self._stopProducingReplies()
         producer = MessageProducer(f, self.transport, top_lines, onProgress=self._resetTimer)
+        self._producer = producer
         d = producer.start()
 
         def sent(n):
@@ -760,7 +836,12 @@ class POP3Session(Protocol):
         def lost(f):
             return None
 
+        def done(_):
+            self._producer = None
+            self._produceReplies()
+
         d.addCallbacks(sent, lost)
+        d.addBoth(done)
         return self._wait(d)
 
 

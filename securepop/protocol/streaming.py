@@ -83,8 +83,9 @@ class TopFilter:
             nl = data.find(b"\n", start)
             if nl < 0:
                 out.append(data[start:])
-                segment = data[start:]
-                if segment not in (b"", b"\r"):
+                # DotStuffer holds back a CR that may start a CRLF, so a CR
+                # at the end of its output is a bare CR: text, not a line end.
+                if data[start:]:
                     self.line_has_text = True
                 break
             line = data[start:nl + 1]
@@ -131,9 +132,11 @@ class MessageProducer:
     def start(self):
         from twisted.internet.defer import Deferred
 
-        self.deferred = Deferred()
+        # A TCP transport may pull the whole (small) message inside
+        # registerProducer: keep our own reference to the Deferred.
+        d = self.deferred = Deferred()
         self.transport.registerProducer(self, False)
-        return self.deferred
+        return d
 
     def resumeProducing(self):
         if self._stopped:

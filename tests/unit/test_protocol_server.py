@@ -1,0 +1,460 @@
+"""
+The POP3 state machine in memory: StringTransport and a fake clock for the
+states, timers and hostile input; STLS with real TLS (pyOpenSSL) over
+iosim's in-memory pump.  The session gets a real L{ServerContext} with an
+in-memory credential source and a real MaildirMailbox in tmp_path.
+"""
+
+import os
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+import pytest
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, task
+from twisted.internet._newtls import _BypassTLS
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.testing import StringTransport
+
+from securepop.protocol.streaming import MessageProducer
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.test import iosim
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from securepop import config
+from securepop.auth.penalty import FailurePenalty
+from securepop.auth.portal import MaildirRealm, build_portal
+from securepop.auth.records import UserRecord
+from securepop.mailstore.maildir import MaildirStore
+from securepop.interfaces import ICredentialSource, PLAINTEXT
+from securepop.protocol.context import ServerContext
+from securepop.protocol.server import POP3Factory, POP3Session
+from securepop.sasl import registry
+from securepop.tls.contextfactory import ServerTLS
+from securepop.tls import testing as tlstesting
+
+PASSWORD = b"s3cret pass"
+MESSAGES = [b"Subject: one\n\n.first\n", b"Subject: two\r\n\r\nsecond\r\n",
+            b"Subject: three\n\nthird"]
+
+
+@implementer(ICredentialSource)
+class MemorySource:
+    """An in-memory credential source: plaintext passwords only."""
+
+    name = "memory"
+
+    def __init__(self, users):
+        self.users = users
+        self.verified = []
+
+    def capabilities(self):
+        return frozenset({PLAINTEXT})
+
+    def verifyPassword(self, username, password):
+        self.verified.append(username)
+        if self.users.get(username) == password:
+            return defer.succeed(UserRecord(username))
+        return defer.fail(UnauthorizedLogin("bad-password"))
+
+    def lookupSecret(self, username, kind):
+        return defer.fail(UnauthorizedLogin("no-secret"))
+
+    def lookupUser(self, username):
+        if username in self.users:
+            return defer.succeed(UserRecord(username))
+        return defer.fail(UnauthorizedLogin("no-user"))
+
+
+def test_memory_source_provides_interface():
+    verifyObject(ICredentialSource, MemorySource({}))
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls")
+    ca = tlstesting.TestCA(intermediate=False)
+    result = ca.issue(("localhost",))
+    leaf, key = result[0], result[1]
+    cert_path, key_path = tlstesting.write_identity(str(d), "server", [leaf], key)
+    ca_path = str(d / "ca.pem")
+    ca.write_root(ca_path)
+    return cert_path, key_path, ca_path
+
+
+TOML = """
+[server]
+hostname = "localhost"
+idle_timeout_login = 30
+idle_timeout = 600
+max_bad_commands = 5
+[auth]
+mechanisms = ["PLAIN"]
+failure_delay = 2.0
+failure_delay_max = 2.0
+max_attempts = 3
+"""
+
+
+class Harness:
+    def __init__(self, tmp_path, identity, listener_tls="starttls", penalty=True):
+        self.clock = task.Clock()
+        self.settings = config.parse(TOML, data_dir=str(tmp_path))
+        self.source = MemorySource({"alice": PASSWORD})
+        realm = MaildirRealm(MaildirStore(self.settings.mail.root, str(tmp_path),
+                                          reactor=self.clock))
+        cert, key, self.ca_path = identity
+        tls = ServerTLS(certificate=cert, key=key, hostname="localhost", clock=self.clock)
+        mechanisms = {"PLAIN": registry.mechanism_for("PLAIN", self.source.capabilities())}
+        self.ctx = ServerContext(
+            self.settings, self.clock, build_portal(self.source, realm), self.source,
+            mechanisms, tls=tls,
+            penalty=FailurePenalty(self.clock, base=2.0, maximum=2.0) if penalty else None)
+        self.listener = config.ListenSettings(endpoint="tcp:0", tls=listener_tls)
+        self.maildir = tmp_path / "mail" / "alice" / "Maildir"
+        for sub in ("tmp", "new", "cur"):
+            (self.maildir / sub).mkdir(parents=True, exist_ok=True)
+        for i, body in enumerate(MESSAGES):
+            (self.maildir / "new" / f"100{i}.M1P1.host").write_bytes(body)
+
+    def connect(self, transport=None):
+        self.transport = transport or StringTransport()
+        self.session = POP3Factory(self.ctx, self.listener).buildProtocol(None)
+        self.session.makeConnection(self.transport)
+        return self.session
+
+    def lines(self):
+        """Everything written since the last call, as lines."""
+        data = self.transport.value()
+        self.transport.clear()
+        return data.split(b"\r\n")[:-1]
+
+    def send(self, data):
+        self.session.dataReceived(data)
+        return self.lines()
+
+    def stored(self):
+        return sorted(os.listdir(self.maildir / "new") + os.listdir(self.maildir / "cur"))
+
+
+@pytest.fixture
+def starttls(tmp_path, identity):
+    h = Harness(tmp_path, identity)
+    h.connect()
+    return h
+
+
+@pytest.fixture
+def secure(tmp_path, identity):
+    """A session on an implicit-TLS listener (the transport stands for TLS)."""
+    h = Harness(tmp_path, identity, listener_tls="implicit")
+    h.connect()
+    h.lines()
+    return h
+
+
+def login(h):
+    assert h.send(b"USER alice\r\n") == [b"+OK Send PASS"]
+    reply = h.send(b"PASS " + PASSWORD + b"\r\n")
+    assert reply[0].startswith(b"+OK Logged in, 3 messages"), reply
+    return reply
+
+
+# -- greeting, CAPA, secure channel ----------------------------------------------------
+
+def test_greeting_and_capa_before_tls(starttls):
+    assert starttls.lines()[0].startswith(b"+OK")
+    caps = starttls.send(b"CAPA\r\n")
+    assert caps[0].startswith(b"+OK") and caps[-1] == b"."
+    assert b"STLS" in caps and b"USER" not in caps
+    assert not any(c.startswith(b"SASL") for c in caps)
+
+
+@pytest.mark.parametrize("line", [b"USER alice", b"PASS x", b"AUTH PLAIN",
+                                  b"AUTH PLAIN AGFsaWNlAHgK"])
+def test_credentials_before_tls_refused_unchecked(starttls, line):
+    starttls.lines()
+    reply = starttls.send(line + b"\r\n")
+    assert len(reply) == 1 and reply[0].startswith(b"-ERR [AUTH]")
+    assert starttls.source.verified == []            # nothing was checked
+
+
+def test_capa_on_secure_listener(secure):
+    caps = secure.send(b"CAPA\r\n")
+    assert b"USER" in caps and b"SASL PLAIN" in caps and b"STLS" not in caps
+    login(secure)
+    caps = secure.send(b"CAPA\r\n")
+    assert b"USER" not in caps and not any(c.startswith(b"SASL") for c in caps)
+
+
+# -- state machine ---------------------------------------------------------------------------
+
+def test_transaction_commands_need_login(secure):
+    for line in (b"STAT", b"LIST", b"RETR 1", b"DELE 1", b"UIDL", b"TOP 1 0", b"RSET", b"NOOP"):
+        assert secure.send(line + b"\r\n") == [b"-ERR Command not valid in this state"]
+
+
+def test_login_and_second_login_refused(secure):
+    login(secure)
+    assert secure.send(b"USER alice\r\n") == [b"-ERR Already authenticated"]
+    assert secure.send(b"PASS " + PASSWORD + b"\r\n") == [b"-ERR Already authenticated"]
+    assert secure.send(b"AUTH PLAIN\r\n") == [b"-ERR Already authenticated"]
+    assert secure.send(b"STAT\r\n")[0].startswith(b"+OK 3 ")
+
+
+def test_wrong_password_answer_waits_for_penalty(secure):
+    assert secure.send(b"USER alice\r\n") == [b"+OK Send PASS"]
+    assert secure.send(b"PASS wrong\r\nNOOP\r\n") == []         # delayed; NOOP waits its turn
+    secure.clock.advance(1.9)
+    assert secure.lines() == []
+    secure.clock.advance(0.2)
+    assert secure.lines() == [b"-ERR [AUTH] Authentication failed",
+                              b"-ERR Command not valid in this state"]
+
+
+def test_unknown_user_same_text_as_wrong_password(secure):
+    assert secure.send(b"USER nobody\r\nPASS " + PASSWORD + b"\r\n") == [b"+OK Send PASS"]
+    secure.clock.advance(5)
+    assert secure.lines() == [b"-ERR [AUTH] Authentication failed"]
+
+
+def test_too_many_attempts_close(secure):
+    for _ in range(3):
+        secure.send(b"USER alice\r\nPASS wrong\r\n")
+        secure.clock.advance(5)
+    out = secure.lines()
+    assert out[-1] == b"-ERR [AUTH] Too many failed attempts, closing connection"
+    assert secure.transport.disconnecting
+
+
+@pytest.mark.parametrize("number", [b"0", b"4", b"-1", b"+1", b"1x", b"99999999999"])
+def test_dele_bad_number_deletes_nothing(secure, number):
+    login(secure)
+    stored = secure.stored()
+    reply = secure.send(b"DELE " + number + b"\r\n")
+    assert len(reply) == 1 and reply[0].startswith(b"-ERR")
+    assert secure.send(b"QUIT\r\n") == [b"+OK Bye"]
+    assert secure.stored() == stored
+
+
+def test_dele_rset_quit(secure):
+    login(secure)
+    uidl = secure.send(b"UIDL\r\n")
+    assert secure.send(b"DELE 2\r\n") == [b"+OK Message 2 deleted"]
+    assert secure.send(b"LIST\r\n")[1:-1] == [b"1 24", b"3 25"]
+    assert secure.send(b"RSET\r\nUIDL\r\n") == [b"+OK"] + uidl
+    assert secure.send(b"DELE 1\r\nQUIT\r\n") == [b"+OK Message 1 deleted", b"+OK Bye"]
+    assert len(secure.stored()) == 2
+    assert secure.transport.disconnecting
+
+
+def test_dropped_connection_commits_nothing(secure):
+    login(secure)
+    secure.send(b"DELE 1\r\nDELE 2\r\n")
+    secure.session.connectionLost(None)
+    assert len(secure.stored()) == 3
+    # The lock went with the connection: a new session logs in.
+    secure.connect()
+    secure.lines()
+    login(secure)
+
+
+def test_pipelined_commands_answered_in_order(secure):
+    login(secure)
+    out = secure.send(b"NOOP\r\nSTAT\r\nLIST 1\r\nBOGUS\r\nUIDL 9\r\nNOOP\r\n")
+    assert out[0] == b"+OK" and out[1].startswith(b"+OK 3 ") and out[2] == b"+OK 1 24"
+    assert out[3:] == [b"-ERR Unknown command", b"-ERR No such message", b"+OK"]
+
+
+def test_retr_streams_and_stuffs(secure):
+    login(secure)
+    secure.session.dataReceived(b"RETR 1\r\nNOOP\r\n")
+    # The message producer is pulled until done; then the session registers
+    # itself again (a streaming producer, for reply backpressure).
+    while isinstance(secure.transport.producer, MessageProducer):
+        secure.transport.producer.resumeProducing()
+    assert secure.lines() == [b"+OK 24 octets", b"Subject: one", b"", b"..first", b".",
+                              b"+OK"]
+
+
+def test_overlong_and_nul_lines(secure):
+    assert secure.send(b"N" * 300 + b"\r\n") == [b"-ERR Line too long"]
+    assert secure.send(b"CAPA\x00\r\n") == [b"-ERR Syntax error in arguments"]
+    assert secure.send(b"\xff\xfe\r\n") == [b"-ERR Unknown command"]
+    assert secure.send(b"CAPA\r\n")[0].startswith(b"+OK")
+
+
+def test_repeated_errors_close(secure):
+    out = secure.send(b"X\r\n" * 5)
+    assert out[-1] == b"-ERR [SYS/PERM] Too many errors, closing connection"
+    assert secure.transport.disconnecting
+    assert secure.send(b"CAPA\r\n") == []               # nothing more is answered
+
+
+def test_no_exception_text_on_internal_error(secure):
+    login(secure)
+    secure.session.mailbox.getUidl = lambda i: 1 / 0
+    out = secure.send(b"UIDL 1\r\n")
+    assert out == [b"-ERR [SYS/TEMP] Temporary server error"]
+    assert b"ZeroDivision" not in secure.transport.value()
+
+
+# -- idle timeouts --------------------------------------------------------------------------------
+
+def test_idle_timeout_before_login(starttls):
+    starttls.clock.advance(29)
+    assert not starttls.transport.disconnecting
+    starttls.send(b"CAPA\r\n")                     # activity restarts the timer
+    starttls.clock.advance(29)
+    assert not starttls.transport.disconnecting
+    starttls.clock.advance(2)
+    assert starttls.transport.disconnecting
+
+
+def test_idle_timeout_after_login_is_long(secure):
+    login(secure)
+    secure.clock.advance(599)
+    assert not secure.transport.disconnecting
+    secure.clock.advance(2)
+    assert secure.transport.disconnecting
+    assert len(secure.stored()) == 3
+
+
+def test_idle_timeout_applies_to_stalled_retr(secure):
+    login(secure)
+    (secure.maildir / "new" / "2000.M1P1.big").write_bytes(b"x" * 10**6)
+    secure.session.connectionLost(None)          # re-login to see the new message
+    secure.connect()
+    login_ok = secure.send(b"USER alice\r\nPASS " + PASSWORD + b"\r\n")
+    assert login_ok[-1].startswith(b"+OK Logged in, 4 messages")
+    secure.send(b"RETR 4\r\n")
+    producer = secure.transport.producer
+    assert producer is not None
+    for _ in range(3):                           # a reader that keeps reading stays
+        secure.clock.advance(500)
+        producer.resumeProducing()
+    assert not secure.transport.disconnecting
+    secure.clock.advance(601)                    # then stops reading
+    assert secure.transport.disconnecting
+
+
+# -- STLS -----------------------------------------------------------------------------------------
+
+class RecordingTransport(StringTransport):
+    def __init__(self):
+        super().__init__()
+        self.tls_started = []
+
+    def startTLS(self, contextFactory, beNormal=True):
+        self.tls_started.append((contextFactory, self.value()))
+
+
+def test_stls_discards_pipelined_lines(tmp_path, identity):
+    h = Harness(tmp_path, identity)
+    h.connect(RecordingTransport())
+    h.lines()
+    assert h.send(b"STLS\r\nCAPA\r\nUSER alice\r\n") == [b"+OK Begin TLS negotiation"]
+    assert h.transport.tls_started and h.transport.tls_started[0][0] is h.ctx.tls
+    assert h.session.secure
+    caps = h.send(b"CAPA\r\n")
+    assert b"STLS" not in caps and b"USER" in caps
+    assert h.send(b"PASS x\r\n") == [b"-ERR USER first"]        # USER was forgotten
+
+
+def test_stls_refused_on_implicit_and_twice(secure, tmp_path):
+    assert secure.send(b"STLS\r\n") == [b"-ERR STLS not available"]
+
+
+class TLSFakeTransport(iosim.FakeTransport):
+    """iosim's transport with a real startTLS (as twisted.internet._newtls)."""
+
+    _tlsProtocol = None
+
+    def startTLS(self, contextFactory, beNormal=True):
+        factory = TLSMemoryBIOFactory(contextFactory, not self.isServer, None)
+        # The unbuffered protocol: writes go out at once, no reactor needed.
+        tlsProtocol = TLSMemoryBIOProtocol(factory, self.protocol, False)
+        self.protocol = tlsProtocol
+        self._tlsProtocol = tlsProtocol
+        tlsProtocol.makeConnection(_BypassTLS(iosim.FakeTransport, self))
+
+    def write(self, data):
+        if self._tlsProtocol is not None:
+            self._tlsProtocol.write(data)
+        else:
+            iosim.FakeTransport.write(self, data)
+
+    def loseConnection(self):
+        if self._tlsProtocol is not None:
+            self._tlsProtocol.loseConnection()
+        else:
+            iosim.FakeTransport.loseConnection(self)
+
+
+class ClientProtocol(Protocol):
+    def __init__(self):
+        self.received = b""
+
+    def dataReceived(self, data):
+        self.received += data
+
+
+def test_stls_with_real_tls_in_memory(tmp_path, identity):
+    h = Harness(tmp_path, identity)
+    server = POP3Factory(h.ctx, h.listener).buildProtocol(None)
+    client = ClientProtocol()
+    serverTransport = TLSFakeTransport(server, isServer=True)
+    clientTransport = TLSFakeTransport(client, isServer=False)
+    pump = iosim.connect(server, serverTransport, client, clientTransport, greet=True)
+    assert client.received.startswith(b"+OK")
+    clientTransport.write(b"STLS\r\nCAPA\r\n")
+    pump.flush()
+    assert client.received.endswith(b"+OK Begin TLS negotiation\r\n")
+    client.received = b""
+    trust = Certificate.loadPEM(open(h.ca_path, "rb").read())
+    clientTransport.startTLS(optionsForClientTLS("localhost", trustRoot=trust))
+    pump.flush()
+    assert server.secure
+    assert client.received == b""                        # pipelined CAPA never answered
+    clientTransport.write(b"CAPA\r\n")
+    pump.flush()
+    assert b"\r\nUSER\r\n" in client.received and b"STLS" not in client.received
+    client.received = b""
+    clientTransport.write(b"USER alice\r\nPASS " + PASSWORD + b"\r\nSTAT\r\n")
+    pump.flush()
+    lines = client.received.split(b"\r\n")
+    assert lines[0] == b"+OK Send PASS"
+    assert lines[1].startswith(b"+OK Logged in")
+    assert lines[2].startswith(b"+OK 3 ")
+
+
+def test_stls_handshake_with_untrusted_ca_fails(tmp_path, identity):
+    h = Harness(tmp_path, identity)
+    server = POP3Factory(h.ctx, h.listener).buildProtocol(None)
+    client = ClientProtocol()
+    serverTransport = TLSFakeTransport(server, isServer=True)
+    clientTransport = TLSFakeTransport(client, isServer=False)
+    pump = iosim.connect(server, serverTransport, client, clientTransport, greet=True)
+    clientTransport.write(b"STLS\r\n")
+    pump.flush()
+    other = tlstesting.TestCA(name="other CA", intermediate=False)
+    pem = other.root.public_bytes(Encoding.PEM)
+    clientTransport.startTLS(optionsForClientTLS("localhost",
+                                                 trustRoot=Certificate.loadPEM(pem)))
+    client.received = b""
+    pump.flush()
+    connection = server.transport._tlsProtocol._tlsConnection
+    assert connection is None or not connection.get_state_string().endswith(b"successfully")
+    clientTransport.write(b"CAPA\r\n")
+    pump.flush()
+    assert b"USER" not in client.received           # no session over a refused handshake
+
+
+def test_overlong_line_over_several_reads_gets_one_answer(secure):
+    out = secure.send(b"x" * 300)
+    out += secure.send(b"y" * 300)
+    out += secure.send(b"z" * 300 + b"\r\nCAPA\r\n")
+    assert out[0] == b"-ERR Line too long"
+    assert out[1].startswith(b"+OK")                # the next answer belongs to CAPA
