@@ -1,0 +1,429 @@
+"""
+Side-by-side benchmark: securepop against Dovecot (three modes) and a floor.
+
+One command (as root; Dovecot from Debian's dovecot-core + dovecot-pop3d)::
+
+    /work/venv/bin/python bench/run.py            # full run, under ~10 minutes
+    /work/venv/bin/python bench/run.py --quick    # about 2 minutes, rougher
+    /work/venv/bin/python bench/run.py --profile  # also py-spy securepop under load
+
+It builds a testbed in C{--work} (one ECDSA P-256 certificate, the same
+argon2id hashes and Maildirs for every server), then, C{--runs} times,
+interleaving the servers so that load from other processes hits all alike:
+
+  - sessions/s at 50 concurrent sessions over implicit TLS and over STLS
+    (connect, USER/PASS, STAT, RETR of a 10 KB message, QUIT), with server
+    CPU per session from /proc/PID/stat (all of Dovecot's processes, reaped
+    children included), auth caches warm (every user logged in once first);
+  - the same with auth caches off (cold: argon2id dominates on both sides);
+  - RETR MB/s on 10 MB messages with 4 concurrent sessions;
+
+then p50/p99 session latency at half of securepop's median maximum rate,
+and PSS per logged-in idle TLS session (/proc/PID/smaps_rollup, server
+total after minus before, divided by the sessions).  Servers run on CPU 0,
+the load generator (L{bench.loadgen}) on CPU 1.  Results: C{bench/results.json},
+C{bench/RESULTS.md} (the measured tables; the prose around them is kept
+between its markers) and C{bench/results.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench.servers import (  # noqa: E402
+    CLIENT_ADDRESS, CLIENT_CPU, PASSWORD, Dovecot, FloorServer, SecurePOP, Testbed,
+    cpu_seconds, pss_bytes,
+)
+
+SESSION_USERS = "u0000:u0049"
+RETR_USERS = "r0:r3"
+
+
+def loadgen(server, *args, timeout=300):
+    """Run one bounded load-generator process; return its JSON result."""
+    cmd = [sys.executable, str(HERE / "loadgen.py"), "--bind", CLIENT_ADDRESS,
+           "--cpu", str(CLIENT_CPU), "--password", PASSWORD, *map(str, args)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def port(server, tls):
+    return server.implicit_port if tls == "implicit" else server.stls_port
+
+
+def measured(server, tls, scenario="session", users=SESSION_USERS, concurrency=50,
+             duration=5.0, **extra):
+    """A load run with the server's CPU seconds per session."""
+    args = ["--port", port(server, tls), "--tls", tls, "--scenario", scenario,
+            "--users", users, "--concurrency", concurrency, "--duration", duration]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}", value]
+    before = cpu_seconds(server)
+    result = loadgen(server, *args)
+    used = cpu_seconds(server) - before
+    result["server_cpu_s"] = round(used, 3)
+    result["cpu_ms_per_session"] = (round(used * 1000 / result["sessions"], 3)
+                                    if result["sessions"] else None)
+    return result
+
+
+def warm(server, users=SESSION_USERS, count=50):
+    """Log every user in once: both auth caches then hold them."""
+    if server.name == "floor":
+        return
+    r = loadgen(server, "--port", server.implicit_port, "--users", users,
+                "--concurrency", count, "--max-sessions", count, "--duration", 120)
+    if r["errors"]:
+        raise RuntimeError(f"warm-up failed on {server.name}: {r['error_kinds']}")
+
+
+def idle_pss(server, count, timeout=600):
+    """PSS per logged-in idle TLS session (bytes), and the login errors."""
+    before = pss_bytes(server)
+    cmd = [sys.executable, str(HERE / "loadgen.py"), "--bind", CLIENT_ADDRESS,
+           "--cpu", str(CLIENT_CPU), "--password", PASSWORD, "--port",
+           str(server.implicit_port), "--scenario", "idle", "--users",
+           f"i00000:i{count - 1:05d}", "--idle", str(count), "--concurrency", "100",
+           "--hold", "300", "--session-timeout", "120"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        ready = proc.stdout.readline().split()
+        held = int(ready[1]) if ready and ready[0] == "READY" else 0
+        time.sleep(1.0)
+        after = pss_bytes(server)
+        proc.stdin.close()
+        result = json.loads(proc.stdout.read().strip().splitlines()[-1])
+        proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return {"sessions": held, "pss_before": before, "pss_after": after,
+            "pss_per_session": (after - before) / held if held else None,
+            "login_seconds": float(ready[2]) if len(ready) > 2 else None,
+            "errors": result["errors"], "error_kinds": result["error_kinds"]}
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.results = {"runs": {}, "latency": {}, "idle": {}, "meta": {}}
+        self.testbed = Testbed(args.work, sessions=50, retr=4, idle=args.idle).build()
+
+    def servers(self, cache=True):
+        tb = self.testbed
+        found = [SecurePOP(tb, cache=cache, checkout=self.args.checkout)]
+        found += [Dovecot(tb, mode, cache=cache) for mode in self.args.dovecot_modes]
+        return found
+
+    def record(self, key, result):
+        self.results["runs"].setdefault(key, []).append(result)
+        line = {k: result.get(k) for k in ("sessions_per_s", "mb_per_s", "cpu_ms_per_session",
+                                           "p50_ms", "p99_ms", "errors")}
+        print(f"  {key}: {line}", flush=True)
+
+    def throughput(self):
+        d = self.args.duration
+        for rep in range(self.args.runs):
+            print(f"run {rep + 1}/{self.args.runs}", flush=True)
+            for server in self.servers() + [FloorServer(self.testbed)]:
+                with server:
+                    warm(server)
+                    scenario = "floor" if server.name == "floor" else "session"
+                    for tls in ("implicit", "stls"):
+                        self.record(f"{server.name}/{tls}",
+                                    measured(server, tls, scenario, duration=d))
+                    if server.name in ("securepop",) or server.name.startswith("dovecot-hp"):
+                        self.record(f"{server.name}/retr", measured(
+                            server, "implicit", "retr", RETR_USERS, 4, d))
+            for server in self.servers(cache=False):
+                if server.name not in ("securepop", "dovecot-hp+reuse"):
+                    continue
+                with server:
+                    self.record(f"{server.name}/cold", measured(
+                        server, "implicit", duration=self.args.cold_duration))
+
+    def latency(self):
+        rate = median(r["sessions_per_s"] for r in self.results["runs"]["securepop/implicit"])
+        half = round(rate / 2, 1)
+        self.results["latency"]["rate"] = half
+        for server in [s for s in self.servers() if s.name in ("securepop", "dovecot-hp+reuse")]:
+            with server:
+                warm(server)
+                for rep in range(self.args.runs):
+                    r = measured(server, "implicit", rate=half,
+                                 duration=self.args.latency_duration)
+                    self.record(f"{server.name}/latency", r)
+
+    def idle(self):
+        for server in self.servers():
+            if server.name not in ("securepop", "dovecot-hp"):
+                continue
+            count = self.args.idle if server.name == "securepop" else self.args.idle_dovecot
+            with server:
+                warm(server)
+                r = idle_pss(server, count)
+            self.results["idle"][server.name] = r
+            print(f"  {server.name}/idle: {r}", flush=True)
+
+    def meta(self):
+        def cmd(*c):
+            try:
+                return subprocess.run(c, capture_output=True, text=True, timeout=30).stdout.strip()
+            except OSError:
+                return ""
+        import OpenSSL
+        import twisted
+
+        cpu = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
+               .splitlines() if line.startswith("model name")]
+        self.results["meta"] = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "cpu": f"{len(cpu)} x {cpu[0] if cpu else '?'}",
+            "kernel": platform.release(), "python": platform.python_version(),
+            "twisted": twisted.__version__, "pyopenssl": OpenSSL.__version__,
+            "openssl": cmd("openssl", "version"), "dovecot": cmd("dovecot", "--version"),
+            "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+            "args": sys.argv[1:],
+        }
+
+    def run(self):
+        t0 = time.monotonic()
+        self.meta()
+        self.throughput()
+        self.latency()
+        self.idle()
+        self.results["meta"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+        self.results["meta"]["seconds"] = round(time.monotonic() - t0)
+        if self.args.profile:
+            self.results["profile"] = profile(self.testbed, self.args)
+        return self.results
+
+
+def profile(testbed, args):
+    """
+    py-spy record securepop during an implicit-TLS session run.
+
+    Two views: every sample (threads in fsync or argon2 included), and the
+    reactor thread alone (what limits a single-process server; pyOpenSSL's
+    C calls release the GIL, so C{--gil} would hide the TLS work).
+    """
+    out = HERE / "profile-securepop.txt"
+    with SecurePOP(testbed, checkout=args.checkout, tag="securepop-profile") as server:
+        warm(server)
+        spy = subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+             str(server.proc.pid), "--duration", "12", "--rate", "200", "--format", "raw",
+             "--output", str(HERE / "profile-securepop.folded"), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        measured(server, "implicit", duration=10)
+        spy.wait(60)
+    text = top_functions(HERE / "profile-securepop.folded")
+    text += "\n\nReactor thread only\n" + top_functions(
+        HERE / "profile-securepop.folded", only="ReactorBase.run")
+    out.write_text(text)
+    return str(out)
+
+
+def top_functions(folded, limit=40, only=None):
+    """Inclusive and self sample shares per function from py-spy's raw output."""
+    total = 0
+    inclusive, own = {}, {}
+    for line in Path(folded).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit() or (only and only not in stack):
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    lines = [f"py-spy samples: {total}", "", "self %  function"]
+    for f, n in sorted(own.items(), key=lambda kv: -kv[1])[:limit]:
+        lines.append(f"{100 * n / total:6.1f}  {f}")
+    lines += ["", "incl %  function"]
+    for f, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:limit]:
+        lines.append(f"{100 * n / total:6.1f}  {f}")
+    return "\n".join(lines) + "\n"
+
+
+# -- report ----------------------------------------------------------------------
+
+def medians(results):
+    """{key: {metric: median}} over the repeated runs."""
+    table = {}
+    for key, runs in results["runs"].items():
+        table[key] = {m: median(r.get(m) for r in runs)
+                      for m in ("sessions_per_s", "cpu_ms_per_session", "mb_per_s",
+                                "p50_ms", "p99_ms")}
+        table[key]["errors"] = sum(r["errors"] for r in runs)
+        table[key]["n"] = len(runs)
+    return table
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "–"
+
+
+def fmt(v, digits=1):
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def tables(results):
+    m = medians(results)
+    g = lambda key, metric: m.get(key, {}).get(metric)  # noqa: E731
+    modes = ["dovecot-default", "dovecot-hp", "dovecot-hp+reuse"]
+    out = []
+    head = "| | securepop | " + " | ".join(modes) + " | floor | sp/dc-hp | sp/dc-reuse | sp/floor |"
+    out += [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def row(label, metric, suffix, digits=1, floor=True, lower_better=False):
+        vals = [g(f"securepop/{suffix}", metric)] + [g(f"{d}/{suffix}", metric) for d in modes]
+        fl = g(f"floor/{suffix}", metric) if floor else None
+        sp = vals[0]
+        inv = (lambda a, b: ratio(b, a)) if lower_better else ratio
+        cells = [fmt(v, digits) for v in vals] + [fmt(fl, digits)]
+        cells += [inv(sp, vals[2]), inv(sp, vals[3]), inv(sp, fl) if floor else "–"]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row("sessions/s, implicit TLS (warm)", "sessions_per_s", "implicit")
+    row("sessions/s, STLS (warm)", "sessions_per_s", "stls")
+    row("server CPU ms/session, implicit TLS", "cpu_ms_per_session", "implicit", 2,
+        lower_better=True)
+    row("server CPU ms/session, STLS", "cpu_ms_per_session", "stls", 2, lower_better=True)
+    row("sessions/s, implicit TLS, cache cold", "sessions_per_s", "cold", floor=False)
+    row("server CPU ms/session, cache cold", "cpu_ms_per_session", "cold", 2, floor=False,
+        lower_better=True)
+    row("RETR MB/s, 10 MB, 4 sessions", "mb_per_s", "retr", floor=False)
+    lat = results.get("latency", {})
+    out += ["", f"Latency at {lat.get('rate')} sessions/s (half of securepop's median "
+            "implicit-TLS maximum), implicit TLS, open-loop arrivals:", "",
+            "| | p50 ms | p99 ms | p99/p50 | errors |", "|---|---|---|---|---|"]
+    for name in ("securepop", "dovecot-hp+reuse"):
+        p50, p99 = g(f"{name}/latency", "p50_ms"), g(f"{name}/latency", "p99_ms")
+        out.append(f"| {name} | {fmt(p50)} | {fmt(p99)} | {ratio(p99, p50)} | "
+                   f"{m.get(f'{name}/latency', {}).get('errors', '–')} |")
+    out += ["", "Memory per logged-in idle TLS session (PSS, all server processes):", "",
+            "| | sessions held | PSS before | PSS after | per session | login errors |",
+            "|---|---|---|---|---|---|"]
+    for name, r in results.get("idle", {}).items():
+        per = r["pss_per_session"]
+        out.append(f"| {name} | {r['sessions']} | {r['pss_before'] / 2**20:.1f} MiB | "
+                   f"{r['pss_after'] / 2**20:.1f} MiB | "
+                   f"{'–' if per is None else f'{per / 1024:.1f} KiB'} | {r['errors']} |")
+    errors = sum(v["errors"] for v in m.values())
+    out += ["", f"Errors over all runs: {errors} "
+            f"(sessions with a non-+OK reply, a short RETR or a timeout)."]
+    return "\n".join(out) + "\n", m
+
+
+def write_report(results, path):
+    text, _ = tables(results)
+    meta = results["meta"]
+    measured_block = (
+        "<!-- measured: written by bench/run.py -->\n"
+        f"Run {meta.get('date')}: {meta.get('cpu')}, Linux {meta.get('kernel')}, "
+        f"Python {meta.get('python')}, Twisted {meta.get('twisted')}, pyOpenSSL "
+        f"{meta.get('pyopenssl')}, {meta.get('openssl')}, Dovecot {meta.get('dovecot')}; "
+        f"`bench/run.py {' '.join(meta.get('args', []))}` took {meta.get('seconds')} s; "
+        f"load average {' '.join(meta.get('loadavg_start', []))} at the start, "
+        f"{' '.join(meta.get('loadavg_end', []))} at the end. Medians of "
+        f"{max((v['n'] for v in medians(results).values()), default=0)} runs.\n\n"
+        + text + "<!-- /measured -->\n")
+    old = path.read_text() if path.exists() else ""
+    start, end = "<!-- measured: written by bench/run.py -->\n", "<!-- /measured -->\n"
+    if start in old and end in old:
+        new = old[:old.index(start)] + measured_block + old[old.index(end) + len(end):]
+    else:
+        new = "# securepop benchmark results\n\n" + measured_block + old
+    path.write_text(new)
+
+
+def chart(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = medians(results)
+    names = ["securepop", "dovecot-default", "dovecot-hp", "dovecot-hp+reuse", "floor"]
+    panels = [("sessions/s, implicit TLS", "implicit", "sessions_per_s"),
+              ("sessions/s, STLS", "stls", "sessions_per_s"),
+              ("server CPU ms / TLS session", "implicit", "cpu_ms_per_session"),
+              ("RETR MB/s (10 MB, 4 sessions)", "retr", "mb_per_s")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4))
+    for ax, (title, suffix, metric) in zip(axes, panels):
+        shown = [(n, m.get(f"{n}/{suffix}", {}).get(metric)) for n in names]
+        shown = [(n, v) for n, v in shown if v is not None]
+        ax.bar([n.replace("dovecot-", "dc-") for n, _ in shown], [v for _, v in shown],
+               color=["tab:green" if n == "securepop" else "tab:gray" if n == "floor"
+                      else "tab:blue" for n, _ in shown])
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    fig.suptitle("securepop vs Dovecot 2.3 (server on 1 core, medians)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    p.add_argument("--quick", action="store_true", help="about 2 minutes, rougher")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "securepop-bench"))
+    p.add_argument("--checkout", default=str(HERE.parent), help="securepop source to run")
+    p.add_argument("--idle", type=int, default=None, help="idle TLS sessions (securepop)")
+    p.add_argument("--profile", action="store_true", help="py-spy securepop under load")
+    p.add_argument("--results", default=str(HERE / "results.json"))
+    p.add_argument("--report", default=str(HERE / "RESULTS.md"))
+    p.add_argument("--chart", default=str(HERE / "results.png"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.cold_duration, args.latency_duration = 1.5, 2.0, 3.0
+        args.idle = args.idle or 1000
+        args.idle_dovecot = 200
+        args.dovecot_modes = ["dovecot-hp", "dovecot-hp+reuse"]
+    else:
+        args.duration, args.cold_duration, args.latency_duration = 5.0, 5.0, 8.0
+        args.idle = args.idle or 5000
+        args.idle_dovecot = 1000
+        args.dovecot_modes = ["dovecot-default", "dovecot-hp", "dovecot-hp+reuse"]
+    args.dovecot_modes = [m.removeprefix("dovecot-") for m in args.dovecot_modes]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("run as root: Dovecot drops privileges to its own users")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # servers inherit it
+    results = Bench(args).run()
+    Path(args.results).write_text(json.dumps(results, indent=1))
+    write_report(results, Path(args.report))
+    chart(results, Path(args.chart))
+    print(tables(results)[0])
+
+
+if __name__ == "__main__":
+    main()
