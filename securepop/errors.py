@@ -29,5 +29,9 @@ class MailboxInUse(SecurePOPError):
     """Another session holds the mailbox lock: C{-ERR [IN-USE]}."""
 
 
+class MailboxUnavailable(SecurePOPError):
+    """The maildrop cannot be opened now (disk full, storage away): [SYS/TEMP]."""
+
+
 class SASLError(SecurePOPError):
     """A malformed or refused SASL response: the AUTH fails."""

@@ -161,6 +161,10 @@ class ISASLExchange(Interface):
             L{securepop.errors.SASLError} for a malformed response.
         """
 
+    # Optional: C{abort()} -- the exchange ended before it finished (the
+    # client cancelled with "*", left, or a step failed); release whatever it
+    # holds (a domain controller helper).  The protocol calls it when present.
+
 
 class ISecureMailbox(IMailbox):
     """

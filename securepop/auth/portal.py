@@ -8,6 +8,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from securepop.auth.checkers import PasswordChecker, SecretChecker, VerifiedChecker
+from securepop.errors import MailboxUnavailable
 from securepop.interfaces import ISecureMailbox
 
 
@@ -39,6 +40,10 @@ class MaildirRealm:
             return defer.fail(UnauthorizedLogin("unusable-mailbox-path"))
 
         def refused(failure):
+            if failure.check(OSError):
+                # Disk full, permissions, storage away: try later, not "wrong
+                # password"; the reason goes to the log, not to the client.
+                raise MailboxUnavailable(f"{failure.value.strerror or failure.value}")
             failure.trap(ValueError)
             raise UnauthorizedLogin("unusable-mailbox-path")
 

@@ -426,6 +426,11 @@ class NTLMExchange:
 
     def authenticate(self, token):
         settings = self._verifier.settings
+        if self._state == "lost":
+            # The helper died between NEGOTIATE and AUTHENTICATE: an outage,
+            # not a wrong password (no penalty, no lockout).
+            self.abort()
+            return fail(SourceUnavailable("NTLM helper died during the exchange"))
         if self._state != "challenged" or self._helper is None:
             self.abort()
             return fail(UnauthorizedLogin("NTLM AUTHENTICATE out of order"))
@@ -496,7 +501,7 @@ class NTLMExchange:
 
     def _helperLost(self):
         self._helper = None
-        self._state = "done"
+        self._state = "lost"
         self._cancelTimer()
 
     def _cancelTimer(self):

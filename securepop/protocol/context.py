@@ -68,7 +68,10 @@ class ServerContext:
         if real is not None:
             return real
         peer = transport.getPeer()
-        return getattr(peer, "host", str(peer))
+        host = getattr(peer, "host", str(peer))
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]         # IPv4-mapped: log and match the IPv4 form
+        return host
 
     def admit(self, address):
         if self.policy is None:

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from securepop import events
 from securepop.access.limits import LimitExceeded
-from securepop.errors import MailboxInUse, SASLError, SourceUnavailable
+from securepop.errors import MailboxInUse, MailboxUnavailable, SASLError, SourceUnavailable
 from securepop.interfaces import ISASLContext, ISecureMailbox
 from securepop.protocol import responses as R
 from securepop.protocol.streaming import MessageProducer
@@ -177,6 +177,9 @@ class POP3Session(Protocol):
         was = self.state
         self.state = CLOSED
         self._cancelTimer()
+        if self._exchange is not None:
+            _abortExchange(self._exchange)
+            self._exchange = None
         for call in (getattr(self, "_abortLater", None), self._nextTurn):
             if call is not None and call.active():
                 call.cancel()
@@ -516,7 +519,8 @@ class POP3Session(Protocol):
         self._buffer = b""
         self._discarding = False
         self._bad = 0
-        self._apop_stamp = None
+        # The APOP timestamp stays: it is the server's own value from the
+        # greeting, and the digest will travel inside TLS.
         self._stopProducingReplies()
         self.transport.startTLS(self.ctx.tls)
         self._produceReplies()
@@ -615,12 +619,14 @@ class POP3Session(Protocol):
     def _authContinue(self, line):
         name = self._exchange_mech
         if line == b"*":
+            _abortExchange(self._exchange)
             self._exchange = None
             self.sendLine(R.AUTH_CANCELLED)
             self._countAttempt(name, "cancelled")
             return
         data = self._decode64(line)
         if data is None:
+            _abortExchange(self._exchange)
             self._exchange = None
             return self._wait(self._loginFailed(name, None, "malformed-response",
                                                 R.AUTH_MALFORMED))
@@ -641,7 +647,9 @@ class POP3Session(Protocol):
             return self._login(result, name)
 
         def failed(f):
-            self._exchange = None
+            _abortExchange(exchange)
+            if self._exchange is exchange:
+                self._exchange = None
             if f.check(SourceUnavailable):
                 events.emit("auth.unavailable", "warn", ip=self.peer, mechanism=name)
                 self.sendLine(R.SOURCE_UNAVAILABLE)
@@ -650,7 +658,8 @@ class POP3Session(Protocol):
                 else "refused"
             if f.check(UnauthorizedLogin):
                 reason = "bad-credentials"
-            return self._loginFailed(name, getattr(f.value, "username", None), reason)
+            user = getattr(f.value, "username", None) or getattr(exchange, "username", None)
+            return self._loginFailed(name, user, reason)
 
         d.addCallbacks(stepped, failed)
         return self._wait(d)
@@ -700,6 +709,11 @@ class POP3Session(Protocol):
                 events.emit("auth.unavailable", "warn", ip=self.peer, user=user,
                             mechanism=mechanism, error=f.getErrorMessage())
                 self.sendLine(R.SOURCE_UNAVAILABLE)
+                return None
+            if f.check(MailboxUnavailable):
+                events.emit("mailbox.unavailable", "error", ip=self.peer, user=user,
+                            error=f.getErrorMessage())
+                self.sendLine(R.MAILBOX_UNAVAILABLE)
                 return None
             if f.check(UnauthorizedLogin):
                 return self._loginFailed(mechanism, user, _reason(f))
@@ -843,6 +857,16 @@ class POP3Session(Protocol):
         d.addCallbacks(sent, lost)
         d.addBoth(done)
         return self._wait(d)
+
+
+def _abortExchange(exchange):
+    """Let an unfinished SASL exchange free what it holds (a DC helper)."""
+    abort = getattr(exchange, "abort", None)
+    if abort is not None:
+        try:
+            abort()
+        except Exception:
+            events.log.failure("SASL exchange abort failed")
 
 
 def _reason(failure):

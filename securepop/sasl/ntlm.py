@@ -278,7 +278,18 @@ def check_authenticate_policy(message, context, check_timestamp=True):
             raise NTLMRefused("timestamp-outside-window")
 
 
-def _message_username(message):
+def _message_username(message, context=None):
+    """
+    The user name as the client gave it; a domain that is the server's own
+    (the target name our CHALLENGE announced, NetBIOS or DNS form) means a
+    local user, which is what fetchmail and Outlook send back.
+    """
+    if message.domain and context is not None:
+        _, nb_domain, dns_computer, dns_domain = _names(context)
+        own = {nb_domain.upper(), dns_domain.upper(), dns_computer.upper(),
+               dns_computer.split(".")[0].upper()}
+        if message.domain.upper() in own:
+            return message.user
     if message.domain:
         return f"{message.domain}\\{message.user}"
     return message.user
@@ -316,6 +327,8 @@ def _check_negotiate(message):
 
 @implementer(ISASLExchange)
 class _NTLMExchange:
+    username = None         # known after AUTHENTICATE (for the failure log line)
+
     def __init__(self, context, challenge_factory):
         self._context = context
         self._challenge_factory = challenge_factory
@@ -366,8 +379,9 @@ class _NTLMExchange:
 
     def _on_authenticate(self, token):
         message = msgs.parse_authenticate(token)
+        self.username = message.user or None        # for the failure log line
         check_authenticate_policy(message, self._context)
-        username = normalise(self._context, _message_username(message))
+        username = normalise(self._context, _message_username(message, self._context))
         return NTLMCredentials(
             username=username,
             message=message,
@@ -402,6 +416,8 @@ class NTLMMechanism:
 
 @implementer(ISASLExchange)
 class _NTLMDelegateExchange:
+    username = None
+
     def __init__(self, context):
         self._context = context
         self._state = "start"
@@ -428,6 +444,7 @@ class _NTLMDelegateExchange:
             self._state = "done"
             token = response or b""
             message = msgs.parse_authenticate(token)
+            self.username = message.user or None    # for the failure log line
             # The DC checks the proof and its timestamp; the local policy
             # (no anonymous, no NTLMv1 unless allowed) still applies.
             check_authenticate_policy(message, self._context,
@@ -437,6 +454,12 @@ class _NTLMDelegateExchange:
                 normalise(self._context, name), "NTLM"))
             return d
         raise SASLError("NTLM exchange already finished")
+
+    def abort(self):
+        """Cancelled, refused here, or the client left: free the DC helper."""
+        delegate, self._delegate = self._delegate, None
+        if delegate is not None and hasattr(delegate, "abort"):
+            delegate.abort()
 
 
 @implementer(ISASLMechanism)

@@ -78,6 +78,8 @@ def _decoy_secret(username):
 
 @implementer(ISASLExchange)
 class _ScramExchange:
+    username = None         # known after client-first (for the failure log line)
+
     def __init__(self, mechanism, context):
         self._mechanism = mechanism
         self._context = context
@@ -121,7 +123,7 @@ class _ScramExchange:
             wanted = normalise(self._context, _decode_saslname(authzid[2:]))
             if wanted != username:
                 raise SASLError("SCRAM authzid differs from the user")
-        self._username = username
+        self._username = self.username = username
         self._gs2_header = cb_flag + b"," + authzid + b","
         self._client_first_bare = bare
         self._nonce = client_nonce + self._mechanism.nonce_factory()

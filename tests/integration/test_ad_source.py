@@ -184,7 +184,7 @@ async def test_killedHelperIsRestarted(verifier):
             break
     assert pinned not in pool.helperPIDs()
     assert len(pool.helperPIDs()) == 2
-    with pytest.raises(UnauthorizedLogin):
+    with pytest.raises(SourceUnavailable):       # an outage, not a wrong password
         await exchange.authenticate(client.step(challenge))
     for _ in range(3):
         assert await ntlm(pool, "EXAMPLE\\alice", "Secret-pass-1") == "EXAMPLE\\alice"

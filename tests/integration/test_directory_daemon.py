@@ -543,12 +543,6 @@ def adOwnHelpers(samba, tmp_path):
     daemon.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an NTLM exchange refused by securepop itself (NTLMv1 without the "
-    "insecure switch, anonymous or malformed AUTHENTICATE) never gives its "
-    "ntlm_auth helper back: sasl/ntlm.py _NTLMDelegateExchange.step raises "
-    "before calling the delegate and never calls its abort(); the helper "
-    "stays pinned for ntlm_exchange_timeout"))
 def test_adRefusedNTLMv1ReleasesItsHelper(adOwnHelpers):
     ad = adOwnHelpers
     for _ in range(2):          # as many as there are helpers
@@ -564,12 +558,6 @@ def test_adRefusedNTLMv1ReleasesItsHelper(adOwnHelpers):
     assert seconds < 1.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a client that cancels an NTLM exchange with '*' (or disconnects) "
-    "after NEGOTIATE keeps the ntlm_auth helper pinned for "
-    "ntlm_exchange_timeout: protocol/server.py _authContinue drops the "
-    "exchange and ISASLExchange has no abort hook, so the winbind "
-    "exchange's abort() is never called"))
 def test_adCancelledNTLMReleasesItsHelper(adOwnHelpers):
     ad = adOwnHelpers
     cancelled = POP3(ad, IMPLICIT)
@@ -631,13 +619,6 @@ def test_adKilledHelperIsRestarted(ad):
     assert curlLogin(ad, "EXAMPLE\\alice", AD_ALICE, "AUTH=NTLM").returncode == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: when its ntlm_auth helper dies mid-exchange the client is told "
-    "'-ERR [AUTH] Authentication failed' (logged bad-credentials, counted "
-    "for the failure penalty and lockout) instead of [SYS/TEMP]: "
-    "auth/winbind.py NTLMExchange._helperLost marks the exchange done, so "
-    "authenticate() raises UnauthorizedLogin('out of order') rather than "
-    "SourceUnavailable"))
 def test_adKilledHelperIsAnOutageNotAWrongPassword(ad):
     verdicts, _, _ = killHelperMidExchange(ad)
     failed = [verdict for verdict in verdicts if not verdict.startswith(OK)]

@@ -145,12 +145,6 @@ def test_login_on_a_full_disk_fails_safely(tmpfs_daemon):
     login_works(d, "alice")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: on a full file system no one can log in (to read or delete mail and free "
-    "space): MaildirMailbox.open -> mailstore/lock.py:246 (_acquire) writes the lock "
-    "owner record and fails with ENOSPC; auth/portal.py:42 only traps ValueError, so "
-    "the OSError is logged as a critical 'Login error' with a traceback and the client "
-    "gets the generic '-ERR [SYS/TEMP] Temporary server error'"))
 def test_login_on_a_full_disk_works(tmpfs_daemon):
     d, ledger = tmpfs_daemon, Ledger()
     d.deliver("alice", ledger.new_message("alice", 1500))

@@ -305,8 +305,7 @@ CURL_CASES = [
     for ir in (False, True)
     for tls in (STARTTLS, IMPLICIT)
 ] + [
-    pytest.param("+APOP", False, STARTTLS, id="APOP-starttls",
-                 marks=pytest.mark.xfail(strict=True, reason=APOP_AFTER_STLS_BUG)),
+    pytest.param("+APOP", False, STARTTLS, id="APOP-starttls"),
     pytest.param("+APOP", False, IMPLICIT, id="APOP-implicit"),
 ]
 
@@ -438,10 +437,6 @@ def test_fetchmail_ntlmv1_is_refused_by_default(sasl_daemon, tmp_path):
     assert_refused(cursor, "NTLM", user=None, reason="ntlmv1-refused")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an NTLMv1 refusal is logged as user=- although the AUTHENTICATE message "
-    "names the user: NTLMRefused (securepop/sasl/ntlm.py) carries no username, so "
-    "server.py _authStep.failed passes None; every failure event should name the user"))
 def test_ntlmv1_refusal_names_the_user(sasl_daemon, tmp_path):
     cursor = LogCursor(sasl_daemon)
     clients.fetchmail(sasl_daemon, "alice", ALICE_PASSWORD, tmp_path, tls=STARTTLS,
@@ -497,13 +492,6 @@ def test_ntlm_tampered_mic_is_refused(sasl_daemon):
     assert_refused(cursor, "NTLM", user=None)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (or design gap): a user qualified with the server's own NetBIOS domain, the "
-    "target name the server itself sends in the CHALLENGE (default SECUREPOP), is "
-    "refused as no-such-user 'securepop\\alice' unless auth.strip_domain is on: "
-    "sasl/ntlm.py _message_username joins DOMAIN\\user.  fetchmail always sends "
-    "that domain, so with only insecure_allow_ntlmv1 = true fetchmail NTLM still "
-    "fails; Windows clients often send a domain too"))
 def test_ntlm_user_in_the_servers_own_domain_is_the_local_user(sasl_daemon):
     cursor = LogCursor(sasl_daemon)
     with SourcePOP3(sasl_daemon, IMPLICIT) as conn:
@@ -570,11 +558,6 @@ def test_scram_sha_256_plus_tls_server_end_point(sasl_daemon, tls):
     assert_refused(cursor, "SCRAM-SHA-256-PLUS", user=None, reason="bad-credentials")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a SCRAM wrong password is logged as user=- although the client-first "
-    "message named the user: sasl/scram.py _client_final raises "
-    "UnauthorizedLogin('SCRAM proof does not match') without a username, and "
-    "protocol/server.py _authStep.failed logs getattr(f.value, 'username', None)"))
 def test_scram_failure_names_the_user(sasl_daemon):
     cursor = LogCursor(sasl_daemon)
     with SourcePOP3(sasl_daemon, IMPLICIT) as conn:
@@ -623,7 +606,7 @@ def test_poplib_user_pass(sasl_daemon, tls):
 
 
 @pytest.mark.parametrize("tls", [
-    pytest.param(STARTTLS, marks=pytest.mark.xfail(strict=True, reason=APOP_AFTER_STLS_BUG)),
+    STARTTLS,
     IMPLICIT,
 ])
 def test_poplib_apop(sasl_daemon, tls):

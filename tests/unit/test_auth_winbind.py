@@ -265,7 +265,8 @@ def test_helperDiesBetweenNegotiateAndAuthenticate():
     reactor, verifier = makeVerifier(helpers=1)
     exchange = negotiated(reactor, verifier)
     end(helper(reactor, 0))
-    failureOf(exchange.authenticate(NTLMV2), UnauthorizedLogin)
+    # An outage, not a wrong password: no penalty, no lockout for the user.
+    failureOf(exchange.authenticate(NTLMV2), SourceUnavailable)
 
 
 def test_helperThatNeverStartsIsRetriedWithBackoff():
