@@ -108,7 +108,9 @@ def s_client(port, *options):
     @return: C{(handshake_ok, output)}.
     """
     result = subprocess.run(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername",
+        # -ign_eof: keep reading after stdin ends, so a greeting that comes
+        # late on a loaded machine is still seen (QUIT then closes it).
+        ["openssl", "s_client", "-ign_eof", "-connect", f"127.0.0.1:{port}", "-servername",
          "localhost", *options],
         input="QUIT\r\n", capture_output=True, text=True, timeout=30,
     )
