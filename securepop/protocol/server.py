@@ -495,12 +495,21 @@ class POP3Session(Protocol):
         self._busy = True
         d = defer.maybeDeferred(self.mailbox.commit)
 
+        def release():
+            # Unlock before answering: a client that reconnects right after
+            # "+OK" must not meet its own session's lock ([IN-USE]).
+            mailbox, self.mailbox = self.mailbox, None
+            if mailbox is not None:
+                mailbox.release()
+
         def committed(_):
+            release()
             self.sendLine(b"+OK Bye")
 
         def failed(f):
             events.emit("mailbox.commit_failed", "error", user=self.username,
                         error=f.getErrorMessage())
+            release()
             self.sendLine(R.COMMIT_FAILED)
 
         d.addCallbacks(committed, failed)
