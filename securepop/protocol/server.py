@@ -121,6 +121,7 @@ class POP3Session(Protocol):
 
     def connectionMade(self):
         self.peer = self.ctx.peer_address(self.transport)
+        _noDelay(self.transport)
         self.ctx.session_started(self)
         self._busy = True           # nothing is read before the greeting
         d = defer.maybeDeferred(self.ctx.admit, self.peer)
@@ -213,6 +214,12 @@ class POP3Session(Protocol):
         if self.state != CLOSED or line:
             self.transport.write(line + b"\r\n")
         self.ctx.protocol_log(self, "S", line)
+
+    def sendLines(self, lines):
+        """A multi-line answer in one write: one TLS record, one segment."""
+        self.transport.write(b"".join(line + b"\r\n" for line in lines))
+        for line in lines:
+            self.ctx.protocol_log(self, "S", line)
 
     def _close(self):
         # TLS waits for a registered producer before it shuts down: drop it.
@@ -474,10 +481,7 @@ class POP3Session(Protocol):
     # -- AUTHORIZATION commands --------------------------------------------------
 
     def do_CAPA(self):
-        self.sendLine(b"+OK Capability list follows")
-        for cap in self.ctx.capabilities(self):
-            self.sendLine(cap)
-        self.sendLine(b".")
+        self.sendLines([b"+OK Capability list follows", *self.ctx.capabilities(self), b"."])
     do_CAPA.arity = (0, 0)
 
     def do_NOOP(self):
@@ -594,10 +598,9 @@ class POP3Session(Protocol):
             if self.state != AUTHORIZATION:
                 self.sendLine(R.ALREADY_LOGGED_IN)
                 return
-            self.sendLine(b"+OK Supported mechanisms follow")
-            for name in self.ctx.offered_mechanisms(self):
-                self.sendLine(name.encode("ascii"))
-            self.sendLine(b".")
+            self.sendLines([b"+OK Supported mechanisms follow",
+                            *(n.encode("ascii") for n in self.ctx.offered_mechanisms(self)),
+                            b"."])
             return
         if not self._loginAllowed(True):
             return
@@ -783,11 +786,12 @@ class POP3Session(Protocol):
             if i is not None:
                 self.sendLine(b"+OK %d %s" % (i + 1, value(i)))
             return
-        self.sendLine(b"+OK")
+        lines = [b"+OK"]
         for i in range(len(self._sizes)):
             if not self.mailbox.isDeleted(i):
-                self.sendLine(b"%d %s" % (i + 1, value(i)))
-        self.sendLine(b".")
+                lines.append(b"%d %s" % (i + 1, value(i)))
+        lines.append(b".")
+        self.sendLines(lines)
 
     def do_LIST(self, *args):
         self._listing(args, lambda i: b"%d" % self._sizes[i])
@@ -866,6 +870,25 @@ class POP3Session(Protocol):
         d.addCallbacks(sent, lost)
         d.addBoth(done)
         return self._wait(d)
+
+
+def _noDelay(transport):
+    """
+    TCP_NODELAY on the socket under any wrapper (TLS, PROXY): a POP3 reply is
+    a small write the client waits for; Nagle plus delayed ACKs would add
+    ~40 ms to many of them.
+    """
+    for _ in range(4):
+        setter = getattr(transport, "setTcpNoDelay", None)
+        if setter is not None:
+            try:
+                setter(True)
+            except OSError:
+                pass
+            return
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return
 
 
 def _abortExchange(exchange):
