@@ -17,8 +17,10 @@ from pathlib import Path
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints, threads
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from securepop import config as configmodule
 from securepop import events
@@ -206,7 +208,7 @@ class SecurePOPService(service.MultiService):
     def _addListener(self, listener):
         factory = POP3Factory(self.context, listener)
         if listener.tls == "implicit":
-            factory = TLSMemoryBIOFactory(self.context.tls, False, factory)
+            factory = TLSMemoryBIOFactory(CurrentTLS(self.context), False, factory)
         if self.settings.access.trusted_proxies:
             # The PROXY header comes before TLS on the wire, and the policy
             # must see the real client before the greeting.
@@ -259,17 +261,60 @@ class SecurePOPService(service.MultiService):
             events.emit("config.reload_failed", "error", error=str(e))
             return False
         old = self.context
-        old_policy = old.policy
+        old_policy, old_source = old.policy, old.source
         context.policy.start()
         old_policy.stop()
         for name in ("settings", "portal", "source", "mechanisms", "tls", "policy",
-                     "limits", "penalty", "lockout", "_ntlm_delegate"):
-            if name == "limits":
-                continue      # counts of open sessions must survive
+                     "_ntlm_delegate"):
             setattr(old, name, getattr(context, name))
+        # State that must survive a reload (open sessions' counts, the failure
+        # history of attacking addresses) stays; only its limits change.
+        a, auth = fresh.access, fresh.auth
+        old.limits.maxConnections = a.max_connections
+        old.limits.maxPerIP = a.max_connections_per_ip
+        old.limits.maxPerUser = a.max_connections_per_user
+        old.penalty.base, old.penalty.maximum = auth.failure_delay, auth.failure_delay_max
+        old.lockout = context.lockout if (old.lockout is None) != (context.lockout is None) \
+            else old.lockout
+        if old.lockout is not None:
+            old.lockout.threshold, old.lockout.window = (auth.lockout_threshold,
+                                                         auth.lockout_window)
+        if old_source is not context.source:
+            # Sessions in flight may still use the old source's threads or DC
+            # helpers: retire it after a grace period.
+            self.reactor.callLater(RETIRE_AFTER, retire_source, old_source)
         self.settings = fresh
         events.emit("config.reloaded", path=path)
         return True
+
+
+RETIRE_AFTER = 60.0     # seconds a replaced credential source lives on after a reload
+
+
+def retire_source(source):
+    """Stop a credential source's threads and helper processes, if it has any."""
+    shutdown = getattr(source, "shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    delegate = getattr(source, "ntlmDelegateFactory", None)
+    verifier = getattr(delegate, "__self__", None)
+    if verifier is not None and hasattr(verifier, "stop"):
+        verifier.stop()
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class CurrentTLS:
+    """
+    The TLS creator an implicit-TLS listener holds: it asks the shared
+    context for the creator in force, so a reload that replaces it reaches
+    listeners built before the reload.
+    """
+
+    def __init__(self, context):
+        self.context = context
+
+    def serverConnectionForTLS(self, tlsProtocol):
+        return self.context.tls.serverConnectionForTLS(tlsProtocol)
 
 
 def makeService(settings=None, reactor=None):

@@ -78,3 +78,50 @@ def test_bad_rule_names_its_index(setup):
         service.makeService(config.load(setup), MemoryReactorClock())
     assert e.value.key == "access.rules[1]"
     assert "contiguous" in e.value.reason
+
+
+def test_reload_keeps_counts_and_penalties_but_applies_new_limits(setup):
+    reactor = MemoryReactorClock()
+    svc = service.makeService(config.load(setup), reactor)
+    context = svc.context
+    limits, penalty = context.limits, context.penalty
+    lease = limits.acquireConnection("192.0.2.50")
+    penalty.record_failure("198.51.100.7")
+    setup.write_text(setup.read_text() + "max_connections_per_ip = 7\n"
+                     "[auth]\nfailure_delay = 1.0\nfailure_delay_max = 4.0\n")
+    assert svc.reload() is True
+    assert context.limits is limits and limits.maxPerIP == 7
+    assert limits.connectionsFrom("192.0.2.50") == 1      # the open session still counts
+    assert context.penalty is penalty and penalty.base == 1.0 and penalty.maximum == 4.0
+    assert penalty.failures("198.51.100.7") == 1           # an attacker's history survives
+    lease.release()
+    assert limits.connectionsFrom("192.0.2.50") == 0
+
+
+def test_implicit_listener_follows_the_tls_in_force(setup):
+    reactor = MemoryReactorClock()
+    svc = service.makeService(config.load(setup), reactor)
+    svc.startService()
+    try:
+        factory = [p[1] for p in reactor.tcpServers if p[0] == 1995][0]
+        seen = []
+
+        class Connection:
+            def set_accept_state(self):
+                pass
+
+            def set_app_data(self, data):
+                pass
+
+        connection = Connection()
+
+        class Recorder:
+            def serverConnectionForTLS(self, tlsProtocol):
+                seen.append(tlsProtocol)
+                return connection
+
+        svc.context.tls = Recorder()        # what a reload does
+        assert factory._creatorCallable("proto") is connection
+        assert seen == ["proto"]
+    finally:
+        svc.stopService()
