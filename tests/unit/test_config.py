@@ -107,3 +107,18 @@ def test_hostile_values():
         config.parse('[server]\nhostname = "a\\u0000b"\n', "f")
     with pytest.raises(ConfigError):
         config.parse("[server]\nhostname = 1e999999\n", "f")
+
+
+def test_every_setting_is_documented_in_the_sample():
+    """The reverse of the test above: no key exists that the sample omits."""
+    import dataclasses
+
+    text = SAMPLE.read_text()
+    nested = {"file", "ldap", "ad", "sni"}
+    for cls in (config.ServerSettings, config.ListenSettings, config.TLSSettings,
+                config.AuthSettings, config.FileSourceSettings, config.LDAPSettings,
+                config.AccessSettings, config.MailSettings, config.LogSettings,
+                config.MetricsSettings):
+        for f in dataclasses.fields(cls):
+            if f.name not in nested:
+                assert re.search(rf"^# ?{f.name} = ", text, re.M), (cls.__name__, f.name)
