@@ -24,6 +24,8 @@ import time
 
 from twisted.names import dns
 
+from tests.integration.processes import terminate
+
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
 TRUSTED = ("trusted.example.test", "127.0.0.5")
@@ -144,13 +146,7 @@ log-facility={self.logPath}
             return ""
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process)
         self.process = None
 
     def queryCount(self, name, qtype="PTR"):

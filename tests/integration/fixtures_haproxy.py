@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from twisted.internet import protocol
 
+from tests.integration.processes import terminate
+
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 PROXY_MODES = {"v1": "send-proxy", "v2": "send-proxy-v2", "none": ""}
 
@@ -118,13 +120,7 @@ class HAProxyServer:
         return self
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process)
         self.process = None
 
 
