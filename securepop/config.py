@@ -155,6 +155,7 @@ class MailSettings:
     on_delete: str = "delete"          # delete | trash
     trash_folder: str = ".Trash"
     lock_stale_after: float = 1800.0   # a lock not refreshed this long is stale
+    lock: str = "flock"                # flock | dotlock (shared storage without lock manager)
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ _CHOICES = {
     "access.mode": ("allow-listed", "deny-listed"),
     "access.dns_failure": ("no-match", "match", "decline"),
     "mail.on_delete": ("delete", "trash"),
+    "mail.lock": ("flock", "dotlock"),
     "log.format": ("text", "json"),
 }
 

@@ -18,7 +18,6 @@ from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints, threads
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -28,6 +27,7 @@ from securepop.errors import ConfigError
 from securepop.interfaces import PLAINTEXT
 from securepop.protocol.context import ServerContext
 from securepop.protocol.server import POP3Factory
+from securepop.tls.transport import ServerTLSFactory
 
 
 def prepare_data_dir(settings):
@@ -170,7 +170,8 @@ def build_context(settings, reactor, pool):
     trash = settings.mail.trash_folder if settings.mail.on_delete == "trash" else None
     store = MaildirStore(settings.mail.root, str(settings.data_path), trash=trash,
                          reactor=reactor, threadpool=pool.pool if pool else None,
-                         staleAfter=settings.mail.lock_stale_after)
+                         staleAfter=settings.mail.lock_stale_after,
+                         lockMethod=settings.mail.lock)
     realm = MaildirRealm(store)
     cache = None
     if settings.auth.cache_ttl > 0:
@@ -208,7 +209,7 @@ class SecurePOPService(service.MultiService):
     def _addListener(self, listener):
         factory = POP3Factory(self.context, listener)
         if listener.tls == "implicit":
-            factory = TLSMemoryBIOFactory(CurrentTLS(self.context), False, factory)
+            factory = ServerTLSFactory(CurrentTLS(self.context), factory)
         if self.settings.access.trusted_proxies:
             # The PROXY header comes before TLS on the wire, and the policy
             # must see the real client before the greeting.

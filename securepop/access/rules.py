@@ -30,6 +30,7 @@ names the first matching rule in that order.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -142,13 +143,18 @@ def normaliseAddress(address) -> IPAddress:
     if isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         parsed = address
     else:
-        text = str(address)
-        if "%" in text:
-            text = text.split("%", 1)[0]
-        parsed = ipaddress.ip_address(text)
+        return _normaliseText(str(address))
     if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped:
         return parsed.ipv4_mapped
     return parsed
+
+
+@functools.lru_cache(maxsize=4096)
+def _normaliseText(text):
+    # Every connection parses its peer's address; clients come back.
+    if "%" in text:
+        text = text.split("%", 1)[0]
+    return normaliseAddress(ipaddress.ip_address(text))
 
 
 def normaliseHostName(name: str, text: str) -> str:

@@ -10,6 +10,7 @@ memory: when full, expired entries go first, then the least recently
 failed.
 """
 
+import functools
 import ipaddress
 from collections import OrderedDict, deque
 
@@ -17,6 +18,7 @@ DEFAULT_MAX_ENTRIES = 100_000
 _MAX_DOUBLINGS = 32
 
 
+@functools.lru_cache(maxsize=4096)
 def address_key(address, ipv6_prefix=64):
     """
     The key failures of C{address} are counted under: the IPv4 address

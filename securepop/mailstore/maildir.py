@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 
 from twisted.internet import defer, task, threads
@@ -165,6 +166,28 @@ def scanMaildir(maildirPath):
 TMP_MAX_AGE = 36 * 3600
 
 
+# When each Maildir's tmp/ was last cleaned by this process: a file there
+# must be 36 hours old to go, so once an hour is as good as every login.
+TMP_CLEAN_INTERVAL = 3600.0
+_tmpCleaned = {}
+_TMP_CLEANED_MAX = 100_000
+
+
+def cleanTmpSometimes(maildirPath, now, interval=TMP_CLEAN_INTERVAL):
+    """
+    L{cleanTmp}, at most once per C{interval} seconds per Maildir.
+
+    @return: how many files were removed (0 when skipped).
+    """
+    last = _tmpCleaned.get(maildirPath)
+    if last is not None and 0 <= now - last < interval:
+        return 0
+    if len(_tmpCleaned) >= _TMP_CLEANED_MAX:
+        _tmpCleaned.clear()
+    _tmpCleaned[maildirPath] = now
+    return cleanTmp(maildirPath, now)
+
+
 def cleanTmp(maildirPath, now, maxAge=TMP_MAX_AGE):
     """
     Remove files left in C{tmp/} by deliveries that died, once they are
@@ -235,6 +258,50 @@ def _writeSizeCache(path, sizes):
             pass  # the cache is only a cache
 
 
+class _SizeMemo:
+    """
+    The size caches of recently opened Maildirs, in memory: a login then
+    reads no cache file.  Bounded by the number of messages remembered
+    (least recently used Maildirs go first).  Entries are checked against
+    each file's size and mtime like the file cache, so a stale memo only
+    costs a recount.  Shared by the thread pool's threads, hence the lock.
+    """
+
+    def __init__(self, maxEntries=200_000):
+        self.maxEntries = maxEntries
+        self._maildirs = {}  # insertion order = least recently used first
+        self._entries = 0
+        self._lock = threading.Lock()
+
+    def get(self, path):
+        with self._lock:
+            sizes = self._maildirs.pop(path, None)
+            if sizes is not None:
+                self._maildirs[path] = sizes
+            return sizes
+
+    def put(self, path, sizes):
+        with self._lock:
+            old = self._maildirs.pop(path, None)
+            if old is not None:
+                self._entries -= len(old)
+            if len(sizes) > self.maxEntries:
+                return
+            self._maildirs[path] = sizes
+            self._entries += len(sizes)
+            while self._entries > self.maxEntries:
+                oldest = next(iter(self._maildirs))
+                self._entries -= len(self._maildirs.pop(oldest))
+
+    def clear(self):
+        with self._lock:
+            self._maildirs.clear()
+            self._entries = 0
+
+
+_sizeMemo = _SizeMemo()
+
+
 def computeSizes(maildirPath, entries, cacheName=SIZE_CACHE_NAME, countFile=None):
     """
     Fill in C{crlfSize} of every entry: from C{,W=} when C{,S=} matches the
@@ -244,7 +311,9 @@ def computeSizes(maildirPath, entries, cacheName=SIZE_CACHE_NAME, countFile=None
     """
     countFile = countFile or crlfSizeOfPath
     cachePath = os.path.join(maildirPath, cacheName)
-    cached = _loadSizeCache(cachePath)
+    cached = _sizeMemo.get(cachePath)
+    if cached is None:
+        cached = _loadSizeCache(cachePath)
     fresh = {}
     for entry in entries:
         fields = nameFields(entry.name)
@@ -269,6 +338,7 @@ def computeSizes(maildirPath, entries, cacheName=SIZE_CACHE_NAME, countFile=None
         fresh[entry.unique] = [entry.rawSize, entry.mtimeNs, entry.crlfSize]
     if fresh != cached:
         _writeSizeCache(cachePath, fresh)
+    _sizeMemo.put(cachePath, fresh)
 
 
 def assignUidls(entries):
@@ -332,7 +402,8 @@ class MaildirMailbox:
 
     @classmethod
     def open(cls, path, create=True, trash=None, clock=None, lockPath=None,
-             staleAfter=lockModule.DEFAULT_STALE_AFTER, runner=None):
+             staleAfter=lockModule.DEFAULT_STALE_AFTER, runner=None,
+             lockMethod=lockModule.DEFAULT_METHOD):
         """
         Lock the Maildir at C{path} and snapshot it.  Blocking and slow for
         big mailboxes (directory scan, sizes): call it in a thread, e.g.
@@ -349,6 +420,7 @@ class MaildirMailbox:
             called on the reactor thread; from a thread leave it None and
             call L{startRefreshing} afterwards (as L{MaildirStore.login}).
         @param lockPath: lock file; default C{<path>/securepop.lock}.
+        @param lockMethod: C{"flock"} or C{"dotlock"} (L{lockModule}).
         @param runner: C{runner(f, *args) -> Deferred} used by L{commit}
             (e.g. C{partial(deferToThreadPool, reactor, pool)}); default
             runs synchronously.
@@ -364,10 +436,10 @@ class MaildirMailbox:
             raise FileNotFoundError(errno.ENOENT, "no Maildir", path)
         mailboxLock = lockModule.acquire(
             lockPath if lockPath is not None else os.path.join(path, LOCK_NAME),
-            staleAfter=staleAfter,
+            staleAfter=staleAfter, method=lockMethod,
         )
         try:
-            cleanTmp(path, time.time())
+            cleanTmpSometimes(path, time.time())
             entries = scanMaildir(path)
             computeSizes(path, entries)
             assignUidls(entries)
@@ -591,12 +663,14 @@ class MaildirStore:
     @ivar rootTemplate: e.g. C{"mail/{user}/Maildir"} (C{[mail] root});
     @ivar dataDir: what a relative template is relative to;
     @ivar trash: trash Maildir (relative to each mailbox) or None;
-    @ivar staleAfter: lock age limit in seconds.
+    @ivar staleAfter: lock age limit in seconds;
+    @ivar lockMethod: C{"flock"} or C{"dotlock"} (C{[mail] lock}).
     """
 
     def __init__(self, rootTemplate="mail/{user}/Maildir", dataDir=".", trash=None,
                  reactor=None, threadpool=None,
-                 staleAfter=lockModule.DEFAULT_STALE_AFTER, create=True):
+                 staleAfter=lockModule.DEFAULT_STALE_AFTER, create=True,
+                 lockMethod=lockModule.DEFAULT_METHOD):
         """
         @param reactor: IReactorTime (and IReactorThreads when C{threadpool}
             is given); refreshes the locks.
@@ -606,6 +680,7 @@ class MaildirStore:
         """
         self.rootTemplate, self.dataDir = rootTemplate, dataDir
         self.trash, self.staleAfter, self.create = trash, staleAfter, create
+        self.lockMethod = lockMethod
         self.reactor, self.threadpool = reactor, threadpool
 
     def _inThread(self, function, *args):
@@ -645,7 +720,7 @@ class MaildirStore:
     def _openBlocking(self, username, explicit):
         return MaildirMailbox.open(self.pathFor(username, explicit), create=self.create,
                                    trash=self.trash, staleAfter=self.staleAfter,
-                                   runner=self._inThread)
+                                   runner=self._inThread, lockMethod=self.lockMethod)
 
     def pathFor(self, username, explicit=None):
         """
@@ -663,4 +738,5 @@ class MaildirStore:
         As L{MaildirMailbox.open}, synchronously (blocking: tests and CLI).
         """
         return MaildirMailbox.open(path, create=self.create, trash=self.trash,
-                                   staleAfter=self.staleAfter, runner=self._inThread)
+                                   staleAfter=self.staleAfter, runner=self._inThread,
+                                   lockMethod=self.lockMethod)

@@ -31,6 +31,7 @@ from securepop.interfaces import ISASLContext, ISecureMailbox
 from securepop.protocol import responses as R
 from securepop.protocol.streaming import MessageProducer
 from securepop.sasl.base import Challenge
+from securepop.tls.transport import startTLS
 
 MAX_COMMAND_LINE = 255          # RFC 2449, including CRLF
 MAX_AUTH_LINE = 8 * 1024        # an AUTH continuation (NTLM tokens are ~1-2 KiB)
@@ -97,6 +98,7 @@ class POP3Session(Protocol):
         self._bad = 0
         self._attempts = 0
         self._timer = None
+        self._deadline = 0.0
         self._user = None
         self._exchange = None
         self._exchange_mech = None
@@ -236,18 +238,38 @@ class POP3Session(Protocol):
     # -- timers ----------------------------------------------------------------
 
     def _resetTimer(self):
-        self._cancelTimer()
+        """
+        Restart the idle timeout.  Called for every command and every chunk
+        of RETR, so it only moves a deadline: the one timer, when it fires
+        early, sleeps again for the rest (no timer heap work per command).
+        """
         if self.state == CLOSED:
+            self._cancelTimer()
             return
         s = self.ctx.settings.server
         timeout = s.idle_timeout if self.state == TRANSACTION else s.idle_timeout_login
-        if timeout > 0:
-            self._timer = self.clock.callLater(timeout, self._timedOut)
+        if timeout <= 0:
+            self._cancelTimer()
+            return
+        self._deadline = self.clock.seconds() + timeout
+        timer = self._timer
+        if timer is None or not timer.active():
+            self._timer = self.clock.callLater(timeout, self._timerFired)
+        elif timer.getTime() > self._deadline:  # a shorter timeout applies now
+            timer.reset(timeout)
 
     def _cancelTimer(self):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+    def _timerFired(self):
+        self._timer = None
+        remaining = self._deadline - self.clock.seconds()
+        if remaining > 0:
+            self._timer = self.clock.callLater(remaining, self._timerFired)
+            return
+        self._timedOut()
 
     def _timedOut(self):
         self._timer = None
@@ -535,7 +557,7 @@ class POP3Session(Protocol):
         # The APOP timestamp stays: it is the server's own value from the
         # greeting, and the digest will travel inside TLS.
         self._stopProducingReplies()
-        self.transport.startTLS(self.ctx.tls)
+        startTLS(self.transport, self.ctx.tls)
         self._produceReplies()
         self.secure = True
         self.ctx.tls_started(self)

@@ -11,7 +11,7 @@ result is the same for any chunk size.
 from __future__ import annotations
 
 from zope.interface import implementer
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IPushProducer
 
 CHUNK_SIZE = 64 * 1024
 
@@ -107,14 +107,17 @@ class TopFilter:
         return b"".join(out)
 
 
-@implementer(IPullProducer)
+@implementer(IPushProducer)
 class MessageProducer:
     """
-    Streams one message to a transport, one chunk per resumeProducing.
-
-    The transport pulls when its buffer drains, so a client that stops
-    reading stops the reads from disk and memory stays bounded; C{onProgress}
-    lets the protocol restart its idle timer only when the client reads.
+    Streams one message to a transport: chunk after chunk until the
+    transport pauses it (its buffer is full: the client is not reading
+    fast enough), again when it resumes.  Memory stays bounded and a client
+    that stops reading stops the reads from disk; a message that fits in
+    the buffer goes out at once, in the same write as its C{+OK} line (a
+    pull producer would wait for another reactor turn, and under TLS for
+    Twisted's cooperator).  C{onProgress} lets the protocol restart its
+    idle timer only when the client reads.
     """
 
     def __init__(self, fileobj, transport, top_lines=None, onProgress=None,
@@ -128,19 +131,39 @@ class MessageProducer:
         self.bytes_sent = 0
         self.deferred = None
         self._stopped = False
+        self._paused = False
+        self._producing = False
 
     def start(self):
         from twisted.internet.defer import Deferred
 
-        # A TCP transport may pull the whole (small) message inside
-        # registerProducer: keep our own reference to the Deferred.
+        # The message may be sent entirely inside start(): keep our own
+        # reference to the Deferred.
         d = self.deferred = Deferred()
-        self.transport.registerProducer(self, False)
+        self.transport.registerProducer(self, True)
+        self._produce()
         return d
+
+    def pauseProducing(self):
+        self._paused = True
 
     def resumeProducing(self):
         if self._stopped:
             return
+        self._paused = False
+        self._produce()
+
+    def _produce(self):
+        if self._producing:  # resumed from inside one of our own writes
+            return
+        self._producing = True
+        try:
+            while not (self._paused or self._stopped):
+                self._step()
+        finally:
+            self._producing = False
+
+    def _step(self):
         if self.onProgress is not None:
             self.onProgress()
         try:

@@ -187,3 +187,106 @@ def test_owner_parse_rejects_garbage():
     assert LockOwner.parse(b"a x b 2 c\n") is None
     owner = LockOwner.parse(b"h 12 boot 3 tok\n")
     assert (owner.host, owner.pid, owner.boot, owner.token) == ("h", 12, "boot", "tok")
+
+
+# -- method "flock" (the default of MaildirStore): the file stays -------------------------------
+
+def flockAcquire(path, **kw):
+    return acquire(path, method="flock", **kw)
+
+
+def test_unknown_method_refused(lockPath):
+    with pytest.raises(ValueError):
+        acquire(lockPath, method="fcntl")
+    assert not os.path.exists(lockPath)
+
+
+def test_flock_writes_owner_keeps_file_and_empties_it(lockPath):
+    held = flockAcquire(lockPath)
+    with open(lockPath, "rb") as f:
+        owner = LockOwner.parse(f.read())
+    assert owner.pid == os.getpid() and os.stat(lockPath).st_mode & 0o777 == 0o600
+    inode = os.stat(lockPath).st_ino
+    held.release()
+    assert os.path.getsize(lockPath) == 0 and os.stat(lockPath).st_ino == inode
+    again = flockAcquire(lockPath)                       # same file, no new inode
+    assert os.stat(lockPath).st_ino == inode and again.held
+    again.release()
+    held.release()  # idempotent
+
+
+def test_flock_second_acquire_in_process_refused(lockPath):
+    with flockAcquire(lockPath):
+        with pytest.raises(MailboxInUse):
+            flockAcquire(lockPath)
+        with pytest.raises(MailboxInUse):
+            acquire(lockPath)                            # nor by the other method
+        assert os.path.getsize(lockPath) > 0             # the record is intact
+    flockAcquire(lockPath).release()
+
+
+FLOCK_HOLDER = HOLDER.replace("acquire(sys.argv[1])", "acquire(sys.argv[1], method='flock')")
+
+
+def test_flock_other_process_holds_then_killed_9(lockPath):
+    child = subprocess.Popen(
+        [sys.executable, "-c", FLOCK_HOLDER, lockPath],
+        stdout=subprocess.PIPE,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        with pytest.raises(MailboxInUse):
+            flockAcquire(lockPath)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    assert os.path.getsize(lockPath) > 0                 # its record is left behind
+    held = flockAcquire(lockPath)                        # recovered: the flock died with it
+    with open(lockPath, "rb") as f:
+        assert LockOwner.parse(f.read()).pid == os.getpid()
+    held.release()
+
+
+@pytest.mark.parametrize("left, free", [
+    (dict(pid="dead"), True),
+    (dict(pid=1, boot="another-boot"), True),
+    (dict(host="other.example", pid=1234, age=601), True),
+    (dict(host="other.example", pid=1234, age=60), False),   # another host's live holder
+    (dict(pid=1), False),                                     # a live pid, no flock: respected
+])
+def test_flock_left_records_judged_like_dotlock(lockPath, left, free):
+    if left.get("pid") == "dead":
+        left = dict(left, pid=deadPid())
+    writeLock(lockPath, **left)
+    if free:
+        flockAcquire(lockPath, staleAfter=600).release()
+        assert os.path.getsize(lockPath) == 0
+    else:
+        with pytest.raises(MailboxInUse):
+            flockAcquire(lockPath, staleAfter=600)
+        assert LockOwner.parse(open(lockPath, "rb").read()) is not None
+
+
+def test_flock_release_keeps_a_record_that_is_not_ours(lockPath):
+    held = flockAcquire(lockPath)
+    writeLock(lockPath, host="other.example", pid=42)    # judged stale elsewhere, taken
+    held.release()
+    assert LockOwner.parse(open(lockPath, "rb").read()).host == "other.example"
+
+
+def test_flock_longer_old_record_fully_replaced(lockPath):
+    writeLock(lockPath, host="x" * 200 + ".example", pid=1234, age=10_000)
+    held = flockAcquire(lockPath, staleAfter=600)
+    assert LockOwner.parse(open(lockPath, "rb").read()).pid == os.getpid()
+    held.release()
+
+
+def test_flock_symlink_at_lock_path_refused(lockPath, tmp_path):
+    target = tmp_path / "victim"
+    target.write_bytes(b"keep me\n")
+    os.symlink(target, lockPath)
+    with pytest.raises(OSError):
+        flockAcquire(lockPath)
+    assert target.read_bytes() == b"keep me\n"

@@ -375,6 +375,14 @@ def test_lock_refreshed_on_clock_and_stopped_at_release(three):
     assert os.stat(lockPath).st_mtime > 1
     mailbox.release()
     assert clock.getDelayedCalls() == []
+    assert os.path.getsize(lockPath) == 0        # flock: kept, emptied
+
+
+def test_dotlock_file_removed_at_release(three):
+    mailbox = MaildirMailbox.open(three, lockMethod="dotlock")
+    lockPath = os.path.join(three, "securepop.lock")
+    assert os.path.getsize(lockPath) > 0
+    mailbox.release()
     assert not os.path.exists(lockPath)
 
 
@@ -411,6 +419,44 @@ def test_size_cache_for_ten_thousand_messages(maildir, monkeypatch):
     with MaildirMailbox.open(maildir) as mailbox:
         assert mailbox.listMessages(0) == 3
     assert sum(1 for p in opened if "1003.M3.host" in os.fspath(p)) == 1
+
+
+def test_size_memo_spares_the_cache_file_and_follows_changes(maildir, monkeypatch):
+    place(maildir, "cur", "1000.A.host:2,", b"a\nb\n", 1000)
+    with MaildirMailbox.open(maildir) as mailbox:
+        assert mailbox.listMessages() == [6]
+    opened = count_opens(monkeypatch)
+    with MaildirMailbox.open(maildir) as mailbox:      # second login: from memory
+        assert mailbox.listMessages() == [6]
+    assert not [p for p in opened if SIZE_CACHE_NAME in os.fspath(p) or "1000.A" in os.fspath(p)]
+    # a file rewritten in place (other size and mtime) is counted again
+    place(maildir, "cur", "1000.A.host:2,", b"a\nb\nc\n", 2000)
+    with MaildirMailbox.open(maildir) as mailbox:
+        assert mailbox.listMessages() == [9]
+
+
+def test_size_memo_is_bounded_by_messages():
+    memo = maildirModule._SizeMemo(maxEntries=5)
+    memo.put("a", {str(i): [1, 1, 1] for i in range(3)})
+    memo.put("b", {str(i): [1, 1, 1] for i in range(2)})
+    assert memo.get("a") is not None                    # a is now the most recent
+    memo.put("c", {"x": [1, 1, 1]})                     # 6 > 5: the oldest (b) goes
+    assert memo.get("b") is None and memo.get("a") and memo.get("c")
+    memo.put("huge", {str(i): [1, 1, 1] for i in range(6)})   # never held at all
+    assert memo.get("huge") is None and memo._entries <= 5
+    memo.put("a", {})                                   # replaced, counted again
+    assert memo._entries == 1
+
+
+def test_tmp_cleaned_at_most_once_an_hour(maildir):
+    old = 1000.0
+    place(maildir, "tmp", "1.dead.host", b"half", old)
+    now = old + maildirModule.TMP_MAX_AGE + 10
+    assert maildirModule.cleanTmpSometimes(maildir, now) == 1
+    place(maildir, "tmp", "2.dead.host", b"half", old)
+    assert maildirModule.cleanTmpSometimes(maildir, now + 60) == 0      # skipped
+    assert os.path.exists(os.path.join(maildir, "tmp", "2.dead.host"))
+    assert maildirModule.cleanTmpSometimes(maildir, now + 3601) == 1    # an hour later
 
 
 def test_size_fields_in_name_avoid_reading(maildir, monkeypatch):

@@ -329,12 +329,21 @@ def test_idle_timeout_applies_to_stalled_retr(secure):
     secure.connect()
     login_ok = secure.send(b"USER alice\r\nPASS " + PASSWORD + b"\r\n")
     assert login_ok[-1].startswith(b"+OK Logged in, 4 messages")
+    write = secure.transport.write
+
+    def fullAfterEachWrite(data):                # a slow reader: the buffer fills
+        write(data)
+        if isinstance(secure.transport.producer, MessageProducer):
+            secure.transport.producer.pauseProducing()
+
+    secure.transport.write = fullAfterEachWrite
     secure.send(b"RETR 4\r\n")
     producer = secure.transport.producer
-    assert producer is not None
+    assert isinstance(producer, MessageProducer)
     for _ in range(3):                           # a reader that keeps reading stays
         secure.clock.advance(500)
         producer.resumeProducing()
+    assert secure.transport.producer is producer  # 1 MB: not sent yet
     assert not secure.transport.disconnecting
     secure.clock.advance(601)                    # then stops reading
     assert secure.transport.disconnecting

@@ -10,7 +10,7 @@ import re
 from hypothesis import given, settings, strategies as st
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IPushProducer
 
 from securepop.protocol.streaming import DotStuffer, MessageProducer, TopFilter, stuff_whole
 
@@ -40,9 +40,19 @@ def chunked(data, size):
     return [data[i:i + size] for i in range(0, len(data), size)] or [b""]
 
 
+class FullBuffer(StringTransport):
+    """A transport whose buffer is full after every write: the producer is
+    paused each time and must wait to be resumed."""
+
+    def write(self, data):
+        super().write(data)
+        if self.producer is not None and self.streaming:
+            self.producer.pauseProducing()
+
+
 def stream(data, size, top=None):
     """The wire form produced by MessageProducer reading C{size} bytes at a time."""
-    transport = StringTransport()
+    transport = FullBuffer()
     producer = MessageProducer(io.BytesIO(data), transport, top, chunk_size=size)
     d = producer.start()
     results = []
@@ -54,7 +64,7 @@ def stream(data, size, top=None):
 
 
 def test_producer_interface():
-    verifyObject(IPullProducer, MessageProducer(io.BytesIO(b""), StringTransport()))
+    verifyObject(IPushProducer, MessageProducer(io.BytesIO(b""), StringTransport()))
 
 
 @settings(max_examples=400)
@@ -147,9 +157,42 @@ def test_top_filter_negative_no_separator():
     assert not t.done                           # no empty line yet: still in the header
 
 
+def test_whole_message_sent_at_once_when_the_buffer_allows():
+    data = b"a\r\n.b\r\n" * 1000
+    transport = StringTransport()
+    d = MessageProducer(io.BytesIO(data), transport, chunk_size=1000).start()
+    assert transport.value() == stuff_whole(data)  # inside start(): no turn to wait for
+    assert transport.producer is None
+    assert d.called
+
+
+def test_paused_producer_writes_nothing_until_resumed():
+    transport = FullBuffer()
+    producer = MessageProducer(io.BytesIO(b"x" * 100), transport, chunk_size=10)
+    producer.start()
+    assert transport.value() == b"x" * 10
+    transport.write(b"")                         # still paused: nothing more
+    assert transport.value() == b"x" * 10
+    producer.resumeProducing()
+    assert transport.value() == b"x" * 20
+
+
+def test_resume_from_inside_a_write_does_not_recurse():
+    class Reentrant(StringTransport):
+        def write(self, data):
+            super().write(data)
+            if self.producer is not None and len(self.value()) < 50:
+                self.producer.pauseProducing()
+                self.producer.resumeProducing()  # e.g. a buffer drained at once
+
+    transport = Reentrant()
+    d = MessageProducer(io.BytesIO(b"y" * 100), transport, chunk_size=10).start()
+    assert transport.value() == b"y" * 100 + b"\r\n.\r\n" and d.called
+
+
 def test_stop_producing_closes_file_and_fails_deferred():
     f = io.BytesIO(b"x" * 1000)
-    transport = StringTransport()
+    transport = FullBuffer()
     producer = MessageProducer(f, transport, chunk_size=10)
     d = producer.start()
     failures = []

@@ -1,0 +1,133 @@
+"""
+The TLS layer under every POP3 session: Twisted's memory-BIO TLS, made lean.
+
+Twisted's default (L{twisted.protocols.tls.BufferingTLSTransport}) holds
+every small write back until the next reactor turn with a
+C{callLater(0)}: one timer, one more turn and one more C{epoll_wait} per
+POP3 reply, which a request/response protocol pays on every command.
+L{ServerTLSProtocol} aggregates differently: writes made while a read is
+being processed (the replies to a pipelined batch) become one TLS record
+flushed when the read is done; writes from anywhere else (a login result,
+the RETR producer) go out at once.  It also gives a connection the
+transport's interfaces with one C{directlyProvides} instead of one per
+interface.  Everything else (handshake, close_notify, producers, errors)
+is Twisted's own code.
+
+L{startTLS} is C{STLS} with this layer instead of Twisted's.
+"""
+
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Protocol
+from zope.interface import directlyProvides, providedBy
+
+try:  # the one private piece: how Twisted's own startTLS reaches the socket
+    from twisted.internet._newtls import _BypassTLS
+except ImportError:  # pragma: no cover (a Twisted without it: use its startTLS)
+    _BypassTLS = None
+
+# Flush a batch early once it holds this much (bounded memory, and OpenSSL
+# cuts records at 16 KiB anyway).
+BATCH_LIMIT = 64 * 1024
+
+
+class ServerTLSProtocol(TLSMemoryBIOProtocol):
+    """
+    Memory-BIO TLS that batches the replies to one read into one record and
+    writes everything else immediately (no C{callLater(0)} per write).
+    """
+
+    _batch = None  # list of pending plaintext while a read is processed
+    _batchSize = 0
+
+    def makeConnection(self, transport):
+        # Twisted's version calls directlyProvides once per interface of the
+        # transport (nine for TCP); one call does the same.
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        if self._connectWrapped:
+            ProtocolWrapper.makeConnection(self, transport)
+        self._checkHandshakeStatus()
+
+    def dataReceived(self, data):
+        if self._batch is not None:  # re-entered: the outer call flushes
+            return TLSMemoryBIOProtocol.dataReceived(self, data)
+        self._batch, self._batchSize = [], 0
+        try:
+            TLSMemoryBIOProtocol.dataReceived(self, data)
+        finally:
+            self._flushBatch()
+
+    def _flushBatch(self):
+        batch, self._batch, self._batchSize = self._batch, None, 0
+        if batch:
+            self._write(batch[0] if len(batch) == 1 else b"".join(batch))
+
+    def write(self, data):
+        if self.disconnecting and self._producer is None:
+            return
+        if self._batch is None:
+            self._write(data)
+            return
+        self._batch.append(data)
+        self._batchSize += len(data)
+        if self._batchSize >= BATCH_LIMIT:
+            batch, self._batch, self._batchSize = self._batch, [], 0
+            self._write(b"".join(batch))
+
+    def writeSequence(self, iovec):
+        self.write(b"".join(iovec))
+
+    def loseConnection(self):
+        # What was written before must precede the close_notify.
+        if self._batch:
+            batch, self._batch, self._batchSize = self._batch, [], 0
+            self._write(b"".join(batch))
+        TLSMemoryBIOProtocol.loseConnection(self)
+
+    def abortConnection(self):
+        if self._batch is not None:
+            self._batch, self._batchSize = [], 0
+        TLSMemoryBIOProtocol.abortConnection(self)
+
+
+class ServerTLSFactory(TLSMemoryBIOFactory):
+    """L{TLSMemoryBIOFactory} building L{ServerTLSProtocol} (implicit TLS)."""
+
+    protocol = ServerTLSProtocol
+
+    def __init__(self, creator, wrappedFactory, clock=None):
+        super().__init__(creator, False, wrappedFactory, clock)
+
+
+def startTLS(transport, creator):
+    """
+    C{STLS}: put a L{ServerTLSProtocol} (server side) between a TCP
+    transport and its protocol, as C{transport.startTLS} would with
+    Twisted's own layer.  Transports that are not Twisted TCP connections
+    (wrappers, test doubles) get their own C{startTLS}.
+    """
+    if (_BypassTLS is None or not isinstance(transport, FileDescriptor)
+            or not hasattr(transport, "_tlsClientDefault")):
+        return transport.startTLS(creator)
+    producer, streaming = None, None
+    if transport.producer is not None:
+        producer, streaming = transport.producer, transport.streamingProducer
+        transport.unregisterProducer()
+    factory = TLSMemoryBIOFactory(creator, False, None)
+    tlsProtocol = ServerTLSProtocol(factory, transport.protocol, False)
+    transport.protocol = tlsProtocol
+    transport.getHandle = tlsProtocol.getHandle
+    transport.getPeerCertificate = tlsProtocol.getPeerCertificate
+    directlyProvides(transport, ISSLTransport)
+    transport.TLS = True
+    # As Twisted: the TLS layer writes raw bytes through FileDescriptor's
+    # methods, below the connection's TLS-aware ones.
+    tlsProtocol.makeConnection(_BypassTLS(FileDescriptor, transport))
+    if producer:
+        transport.registerProducer(producer, streaming)
