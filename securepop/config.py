@@ -156,6 +156,7 @@ class MailSettings:
     trash_folder: str = ".Trash"
     lock_stale_after: float = 1800.0   # a lock not refreshed this long is stale
     lock: str = "flock"                # flock | dotlock (shared storage without lock manager)
+    inline_open_max_messages: int = 1000   # 0: always open Maildirs in the thread pool
 
 
 @dataclass(frozen=True)

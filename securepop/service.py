@@ -171,7 +171,8 @@ def build_context(settings, reactor, pool):
     store = MaildirStore(settings.mail.root, str(settings.data_path), trash=trash,
                          reactor=reactor, threadpool=pool.pool if pool else None,
                          staleAfter=settings.mail.lock_stale_after,
-                         lockMethod=settings.mail.lock)
+                         lockMethod=settings.mail.lock,
+                         inlineOpenMax=settings.mail.inline_open_max_messages)
     realm = MaildirRealm(store)
     cache = None
     if settings.auth.cache_ttl > 0:

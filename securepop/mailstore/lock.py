@@ -59,6 +59,17 @@ _acquiring = threading.Lock()  # sessions opened in threads of one process
 
 
 def _bootId():
+    # Read once: a process does not outlive its boot.
+    global _BOOT_ID
+    if _BOOT_ID is None:
+        _BOOT_ID = _readBootId()
+    return _BOOT_ID
+
+
+_BOOT_ID = None
+
+
+def _readBootId():
     try:
         with open("/proc/sys/kernel/random/boot_id", "rb") as bootFile:
             return bootFile.read().strip().decode("ascii", "replace") or "-"

@@ -56,6 +56,9 @@ from securepop.mailstore.sizes import crlfSizeOfPath, openRegularFile
 SIZE_CACHE_NAME = "securepop-sizes.json"
 LOCK_NAME = "securepop.lock"
 _CACHE_VERSION = 2
+# Maildirs up to this many messages (when last opened) are opened on the
+# reactor thread (L{MaildirStore._openQuickly}).
+INLINE_OPEN_MAX_MESSAGES = 1000
 _UIDL_RE = re.compile(rb"[\x21-\x7e]{1,70}")
 _HASHED_RE = re.compile(rb"h[0-9a-f]{40}")
 _FIELD_RE = re.compile(r"^([A-Za-z])=(\d+)$")
@@ -270,6 +273,7 @@ class _SizeMemo:
     def __init__(self, maxEntries=200_000):
         self.maxEntries = maxEntries
         self._maildirs = {}  # insertion order = least recently used first
+        self._counts = {}    # messages in the Maildir when last opened
         self._entries = 0
         self._lock = threading.Lock()
 
@@ -280,29 +284,49 @@ class _SizeMemo:
                 self._maildirs[path] = sizes
             return sizes
 
-    def put(self, path, sizes):
+    def count(self, path):
+        """How many messages C{path}'s Maildir had when last opened, or None."""
+        return self._counts.get(path)
+
+    def put(self, path, sizes, count=None):
+        """
+        @param sizes: the cache entries (messages without C{,W=});
+        @param count: all messages of the Maildir (default: C{len(sizes)}).
+        """
         with self._lock:
             old = self._maildirs.pop(path, None)
             if old is not None:
-                self._entries -= len(old)
+                self._entries -= len(old) + 1
+                del self._counts[path]
             if len(sizes) > self.maxEntries:
                 return
             self._maildirs[path] = sizes
-            self._entries += len(sizes)
+            self._counts[path] = len(sizes) if count is None else count
+            self._entries += len(sizes) + 1
             while self._entries > self.maxEntries:
                 oldest = next(iter(self._maildirs))
-                self._entries -= len(self._maildirs.pop(oldest))
+                self._entries -= len(self._maildirs.pop(oldest)) + 1
+                del self._counts[oldest]
 
     def clear(self):
         with self._lock:
             self._maildirs.clear()
+            self._counts.clear()
             self._entries = 0
 
 
 _sizeMemo = _SizeMemo()
 
 
-def computeSizes(maildirPath, entries, cacheName=SIZE_CACHE_NAME, countFile=None):
+class SizesUnknown(Exception):
+    """
+    A message's size is neither in its name nor cached: the file must be
+    read (L{computeSizes} with C{mayCount=False}, on the reactor thread).
+    """
+
+
+def computeSizes(maildirPath, entries, cacheName=SIZE_CACHE_NAME, countFile=None,
+                 mayCount=True):
     """
     Fill in C{crlfSize} of every entry: from C{,W=} when C{,S=} matches the
     file, from the cache when unique name, size and mtime match, else by
@@ -330,6 +354,8 @@ def computeSizes(maildirPath, entries, cacheName=SIZE_CACHE_NAME, countFile=None
         ):
             entry.crlfSize = known[2]
         else:
+            if not mayCount:
+                raise SizesUnknown(entry.name)
             try:
                 entry.crlfSize = countFile(os.path.join(maildirPath, entry.subdir, entry.name))
             except OSError:
@@ -338,7 +364,7 @@ def computeSizes(maildirPath, entries, cacheName=SIZE_CACHE_NAME, countFile=None
         fresh[entry.unique] = [entry.rawSize, entry.mtimeNs, entry.crlfSize]
     if fresh != cached:
         _writeSizeCache(cachePath, fresh)
-    _sizeMemo.put(cachePath, fresh)
+    _sizeMemo.put(cachePath, fresh, len(entries))
 
 
 def assignUidls(entries):
@@ -403,7 +429,7 @@ class MaildirMailbox:
     @classmethod
     def open(cls, path, create=True, trash=None, clock=None, lockPath=None,
              staleAfter=lockModule.DEFAULT_STALE_AFTER, runner=None,
-             lockMethod=lockModule.DEFAULT_METHOD):
+             lockMethod=lockModule.DEFAULT_METHOD, mayCount=True):
         """
         Lock the Maildir at C{path} and snapshot it.  Blocking and slow for
         big mailboxes (directory scan, sizes): call it in a thread, e.g.
@@ -421,6 +447,8 @@ class MaildirMailbox:
             call L{startRefreshing} afterwards (as L{MaildirStore.login}).
         @param lockPath: lock file; default C{<path>/securepop.lock}.
         @param lockMethod: C{"flock"} or C{"dotlock"} (L{lockModule}).
+        @param mayCount: False to raise L{SizesUnknown} (lock released)
+            rather than read a message to learn its size.
         @param runner: C{runner(f, *args) -> Deferred} used by L{commit}
             (e.g. C{partial(deferToThreadPool, reactor, pool)}); default
             runs synchronously.
@@ -441,7 +469,7 @@ class MaildirMailbox:
         try:
             cleanTmpSometimes(path, time.time())
             entries = scanMaildir(path)
-            computeSizes(path, entries)
+            computeSizes(path, entries, mayCount=mayCount)
             assignUidls(entries)
             if trash is not None:
                 ensureMaildir(trash)
@@ -579,6 +607,8 @@ class MaildirMailbox:
             return defer.fail(RuntimeError("commit after release"))
         self._committed = True
         marked = [self._entries[i] for i in sorted(self._deleted)]
+        if not marked:
+            return defer.succeed(0)  # the usual QUIT: no thread, no fsync
         return self._runner(self._removeMarked, marked)
 
     def _removeMarked(self, marked):
@@ -664,13 +694,15 @@ class MaildirStore:
     @ivar dataDir: what a relative template is relative to;
     @ivar trash: trash Maildir (relative to each mailbox) or None;
     @ivar staleAfter: lock age limit in seconds;
-    @ivar lockMethod: C{"flock"} or C{"dotlock"} (C{[mail] lock}).
+    @ivar lockMethod: C{"flock"} or C{"dotlock"} (C{[mail] lock});
+    @ivar inlineOpenMax: see L{_openQuickly} (C{[mail] inline_open_max_messages}).
     """
 
     def __init__(self, rootTemplate="mail/{user}/Maildir", dataDir=".", trash=None,
                  reactor=None, threadpool=None,
                  staleAfter=lockModule.DEFAULT_STALE_AFTER, create=True,
-                 lockMethod=lockModule.DEFAULT_METHOD):
+                 lockMethod=lockModule.DEFAULT_METHOD,
+                 inlineOpenMax=INLINE_OPEN_MAX_MESSAGES):
         """
         @param reactor: IReactorTime (and IReactorThreads when C{threadpool}
             is given); refreshes the locks.
@@ -681,6 +713,7 @@ class MaildirStore:
         self.rootTemplate, self.dataDir = rootTemplate, dataDir
         self.trash, self.staleAfter, self.create = trash, staleAfter, create
         self.lockMethod = lockMethod
+        self.inlineOpenMax = inlineOpenMax
         self.reactor, self.threadpool = reactor, threadpool
 
     def _inThread(self, function, *args):
@@ -714,8 +747,40 @@ class MaildirStore:
             if not cancelled:
                 result.errback(failure)
 
-        self._inThread(self._openBlocking, username, explicit).addCallbacks(opened, failed)
+        d = self._openQuickly(username, explicit)
+        if d is None:
+            d = self._inThread(self._openBlocking, username, explicit)
+        d.addCallbacks(opened, failed)
         return result
+
+    def _openQuickly(self, username, explicit):
+        """
+        Open on the reactor thread when that is a few cheap syscalls: the
+        Maildir was opened before with at most C{inlineOpenMax} messages and
+        every size is known without reading a file.  A hand-off to the
+        thread pool costs more than such an open, and while a pool thread
+        runs Python every C call of the reactor thread that releases the
+        GIL (each pyOpenSSL call does) becomes a thread switch.
+
+        @return: a Deferred, or None to open in the thread pool.
+        """
+        if self.threadpool is None or self.inlineOpenMax <= 0:
+            return None
+        try:
+            path = self.pathFor(username, explicit)
+        except ValueError:
+            return None  # the thread path reports it
+        known = _sizeMemo.count(os.path.join(os.fspath(path), SIZE_CACHE_NAME))
+        if known is None or known > self.inlineOpenMax:
+            return None
+        try:
+            return defer.succeed(MaildirMailbox.open(
+                path, create=self.create, trash=self.trash, staleAfter=self.staleAfter,
+                runner=self._inThread, lockMethod=self.lockMethod, mayCount=False))
+        except SizesUnknown:
+            return None  # new mail to measure: in the thread pool
+        except Exception:
+            return defer.fail()
 
     def _openBlocking(self, username, explicit):
         return MaildirMailbox.open(self.pathFor(username, explicit), create=self.create,

@@ -7,6 +7,7 @@ import os
 import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from securepop.errors import MailboxInUse
@@ -436,16 +437,17 @@ def test_size_memo_spares_the_cache_file_and_follows_changes(maildir, monkeypatc
 
 
 def test_size_memo_is_bounded_by_messages():
-    memo = maildirModule._SizeMemo(maxEntries=5)
-    memo.put("a", {str(i): [1, 1, 1] for i in range(3)})
-    memo.put("b", {str(i): [1, 1, 1] for i in range(2)})
-    assert memo.get("a") is not None                    # a is now the most recent
-    memo.put("c", {"x": [1, 1, 1]})                     # 6 > 5: the oldest (b) goes
-    assert memo.get("b") is None and memo.get("a") and memo.get("c")
-    memo.put("huge", {str(i): [1, 1, 1] for i in range(6)})   # never held at all
-    assert memo.get("huge") is None and memo._entries <= 5
+    memo = maildirModule._SizeMemo(maxEntries=7)       # a Maildir counts 1 + its entries
+    memo.put("a", {str(i): [1, 1, 1] for i in range(3)}, count=10)
+    memo.put("b", {str(i): [1, 1, 1] for i in range(1)})
+    assert memo.get("a") is not None and memo.count("a") == 10   # a: most recent
+    memo.put("c", {"x": [1, 1, 1]})                     # 8 > 7: the oldest (b) goes
+    assert memo.get("b") is None and memo.count("b") is None
+    assert memo.get("a") and memo.get("c")
+    memo.put("huge", {str(i): [1, 1, 1] for i in range(8)})   # never held at all
+    assert memo.get("huge") is None and memo._entries <= 7
     memo.put("a", {})                                   # replaced, counted again
-    assert memo._entries == 1
+    assert memo._entries == 3 and memo.count("a") == 0
 
 
 def test_tmp_cleaned_at_most_once_an_hour(maildir):
@@ -642,3 +644,93 @@ def test_package_exports():
         assert getattr(package, name) is not None
     assert package.MaildirMailbox is MaildirMailbox
     assert "MaildirStore" in package.__all__ and "deliver" in package.__all__
+
+
+# -- where a login's open runs: the thread pool, or inline when known cheap ------------------------
+
+class InlineReactor(Clock):
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+
+class RecordingPool:
+    """Runs 'thread' work at once and records it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+        self.calls.append(getattr(f, "__name__", repr(f)))
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            from twisted.python.failure import Failure
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+
+def poolStore(tmp_path, **kw):
+    pool = RecordingPool()
+    store = MaildirStore("mail/{user}/Maildir", str(tmp_path), reactor=InlineReactor(),
+                         threadpool=pool, **kw)
+    return store, pool
+
+
+def loginNow(store, user="alice"):
+    results = []
+    store.login(user).addBoth(results.append)
+    assert len(results) == 1
+    return results[0]
+
+
+def test_first_open_in_thread_then_inline(tmp_path):
+    store, pool = poolStore(tmp_path)
+    box = store.pathFor("alice")
+    deliver(str(box), b"one\n")
+    place(str(box), "cur", "1000.A.host:2,", b"a\nb\n", 1000)    # no size in the name
+    mailbox = loginNow(store)
+    assert pool.calls == ["_openBlocking"] and mailbox.listMessages() == [6, 5]
+    mailbox.release()
+    mailbox = loginNow(store)
+    assert pool.calls == ["_openBlocking"]                      # inline this time
+    assert mailbox.listMessages() == [6, 5]
+    assert mailbox.commit().result == 0 and pool.calls == ["_openBlocking"]  # nothing marked
+    mailbox.release()
+
+
+def test_unknown_size_goes_to_the_thread_and_leaves_no_lock(tmp_path):
+    store, pool = poolStore(tmp_path)
+    box = str(store.pathFor("alice"))
+    deliver(box, b"one\n")
+    loginNow(store).release()
+    place(box, "new", "2000.B.host", b"x\n" * 10, 2000)          # arrived, size unknown
+    mailbox = loginNow(store)
+    assert pool.calls == ["_openBlocking", "_openBlocking"]
+    assert mailbox.listMessages() == [30, 5]
+    mailbox.deleteMessage(0)
+    mailbox.commit()
+    assert pool.calls[-1] == "_removeMarked"                   # deletions: in the thread
+    mailbox.release()
+
+
+def test_inline_refuses_a_held_lock(tmp_path):
+    store, pool = poolStore(tmp_path)
+    deliver(str(store.pathFor("alice")), b"one\n")
+    first = loginNow(store)
+    first.release()
+    held = loginNow(store)                                      # inline
+    second = loginNow(store)                                    # inline too: refused
+    assert isinstance(second, Failure) and second.check(MailboxInUse)
+    held.release()
+
+
+@pytest.mark.parametrize("limit, messages", [(0, 1), (2, 3)])
+def test_big_or_disabled_always_in_thread(tmp_path, limit, messages):
+    store, pool = poolStore(tmp_path, inlineOpenMax=limit)
+    box = str(store.pathFor("alice"))
+    for i in range(messages):
+        deliver(box, b"m\n")
+    loginNow(store).release()
+    loginNow(store).release()
+    assert pool.calls == ["_openBlocking", "_openBlocking"]
