@@ -266,6 +266,12 @@ def test_no_ticket_no_compression_no_renegotiation_options():
     assert options & SSL.OP_NO_RENEGOTIATION
 
 
+def test_idle_connections_release_their_buffers():
+    context = TLSPolicy().new_context()
+    assert context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS
+    assert not SSL.Context(SSL.TLS_METHOD).set_mode(0) & SSL.MODE_RELEASE_BUFFERS  # not OpenSSL's default
+
+
 def _resumed(makeServer, version):
     """
     Handshake twice, the second time offering the first session.
