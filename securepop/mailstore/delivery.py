@@ -14,6 +14,7 @@ thread.
 
 import errno
 import os
+import stat
 import secrets
 import socket
 import time
@@ -53,6 +54,12 @@ def ensureMaildir(path):
     @return: C{path}.
     """
     path = os.fspath(path)
+    try:  # the usual case, every login: three lstat calls, no mkdir
+        if all(stat.S_ISDIR(os.lstat(os.path.join(path, sub)).st_mode)
+               for sub in MAILDIR_SUBDIRS):
+            return path
+    except OSError:
+        pass
     missing = []
     parent = os.path.abspath(path)
     while not os.path.isdir(parent):
