@@ -191,6 +191,10 @@ class ISecureMailbox(IMailbox):
         Release the mailbox lock without removing anything.  Idempotent.
         """
 
+    # Optional: C{hasOnlyCRLF(index)} -- True when message C{index} is stored
+    # with CRLF line ends only, so RETR may skip the conversion pass.  The
+    # protocol calls it when present.
+
 
 class IAccessPolicy(Interface):
     """

@@ -537,6 +537,16 @@ class MaildirMailbox:
         entry = self._entry(index, allowDeleted=True)
         return 0 if index in self._deleted else entry.crlfSize
 
+    def hasOnlyCRLF(self, index):
+        """
+        @return: True when message C{index} needs no line-ending conversion
+            on the wire: its POP3 size equals its size on disk, which the
+            size count guarantees only when every LF already has its CR
+            (RETR then skips that pass).
+        """
+        entry = self._entry(index, allowDeleted=True)
+        return entry.crlfSize is not None and entry.crlfSize == entry.rawSize
+
     def getMessage(self, index):
         """
         @return: a binary file object on the stored message (raw octets; the

@@ -875,7 +875,9 @@ class POP3Session(Protocol):
         self.sendLine(first)
         # One producer at a time per transport: the message, then the replies.
         self._stopProducingReplies()
-        producer = MessageProducer(f, self.transport, top_lines, onProgress=self._resetTimer)
+        onlyCRLF = getattr(self.mailbox, "hasOnlyCRLF", None)  # optional in ISecureMailbox
+        producer = MessageProducer(f, self.transport, top_lines, onProgress=self._resetTimer,
+                                   crlf=bool(onlyCRLF and onlyCRLF(index)))
         self._producer = producer
         d = producer.start()
 

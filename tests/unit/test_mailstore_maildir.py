@@ -734,3 +734,12 @@ def test_big_or_disabled_always_in_thread(tmp_path, limit, messages):
     loginNow(store).release()
     loginNow(store).release()
     assert pool.calls == ["_openBlocking", "_openBlocking"]
+
+
+def test_has_only_crlf_from_the_exact_size(maildir):
+    place(maildir, "cur", "1000.A.host:2,", b"a\r\nb\r\n", 1000)    # CRLF only
+    place(maildir, "cur", "1001.B.host:2,", b"a\nb\r\n", 1001)      # one bare LF
+    place(maildir, "cur", "1002.C.host:2,", b"no line end", 1002)
+    with MaildirMailbox.open(maildir) as mailbox:
+        # the last one gets a final CRLF on the wire: sizes differ, no shortcut
+        assert [mailbox.hasOnlyCRLF(i) for i in range(3)] == [True, False, False]

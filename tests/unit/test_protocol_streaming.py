@@ -76,6 +76,38 @@ def test_any_bytes_any_chunk_size_round_trip(data, size):
     assert wire == stuff_whole(data)                    # independent of the chunking
 
 
+def three_passes(data):
+    """The plain definition the fast paths of DotStuffer.feed must match."""
+    if data.endswith(b"\r"):
+        data = data[:-1]
+    out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").replace(b"\n.", b"\n..")
+    return b"." + out if out.startswith(b".") else out
+
+
+@settings(max_examples=600)
+@given(st.lists(st.sampled_from([b"\n", b"\r\n", b"\r", b".", b"a", b"\n.", b"\r\n."]),
+                max_size=40).map(b"".join))
+def test_feed_matches_three_passes(data):
+    assert DotStuffer().feed(data) == three_passes(data)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from([b"\r\n", b".", b"a", b"\r\n.", b".."]), max_size=40)
+       .map(b"".join), st.integers(min_value=1, max_value=9))
+def test_crlf_mode_same_wire_for_crlf_messages(data, size):
+    plain, crlf = DotStuffer(), DotStuffer(crlf=True)
+    chunks = chunked(data, size)
+    assert (b"".join(crlf.feed(c) for c in chunks) + crlf.finish()
+            == b"".join(plain.feed(c) for c in chunks) + plain.finish())
+
+
+def test_crlf_mode_trusts_its_hint():
+    # The negative case: told "CRLF only" about a bare-LF message, it does
+    # not convert -- the hint must come from the store's exact size count.
+    assert DotStuffer(crlf=True).feed(b"a\n.b\n") == b"a\n..b\n"
+    assert DotStuffer().feed(b"a\n.b\n") == b"a\r\n..b\r\n"
+
+
 @settings(max_examples=200)
 @given(MESSAGES, st.integers(min_value=1, max_value=9))
 def test_producer_matches_whole_message(data, size):
