@@ -9,6 +9,7 @@ result is resolved (symlinks followed) and must still lie under the mail
 root, so a planted symlink cannot lead a session out of it either.
 """
 
+import functools
 import os
 import pathlib
 import unicodedata
@@ -82,15 +83,21 @@ def mailbox_path(root_template, data_dir, username):
     @raise ValueError: for a hostile user name or a path that escapes.
     """
     checkUsername(username)
-    root = mailRoot(root_template, data_dir).resolve()
-    relative = pathlib.PurePath(root_template.replace(USER_PLACEHOLDER, username))
-    if ".." in relative.parts:
+    # os.path on strings, not pathlib: this runs for every login.
+    root = os.path.realpath(_mailRootText(root_template, os.fspath(data_dir)))
+    relative = root_template.replace(USER_PLACEHOLDER, username)
+    if ".." in relative.split("/"):
         raise ValueError("mailbox path contains '..'")
-    candidate = relative if relative.is_absolute() else pathlib.Path(data_dir) / relative
-    resolved = pathlib.Path(candidate).resolve()
-    if resolved == root or not resolved.is_relative_to(root):
+    candidate = os.path.join(os.fspath(data_dir), relative)  # absolute: stays as is
+    resolved = os.path.realpath(candidate)
+    if resolved == root or not resolved.startswith(root.rstrip("/") + "/"):
         raise ValueError("mailbox path escapes the mail root")
-    return resolved
+    return pathlib.Path(resolved)
+
+
+@functools.lru_cache(maxsize=64)
+def _mailRootText(rootTemplate, dataDir):
+    return os.fspath(mailRoot(rootTemplate, dataDir))
 
 
 mailboxPath = mailbox_path

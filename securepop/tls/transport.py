@@ -63,6 +63,17 @@ class ServerTLSProtocol(TLSMemoryBIOProtocol):
         finally:
             self._flushBatch()
 
+    def _flushSendBIO(self):
+        # Twisted calls this after each read to send what OpenSSL produced;
+        # with replies waiting, encrypting them does that too (and one
+        # bio_read that would only raise WantReadError is saved).
+        batch = self._batch
+        if batch:
+            self._batch, self._batchSize = [], 0
+            self._write(batch[0] if len(batch) == 1 else b"".join(batch))
+            return
+        TLSMemoryBIOProtocol._flushSendBIO(self)
+
     def _flushBatch(self):
         batch, self._batch, self._batchSize = self._batch, None, 0
         if batch:
