@@ -162,6 +162,30 @@ class Bench:
                     self.record(f"{server.name}/cold", measured(
                         server, "implicit", duration=self.args.cold_duration))
 
+    def directory(self):
+        """
+        Users in slapd: securepop's [auth.ldap] and Dovecot's ldap passdb
+        (auth_bind) against one slapd, auth caches warm and off.
+        """
+        from bench.directory import BenchDirectory
+        from bench.servers import session_users
+
+        d = self.args.duration
+        with BenchDirectory(self.testbed.root / "slapd", session_users(50)) as ldap:
+            for rep in range(self.args.runs):
+                print(f"slapd run {rep + 1}/{self.args.runs}", flush=True)
+                for cache in (True, False):
+                    for server in (SecurePOP(self.testbed, cache=cache, directory=ldap,
+                                             checkout=self.args.checkout,
+                                             tag="securepop-ldap"),
+                                   Dovecot(self.testbed, "hp+reuse", cache=cache,
+                                           directory=ldap)):
+                        with server:
+                            if cache:
+                                warm(server)
+                            key = f"{server.name}/ldap-{'warm' if cache else 'cold'}"
+                            self.record(key, measured(server, "implicit", duration=d))
+
     def latency(self):
         rate = median(r["sessions_per_s"] for r in self.results["runs"]["securepop/implicit"])
         half = round(rate / 2, 1)
@@ -210,6 +234,8 @@ class Bench:
         t0 = time.monotonic()
         self.meta()
         self.throughput()
+        if not self.args.skip_ldap:
+            self.directory()
         self.latency()
         self.idle()
         self.results["meta"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
@@ -316,6 +342,8 @@ def tables(results):
     row("server CPU ms/session, cache cold", "cpu_ms_per_session", "cold", 2, floor=False,
         lower_better=True)
     row("RETR MB/s, 10 MB, 4 sessions", "mb_per_s", "retr", floor=False)
+    row("sessions/s, users in slapd, caches warm", "sessions_per_s", "ldap-warm", floor=False)
+    row("sessions/s, users in slapd, caches off", "sessions_per_s", "ldap-cold", floor=False)
     lat = results.get("latency", {})
     out += ["", f"Latency at {lat.get('rate')} sessions/s (half of securepop's median "
             "implicit-TLS maximum), implicit TLS, open-loop arrivals:", "",
@@ -394,6 +422,7 @@ def parse_args(argv=None):
     p.add_argument("--checkout", default=str(HERE.parent), help="securepop source to run")
     p.add_argument("--idle", type=int, default=None, help="idle TLS sessions (securepop)")
     p.add_argument("--profile", action="store_true", help="py-spy securepop under load")
+    p.add_argument("--skip-ldap", action="store_true", help="no 'users in slapd' line")
     p.add_argument("--results", default=str(HERE / "results.json"))
     p.add_argument("--report", default=str(HERE / "RESULTS.md"))
     p.add_argument("--chart", default=str(HERE / "results.png"))

@@ -192,6 +192,7 @@ tls = "implicit"
 certificate = "{cert}"
 key = "{key}"
 [auth]
+source = "{source}"
 mechanisms = ["PLAIN"]
 cache_ttl = {cache_ttl}
 failure_delay = 0.1
@@ -201,7 +202,7 @@ reverse_dns = false
 max_connections = 20000
 max_connections_per_ip = 20000
 max_connections_per_user = 4
-"""
+{directory}"""
 
 
 class SecurePOP(Server):
@@ -209,9 +210,11 @@ class SecurePOP(Server):
 
     name = "securepop"
 
-    def __init__(self, testbed, cache=True, workers=1, checkout=None, tag="securepop"):
+    def __init__(self, testbed, cache=True, workers=1, checkout=None, tag="securepop",
+                 directory=None):
         self.testbed = testbed
         self.cache = cache
+        self.directory = directory  # a bench.directory.BenchDirectory: users in slapd
         self.workers = workers
         self.checkout = Path(checkout) if checkout else HERE.parent
         self.dir = testbed.root / tag
@@ -232,7 +235,9 @@ class SecurePOP(Server):
         conf.write_text(SECUREPOP_CONFIG.format(
             data=self.data, workers=self.workers, stls=self.stls_port,
             implicit=self.implicit_port, cert=self.dir / "cert.pem",
-            key=self.dir / "key.pem", cache_ttl=3600.0 if self.cache else 0))
+            key=self.dir / "key.pem", cache_ttl=3600.0 if self.cache else 0,
+            source="ldap" if self.directory else "file",
+            directory=self.directory.securepop_auth() if self.directory else ""))
         self.log = open(self.dir / "twistd.log", "ab")
         env = dict(os.environ, PYTHONPATH=str(self.checkout))
         self.proc = subprocess.Popen(
@@ -306,12 +311,7 @@ auth_cache_ttl = 1 hour
 auth_cache_negative_ttl = 0
 mail_location = maildir:~/Maildir
 pop3_uidl_format = %08Xu%08Xv
-passdb {{
-  driver = passwd-file
-  # %d (the empty domain) makes passwd-file use the auth cache: Dovecot
-  # caches only passdbs whose path has a variable in it.
-  args = username_format=%u {d}/passwd%d
-}}
+{passdb}
 userdb {{
   driver = static
   args = uid={uid} gid={gid} home={d}/mail/%u
@@ -341,15 +341,29 @@ service anvil {{
 {extra}"""
 
 
+PASSWD_FILE_PASSDB = """passdb {{
+  driver = passwd-file
+  # %d (the empty domain) makes passwd-file use the auth cache: Dovecot
+  # caches only passdbs whose path has a variable in it.
+  args = username_format=%u {d}/passwd%d
+}}"""
+
+LDAP_PASSDB = """passdb {{
+  driver = ldap
+  args = {d}/dovecot-ldap.conf.ext
+}}"""
+
+
 class Dovecot(Server):
     """Debian's Dovecot in one of L{DOVECOT_MODES}, on its own config file."""
 
     name = "dovecot"
 
-    def __init__(self, testbed, mode="hp", cache=True):
+    def __init__(self, testbed, mode="hp", cache=True, directory=None):
         self.testbed = testbed
         self.mode = mode
         self.cache = cache
+        self.directory = directory
         self.name = f"dovecot-{mode}"
         self.dir = testbed.root / f"dovecot-{mode.replace('+', '-')}"
 
@@ -366,7 +380,12 @@ class Dovecot(Server):
         self.testbed.copy_mail(d / "mail", (nobody.pw_uid, nobody.pw_gid))
         self.stls_port, self.implicit_port = free_port(), free_port()
         conf = d / "dovecot.conf"
-        conf.write_text(DOVECOT_CONFIG.format(
+        if self.directory:
+            self.directory.dovecot_ldap_conf(d / "dovecot-ldap.conf.ext")
+            passdb = LDAP_PASSDB.format(d=d)
+        else:
+            passdb = PASSWD_FILE_PASSDB.format(d=d)
+        conf.write_text(DOVECOT_CONFIG.format(passdb=passdb,
             d=d, mode=self.mode.replace("+", "-"), uid=nobody.pw_uid, gid=nobody.pw_gid,
             stls=self.stls_port, implicit=self.implicit_port,
             cache_size="64M" if self.cache else "0", extra=DOVECOT_MODES[self.mode]))
