@@ -91,6 +91,7 @@ class Client:
         self.ok = 0
         self.errors = {}
         self.latencies = []
+        self.starts = []
         self.bytes = 0
 
     def error(self, exc):
@@ -148,6 +149,7 @@ class Client:
             writer.write(b"QUIT\r\n")
             await self._reply(reader)
             self.latencies.append(time.perf_counter() - started)
+            self.starts.append(started)
             self.ok += 1
         finally:
             if writer is not None:
@@ -249,6 +251,11 @@ class Client:
 
 def summary(client, elapsed, args):
     lat = sorted(client.latencies)
+    if args.dump_latencies:
+        with open(args.dump_latencies, "w") as out:
+            t0 = min(client.starts, default=0.0)
+            out.writelines(f"{s - t0:.4f} {v * 1000:.3f}\n"
+                           for s, v in zip(client.starts, client.latencies))
     ms = lambda v: None if v is None else round(v * 1000, 3)  # noqa: E731
     return {
         "scenario": args.scenario, "tls": args.tls, "port": args.port,
@@ -258,7 +265,8 @@ def summary(client, elapsed, args):
         "sessions_per_s": round(client.ok / elapsed, 2) if elapsed else 0,
         "bytes": client.bytes,
         "mb_per_s": round(client.bytes / elapsed / 1e6, 2) if elapsed else 0,
-        "p50_ms": ms(percentile(lat, 50)), "p99_ms": ms(percentile(lat, 99)),
+        "p50_ms": ms(percentile(lat, 50)), "p90_ms": ms(percentile(lat, 90)),
+        "p99_ms": ms(percentile(lat, 99)),
         "client_cpu_s": round(sum(os.times()[:2]), 3),
     }
 
@@ -272,6 +280,7 @@ def parse_args(argv=None):
     p.add_argument("--scenario", choices=("session", "retr", "floor", "idle"),
                    default="session")
     p.add_argument("--users", default="u0000:u0049")
+    p.add_argument("--dump-latencies", default="", help="file: start time and ms per session")
     p.add_argument("--password", default="")
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--duration", type=float, default=10.0)

@@ -138,7 +138,7 @@ class Bench:
     def record(self, key, result):
         self.results["runs"].setdefault(key, []).append(result)
         line = {k: result.get(k) for k in ("sessions_per_s", "mb_per_s", "cpu_ms_per_session",
-                                           "p50_ms", "p99_ms", "errors")}
+                                           "p50_ms", "p90_ms", "p99_ms", "errors")}
         print(f"  {key}: {line}", flush=True)
 
     def throughput(self):
