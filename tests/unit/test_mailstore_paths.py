@@ -81,3 +81,24 @@ def test_mail_root(tmp_path):
     assert mailRoot(TEMPLATE, str(tmp_path)) == tmp_path / "mail"
     assert mailRoot("/srv/{user}/Maildir", "x") == pathlib.Path("/srv")
     assert mailRoot("/srv/u-{user}", "x") == pathlib.Path("/srv")
+
+
+def test_resolve_path_matches_realpath(tmp_path):
+    from securepop.mailstore.paths import resolvePath
+
+    (tmp_path / "real" / "Maildir").mkdir(parents=True)
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    for path in (tmp_path / "real" / "Maildir", tmp_path / "link" / "Maildir",
+                 tmp_path / "link" / ".." / "real", tmp_path / "missing" / "Maildir"):
+        assert resolvePath(str(path)) == os.path.realpath(path)
+
+
+def test_planted_symlink_to_outside_refused_for_an_existing_target(tmp_path):
+    outside = tmp_path / "outside" / "Maildir"
+    outside.mkdir(parents=True)
+    (tmp_path / "data" / "mail").mkdir(parents=True)
+    os.symlink(tmp_path / "outside", tmp_path / "data" / "mail" / "mallory")
+    with pytest.raises(ValueError):
+        mailbox_path(TEMPLATE, str(tmp_path / "data"), "mallory")
+    (tmp_path / "data" / "mail" / "alice" / "Maildir").mkdir(parents=True)
+    assert mailbox_path(TEMPLATE, str(tmp_path / "data"), "alice").is_dir()
