@@ -220,6 +220,12 @@ def _build_inner(settings, reactor, count):
 
     if count == 1:
         return compose_server(settings, reactor)
+    if not settings.tls.certificate:
+        # The embedded default's certificate, made once before the workers
+        # start (they would otherwise all try at the same moment).
+        from securepop.tls import certificates
+
+        certificates.ensure_selfsigned(str(settings.data_path), settings.server.hostname)
     inner = workers.WorkerSupervisor(settings, reactor, count)
     if settings.metrics.endpoint:
         from securepop.ops.metrics import metrics_service, multiprocess_render

@@ -7,6 +7,7 @@ runs on the reactor thread except the cheap loads done at start and reload.
 """
 
 import datetime
+import fcntl
 import ipaddress
 import os
 import re
@@ -640,9 +641,20 @@ def ensure_selfsigned(data_dir, hostname, key_type=DEFAULT_KEY_TYPE):
     if os.path.exists(certPath) and os.path.exists(keyPath):
         return certPath, keyPath
     os.makedirs(os.path.dirname(certPath), mode=0o700, exist_ok=True)
-    privateKey = generate_private_key(key_type)
-    write_private_key(keyPath, privateKey)
-    write_certificates(certPath, [make_selfsigned(privateKey, hostname)])
+    # Several processes may start at once (workers): one creates, the others
+    # wait and find both files.  Unserialised, two creators could leave one's
+    # key next to the other's certificate, which no start could use again.
+    lockFd = os.open(os.path.join(os.path.dirname(certPath), ".selfsigned.lock"),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(lockFd, fcntl.LOCK_EX)
+        if os.path.exists(certPath) and os.path.exists(keyPath):
+            return certPath, keyPath
+        privateKey = generate_private_key(key_type)
+        write_private_key(keyPath, privateKey)
+        write_certificates(certPath, [make_selfsigned(privateKey, hostname)])
+    finally:
+        os.close(lockFd)  # drops the flock
     return certPath, keyPath
 
 

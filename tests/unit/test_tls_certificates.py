@@ -117,6 +117,26 @@ def test_ensure_selfsigned_creates_once(tmp_path):
     assert (open(certPath, "rb").read(), open(keyPath, "rb").read()) == before
 
 
+def test_ensure_selfsigned_from_many_processes_at_once_gives_one_pair(tmp_path):
+    # Workers start together; each calls ensure_selfsigned on the same data dir.
+    import subprocess
+    import sys
+
+    code = ("import sys; from securepop.tls import ensure_selfsigned; "
+            "ensure_selfsigned(sys.argv[1], 'localhost')")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=root)
+             for _ in range(6)]
+    assert all(p.wait(60) == 0 for p in procs)
+    certPath, keyPath = ensure_selfsigned(str(tmp_path), "localhost")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(open(certPath, "rb").read())
+    key = serialization.load_pem_private_key(open(keyPath, "rb").read(), None)
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+
+
 def test_ensure_selfsigned_replaces_half_pair(tmp_path):
     certPath, keyPath = ensure_selfsigned(str(tmp_path), "mail.example.test")
     os.unlink(keyPath)
