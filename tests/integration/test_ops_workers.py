@@ -66,9 +66,11 @@ def two(tmp_path_factory):
     d = Daemon(tmp_path_factory.mktemp("workers"), config(2), name="workers")
     add_users(d)
     d.start()
-    assert wait_for(lambda: len([r for r in records(d) if r["event"] == "worker.ready"]) == 2)
-    yield d
-    d.stop()
+    try:
+        assert wait_for(lambda: len([r for r in records(d) if r["event"] == "worker.ready"]) == 2)
+        yield d
+    finally:  # also when the workers never got ready: no daemon outlives the suite
+        d.stop()
 
 
 def test_two_workers_serve(two):
