@@ -67,15 +67,17 @@ class ServerTLSProtocol(TLSMemoryBIOProtocol):
         # Twisted calls this after each read to send what OpenSSL produced;
         # with replies waiting, encrypting them does that too (and one
         # bio_read that would only raise WantReadError is saved).
-        batch = self._batch
-        if batch:
-            self._batch, self._batchSize = [], 0
-            self._write(batch[0] if len(batch) == 1 else b"".join(batch))
+        if self._batch:
+            self._sendBatch([])
             return
         TLSMemoryBIOProtocol._flushSendBIO(self)
 
     def _flushBatch(self):
-        batch, self._batch, self._batchSize = self._batch, None, 0
+        self._sendBatch(None)  # the read is done: stop batching
+
+    def _sendBatch(self, then):
+        """Encrypt what was batched; C{then} is the new batch ([] or None)."""
+        batch, self._batch, self._batchSize = self._batch, then, 0
         if batch:
             self._write(batch[0] if len(batch) == 1 else b"".join(batch))
 
@@ -88,8 +90,7 @@ class ServerTLSProtocol(TLSMemoryBIOProtocol):
         self._batch.append(data)
         self._batchSize += len(data)
         if self._batchSize >= BATCH_LIMIT:
-            batch, self._batch, self._batchSize = self._batch, [], 0
-            self._write(b"".join(batch))
+            self._sendBatch([])
 
     def writeSequence(self, iovec):
         self.write(b"".join(iovec))
@@ -97,8 +98,7 @@ class ServerTLSProtocol(TLSMemoryBIOProtocol):
     def loseConnection(self):
         # What was written before must precede the close_notify.
         if self._batch:
-            batch, self._batch, self._batchSize = self._batch, [], 0
-            self._write(b"".join(batch))
+            self._sendBatch([])
         TLSMemoryBIOProtocol.loseConnection(self)
 
     def abortConnection(self):
