@@ -70,6 +70,10 @@ def test_every_sample_key_is_known():
     ('[tls]\ncertificate = "c.pem"\n', "tls.key", "go together"),
     ('[server]\nworkers = "many"\n', "server.workers", "auto"),
     ('[access]\nmax_connections = -1\n', "access.max_connections", "negative"),
+    ('[mail]\nlock = "fcntl"\n', "mail.lock", "must be one of"),
+    ('[mail]\ninline_open_max_messages = -5\n', "mail.inline_open_max_messages", "negative"),
+    ('[mail]\ninline_open_max_messages = "all"\n', "mail.inline_open_max_messages",
+     "whole number"),
 ])
 def test_errors_name_file_key_and_reason(text, key, reason):
     with pytest.raises(ConfigError) as e:

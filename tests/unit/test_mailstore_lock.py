@@ -79,22 +79,26 @@ time.sleep(60)
 """
 
 
-def test_other_process_holds_then_killed_9(lockPath):
+@pytest.mark.parametrize("method", lockModule.METHODS)
+def test_other_process_holds_then_killed_9(lockPath, method):
+    holder = HOLDER.replace("acquire(sys.argv[1])", f"acquire(sys.argv[1], method={method!r})")
     child = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, lockPath],
+        [sys.executable, "-c", holder, lockPath],
         stdout=subprocess.PIPE,
         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     )
     try:
         assert child.stdout.readline() == b"ready\n"
         with pytest.raises(MailboxInUse):
-            acquire(lockPath)
+            acquire(lockPath, method=method)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
         child.stdout.close()
-    assert os.path.exists(lockPath)  # left behind by the killed holder
-    held = acquire(lockPath)  # recovered
+    assert os.path.getsize(lockPath) > 0  # the killed holder's record is left behind
+    held = acquire(lockPath, method=method)  # recovered
+    with open(lockPath, "rb") as f:
+        assert LockOwner.parse(f.read()).pid == os.getpid()
     held.release()
 
 
@@ -225,30 +229,6 @@ def test_flock_second_acquire_in_process_refused(lockPath):
     flockAcquire(lockPath).release()
 
 
-FLOCK_HOLDER = HOLDER.replace("acquire(sys.argv[1])", "acquire(sys.argv[1], method='flock')")
-
-
-def test_flock_other_process_holds_then_killed_9(lockPath):
-    child = subprocess.Popen(
-        [sys.executable, "-c", FLOCK_HOLDER, lockPath],
-        stdout=subprocess.PIPE,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    )
-    try:
-        assert child.stdout.readline() == b"ready\n"
-        with pytest.raises(MailboxInUse):
-            flockAcquire(lockPath)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        child.stdout.close()
-    assert os.path.getsize(lockPath) > 0                 # its record is left behind
-    held = flockAcquire(lockPath)                        # recovered: the flock died with it
-    with open(lockPath, "rb") as f:
-        assert LockOwner.parse(f.read()).pid == os.getpid()
-    held.release()
-
-
 @pytest.mark.parametrize("left, free", [
     (dict(pid="dead"), True),
     (dict(pid=1, boot="another-boot"), True),
@@ -290,3 +270,18 @@ def test_flock_symlink_at_lock_path_refused(lockPath, tmp_path):
     with pytest.raises(OSError):
         flockAcquire(lockPath)
     assert target.read_bytes() == b"keep me\n"
+
+
+@pytest.mark.parametrize("content", [b"half a rec", b"host notapid boot 1 t\n", b"\xff\xfe\n",
+                                     b"x" * 5000])
+def test_flock_garbage_record_young_respected_old_recovered(lockPath, content):
+    with open(lockPath, "wb") as f:
+        f.write(content)
+    with pytest.raises(MailboxInUse):
+        flockAcquire(lockPath)
+    old = time.time() - lockModule.UNWRITTEN_GRACE - 5
+    os.utime(lockPath, (old, old))
+    held = flockAcquire(lockPath)
+    assert LockOwner.parse(open(lockPath, "rb").read()).pid == os.getpid()  # fully replaced
+    held.release()
+    assert os.path.getsize(lockPath) == 0

@@ -12,6 +12,8 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.test import iosim
 from zope.interface.verify import verifyObject
 
+from types import SimpleNamespace
+
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -82,85 +84,79 @@ def connect(creator, ca, serverFactory):
     serverTransport.write = counting
     clientTransport = iosim.FakeTransport(clientProto, isServer=False)
     pump = iosim.connect(serverProto, serverTransport, clientProto, clientTransport)
-    return server, serverProto, client, clientProto, pump, writes
+    return SimpleNamespace(server=server, proto=serverProto, client=client,
+                           clientProto=clientProto, pump=pump, writes=writes)
 
 
-def send(clientProto, pump, data):
-    clientProto.write(data)
-    clientProto._aggregator.flush()
-    pump.flush()
+@pytest.fixture
+def ours(creator, ca):
+    """A connected pair through securepop's TLS layer."""
+    return connect(creator, ca, lambda f: ServerTLSFactory(creator, f))
 
 
-def test_interfaces(creator, ca):
-    server, proto, client, clientProto, pump, writes = connect(
-        creator, ca, lambda f: ServerTLSFactory(creator, f))
-    assert isinstance(proto, ServerTLSProtocol)
-    verifyObject(ISSLTransport, proto)
-    assert ITCPTransport.providedBy(proto) == ITCPTransport.providedBy(proto.transport)
+def send(c, data):
+    c.clientProto.write(data)
+    c.clientProto._aggregator.flush()
+    c.pump.flush()
 
 
-def test_replies_to_one_read_leave_in_one_write(creator, ca):
-    server, proto, client, clientProto, pump, writes = connect(
-        creator, ca, lambda f: ServerTLSFactory(creator, f))
-    del writes[:]
-    send(clientProto, pump, b"hello\r\n")
-    assert server.received == b"hello\r\n"
-    assert client.received == b"one two three\r\n"
-    assert len(writes) == 1                       # three writes, one TLS record
+def test_interfaces(ours):
+    assert isinstance(ours.proto, ServerTLSProtocol)
+    verifyObject(ISSLTransport, ours.proto)
+    assert ITCPTransport.providedBy(ours.proto) == ITCPTransport.providedBy(ours.proto.transport)
+
+
+def test_replies_to_one_read_leave_in_one_write(ours):
+    del ours.writes[:]
+    send(ours, b"hello\r\n")
+    assert ours.server.received == b"hello\r\n"
+    assert ours.client.received == b"one two three\r\n"
+    assert len(ours.writes) == 1                  # three writes, one TLS record
 
 
 def test_twisted_default_needs_a_reactor_turn(creator, ca):
     # The negative control: Twisted's buffering transport holds the same
     # replies until its clock turns (callLater(0)); ours needs no turn.
     clock = Clock()
-    server, proto, client, clientProto, pump, writes = connect(
-        creator, ca, lambda f: TLSMemoryBIOFactory(creator, False, f, clock=clock))
-    assert isinstance(proto, BufferingTLSTransport)
-    send(clientProto, pump, b"hello\r\n")
-    assert client.received == b""
+    c = connect(creator, ca, lambda f: TLSMemoryBIOFactory(creator, False, f, clock=clock))
+    assert isinstance(c.proto, BufferingTLSTransport)
+    send(c, b"hello\r\n")
+    assert c.client.received == b""
     clock.advance(0)
-    pump.flush()
-    assert client.received == b"one two three\r\n"
+    c.pump.flush()
+    assert c.client.received == b"one two three\r\n"
 
 
-def test_write_outside_a_read_goes_out_at_once(creator, ca):
-    server, proto, client, clientProto, pump, writes = connect(
-        creator, ca, lambda f: ServerTLSFactory(creator, f))
-    del writes[:]
-    server.transport.write(b"late reply\r\n")    # e.g. a login result from a thread
-    assert len(writes) == 1
-    pump.flush()
-    assert client.received == b"late reply\r\n"
+def test_write_outside_a_read_goes_out_at_once(ours):
+    del ours.writes[:]
+    ours.server.transport.write(b"late reply\r\n")   # e.g. a login result from a thread
+    assert len(ours.writes) == 1
+    ours.pump.flush()
+    assert ours.client.received == b"late reply\r\n"
 
 
-def test_close_after_replies_keeps_their_order(creator, ca):
-    server, proto, client, clientProto, pump, writes = connect(
-        creator, ca, lambda f: ServerTLSFactory(creator, f))
-    send(clientProto, pump, b"bye\r\n")
-    pump.flush()
-    assert client.received == b"one two three\r\n"
-    assert proto.disconnecting
-    server.transport.write(b"after close")       # dropped, as Twisted does
-    pump.flush()
-    assert client.received == b"one two three\r\n"
+def test_close_after_replies_keeps_their_order(ours):
+    send(ours, b"bye\r\n")
+    ours.pump.flush()
+    assert ours.client.received == b"one two three\r\n"
+    assert ours.proto.disconnecting
+    ours.server.transport.write(b"after close")  # dropped, as Twisted does
+    ours.pump.flush()
+    assert ours.client.received == b"one two three\r\n"
 
 
-def test_large_batch_flushed_early_and_intact(creator, ca):
-    server, proto, client, clientProto, pump, writes = connect(
-        creator, ca, lambda f: ServerTLSFactory(creator, f))
-    del writes[:]
-    send(clientProto, pump, b"big\r\n")
-    pump.flush()
-    assert client.received == b"one two three\r\n" + b"B" * (3 * BATCH_LIMIT + 5)
-    assert len(writes) > 1                        # not held until the end of the read
+def test_large_batch_flushed_early_and_intact(ours):
+    del ours.writes[:]
+    send(ours, b"big\r\n")
+    ours.pump.flush()
+    assert ours.client.received == b"one two three\r\n" + b"B" * (3 * BATCH_LIMIT + 5)
+    assert len(ours.writes) > 1                   # not held until the end of the read
 
 
-def test_abort_discards_the_batch(creator, ca):
-    server, proto, client, clientProto, pump, writes = connect(
-        creator, ca, lambda f: ServerTLSFactory(creator, f))
-    proto._batch = [b"never sent"]
-    proto.abortConnection()
-    assert proto._batch == []
+def test_abort_discards_the_batch(ours):
+    ours.proto._batch = [b"never sent"]
+    ours.proto.abortConnection()
+    assert ours.proto._batch == []
 
 
 def test_startTLS_on_other_transports_uses_their_own():
