@@ -204,10 +204,11 @@ def makeService(options, reactor=None):
     except ValueError as e:
         _fail(e)
     observer = None
-    if settings.log.format == "json":
-        from securepop.ops.jsonlog import observer_for_twistd
+    twistd_options = getattr(options, "parent", None)
+    if twistd_options is not None or settings.log.format == "json":
+        from securepop.ops.twistdlog import observer_for_twistd
 
-        observer = observer_for_twistd(getattr(options, "parent", None))
+        observer = observer_for_twistd(settings.log.format, twistd_options)
     root = OperatingRoot(settings, inner, SystemdNotifier.fromEnvironment(), identity,
                          observer)
     _install_reload(root, reactor)

@@ -137,32 +137,5 @@ def event_from_json(line, extra=None):
     return event
 
 
-def twistd_destination(twistd_options):
-    """
-    Where twistd would write its log: stdout with C{-n} and no
-    C{--logfile}, the log file otherwise (C{twistd.log} when daemonised).
-    """
-    logfile = None
-    nodaemon = True
-    if twistd_options is not None:
-        try:
-            logfile = twistd_options["logfile"]
-            nodaemon = bool(twistd_options["nodaemon"])
-        except (KeyError, TypeError):
-            pass
-    if not logfile and not nodaemon:
-        logfile = "twistd.log"
-    if not logfile or logfile == "-":
-        return None
-    from twisted.python.logfile import LogFile
-
-    return LogFile.fromFullPath(logfile)
-
-
-def observer_for_twistd(twistd_options):
-    """The JSON observer twistd should use instead of its text observer."""
-    return JSONLineObserver(twistd_destination(twistd_options))
-
-
 def publish(event, publisher=globalLogPublisher):
     publisher(event)

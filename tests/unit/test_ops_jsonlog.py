@@ -74,17 +74,3 @@ def test_garbage_lines_are_not_events():
         assert jsonlog.event_from_json(line) is None
     weird = jsonlog.event_from_json('{"message": "m", "level": "nonsense"}')
     assert weird["log_level"] is LogLevel.info
-
-
-def test_twistd_destination():
-    assert jsonlog.twistd_destination({"logfile": None, "nodaemon": True}) is None
-    assert jsonlog.twistd_destination({"logfile": "-", "nodaemon": False}) is None
-    assert jsonlog.twistd_destination(None) is None
-
-
-def test_twistd_destination_file(tmp_path):
-    f = jsonlog.twistd_destination({"logfile": str(tmp_path / "t.log"), "nodaemon": True})
-    obs = jsonlog.JSONLineObserver(f)
-    obs({"log_format": "x", "log_level": LogLevel.info, "log_time": 0})
-    f.close()
-    assert json.loads((tmp_path / "t.log").read_text())["message"] == "x"

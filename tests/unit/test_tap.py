@@ -15,9 +15,10 @@ from securepop.ops.workers import WorkerSupervisor
 
 @pytest.fixture(autouse=True)
 def keep_sighup():
-    old = signal.getsignal(signal.SIGHUP)
+    old = signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGUSR1)
     yield
-    signal.signal(signal.SIGHUP, old)
+    signal.signal(signal.SIGHUP, old[0])
+    signal.signal(signal.SIGUSR1, old[1])
 
 
 def options_for(tmp_path, text=""):
@@ -72,6 +73,17 @@ def test_json_format_sets_twistd_observer(tmp_path):
     root.setServiceParent(application)
     assert application.getComponent(ILogObserver) is root.log_observer
     assert root.parent is service.IServiceCollection(application)
+
+
+def test_text_format_under_twistd_sets_the_fast_text_observer(tmp_path):
+    from twisted.logger import FileLogObserver
+
+    o = options_for(tmp_path)
+    o.parent = {"logfile": str(tmp_path / "twistd.log"), "nodaemon": True, "syslog": False}
+    root = tap.makeService(o, MemoryReactorClock())
+    assert isinstance(root.log_observer, FileLogObserver)
+    o.parent["syslog"] = True            # twistd's syslog observer is kept
+    assert tap.makeService(o, MemoryReactorClock()).log_observer is None
 
 
 def test_world_readable_users_file_stops_start(tmp_path, capsys):

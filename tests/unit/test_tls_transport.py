@@ -168,3 +168,117 @@ def test_startTLS_on_other_transports_uses_their_own():
 
     startTLS(Recording(), "creator")
     assert started == ["creator"]
+
+
+class SocketPair:
+    """
+    securepop's TLS layer on a real Twisted TCP connection (one end of a
+    socketpair, a MemoryReactor: no reactor runs), a Twisted TLS client in
+    memory on the other end.
+    """
+
+    def __init__(self, creator, ca, sndbuf=None):
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.testing import MemoryReactor
+
+        self.ours, self.peer = socket.socketpair()
+        if sndbuf:
+            self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        self.ours.setblocking(False)
+        self.peer.setblocking(False)
+        self.reactor = MemoryReactor()
+        self.conn = tcp.Connection(self.ours, None, self.reactor)
+        self.conn.connected = 1
+        self.server = Answering()
+        factory = ServerTLSFactory(creator, Factory.forProtocol(lambda: self.server))
+        self.proto = factory.buildProtocol(None)
+        self.conn.protocol = self.proto
+        self.proto.makeConnection(self.conn)
+        self.client = Client()
+        trust = Certificate.loadPEM(ca.root.public_bytes(Encoding.PEM))
+        clientFactory = TLSMemoryBIOFactory(optionsForClientTLS("localhost", trustRoot=trust),
+                                            True, Factory.forProtocol(lambda: self.client),
+                                            clock=Clock())
+        self.clientProto = clientFactory.buildProtocol(None)
+        self.clientTransport = StringTransport()
+        self.clientProto.makeConnection(self.clientTransport)
+        self.queued = 0  # how often the server's connection asked to be written
+
+    def pump(self):
+        moved = True
+        while moved:
+            moved = False
+            out = self.clientTransport.value()
+            self.clientTransport.clear()
+            if out:
+                self.proto.dataReceived(out)
+                moved = True
+            if self.conn in self.reactor.writers:
+                self.queued += 1
+                self.conn.doWrite()
+                moved = True
+            try:
+                data = self.peer.recv(1 << 20)
+            except BlockingIOError:
+                data = b""
+            if data:
+                self.clientProto.dataReceived(data)
+                moved = True
+
+    def send(self, data):
+        self.clientProto.write(data)
+        self.clientProto._aggregator.flush()
+        self.pump()
+
+    def close(self):
+        self.ours.close()
+        self.peer.close()
+
+
+@pytest.fixture
+def pair(creator, ca):
+    p = SocketPair(creator, ca)
+    p.pump()          # the handshake
+    yield p
+    p.close()
+
+
+def test_replies_go_straight_to_the_socket(pair):
+    assert pair.proto._socketOwner is pair.conn
+    pair.queued = 0
+    pair.send(b"hello\r\n")
+    assert pair.client.received == b"one two three\r\n"
+    assert pair.queued == 0                       # no writable event asked for
+    assert pair.conn not in pair.reactor.writers
+
+
+def test_queued_output_keeps_its_place(pair):
+    # Something already waits in Twisted's buffer: the reply goes behind it,
+    # through the reactor, never ahead of it.
+    pair.conn.write(b"")             # nothing: still direct
+    assert pair.conn not in pair.reactor.writers
+    pair.proto._tlsConnection.send(b"first\r\n")
+    first = pair.proto._tlsConnection.bio_read(1 << 16)
+    pair.conn.write(first)           # queued raw TLS bytes, as a slow socket would leave
+    assert pair.conn in pair.reactor.writers
+    pair.send(b"hello\r\n")
+    assert pair.client.received == b"first\r\none two three\r\n"
+    assert pair.queued >= 1
+
+
+def test_what_the_socket_refuses_is_queued_in_order(creator, ca):
+    p = SocketPair(creator, ca, sndbuf=4096)
+    try:
+        p.pump()
+        p.queued = 0
+        p.send(b"big\r\n")
+        assert p.client.received == b"one two three\r\n" + b"B" * (3 * BATCH_LIMIT + 5)
+        assert p.queued >= 1                      # the rest went through the reactor
+    finally:
+        p.close()
+
+
+def test_other_transports_are_not_sent_on_directly(ours):
+    assert ours.proto._socketOwner is None        # iosim: Twisted's write path
