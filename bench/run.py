@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench.servers import (  # noqa: E402
-    CLIENT_ADDRESS, CLIENT_CPU, PASSWORD, Dovecot, FloorServer, SecurePOP, Testbed,
+    CLIENT_ADDRESS, CLIENT_CPU, PASSWORD, SERVER_CPU, Dovecot, FloorServer, SecurePOP, Testbed,
     cpu_seconds, pss_bytes,
 )
 
@@ -79,6 +79,9 @@ def measured(server, tls, scenario="session", users=SESSION_USERS, concurrency=5
     result["server_cpu_s"] = round(used, 3)
     result["cpu_ms_per_session"] = (round(used * 1000 / result["sessions"], 3)
                                     if result["sessions"] else None)
+    result["client_cpu_ms_per_session"] = (
+        round(result["client_cpu_s"] * 1000 / result["sessions"], 3)
+        if result["sessions"] else None)
     return result
 
 
@@ -116,6 +119,20 @@ def idle_pss(server, count, timeout=600):
             "pss_per_session": (after - before) / held if held else None,
             "login_seconds": float(ready[2]) if len(ready) > 2 else None,
             "errors": result["errors"], "error_kinds": result["error_kinds"]}
+
+
+def stall_probe(cpu, duration):
+    """Start L{bench.stalls} on C{cpu} for C{duration} seconds."""
+    return subprocess.Popen([sys.executable, str(HERE / "stalls.py"), "--cpu", str(cpu),
+                             "--duration", str(duration)], stdout=subprocess.PIPE, text=True)
+
+
+def finish_probe(proc):
+    out, _ = proc.communicate(timeout=60)
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
 
 
 def median(values):
@@ -187,15 +204,28 @@ class Bench:
                             self.record(key, measured(server, "implicit", duration=d))
 
     def latency(self):
+        """
+        p50/p99 at half of securepop's median maximum rate.  Both servers run
+        at once and take turns run by run (so a noisy minute of this VM hits
+        both), each run next to a stall probe on each core (L{bench.stalls}).
+        """
+        import contextlib
+
         rate = median(r["sessions_per_s"] for r in self.results["runs"]["securepop/implicit"])
         half = round(rate / 2, 1)
         self.results["latency"]["rate"] = half
-        for server in [s for s in self.servers() if s.name in ("securepop", "dovecot-hp+reuse")]:
-            with server:
+        chosen = [s for s in self.servers() if s.name in ("securepop", "dovecot-hp+reuse")]
+        with contextlib.ExitStack() as stack:
+            for server in chosen:
+                stack.enter_context(server)
                 warm(server)
-                for rep in range(self.args.runs):
+            for rep in range(self.args.runs):
+                for server in (chosen if rep % 2 == 0 else chosen[::-1]):
+                    probes = [stall_probe(cpu, self.args.latency_duration + 0.5)
+                              for cpu in (SERVER_CPU, CLIENT_CPU)]
                     r = measured(server, "implicit", rate=half,
                                  duration=self.args.latency_duration)
+                    r["stalls"] = [finish_probe(p) for p in probes]
                     self.record(f"{server.name}/latency", r)
 
     def idle(self):
@@ -302,7 +332,7 @@ def medians(results):
     for key, runs in results["runs"].items():
         table[key] = {m: median(r.get(m) for r in runs)
                       for m in ("sessions_per_s", "cpu_ms_per_session", "mb_per_s",
-                                "p50_ms", "p99_ms")}
+                                "p50_ms", "p99_ms", "client_cpu_ms_per_session")}
         table[key]["errors"] = sum(r["errors"] for r in runs)
         table[key]["n"] = len(runs)
     return table
@@ -338,6 +368,8 @@ def tables(results):
     row("server CPU ms/session, implicit TLS", "cpu_ms_per_session", "implicit", 2,
         lower_better=True)
     row("server CPU ms/session, STLS", "cpu_ms_per_session", "stls", 2, lower_better=True)
+    row("load generator CPU ms/session, implicit TLS", "client_cpu_ms_per_session",
+        "implicit", 2, lower_better=True)
     row("sessions/s, implicit TLS, cache cold", "sessions_per_s", "cold", floor=False)
     row("server CPU ms/session, cache cold", "cpu_ms_per_session", "cold", 2, floor=False,
         lower_better=True)
@@ -346,11 +378,21 @@ def tables(results):
     row("sessions/s, users in slapd, caches off", "sessions_per_s", "ldap-cold", floor=False)
     lat = results.get("latency", {})
     out += ["", f"Latency at {lat.get('rate')} sessions/s (half of securepop's median "
-            "implicit-TLS maximum), implicit TLS, open-loop arrivals:", "",
-            "| | p50 ms | p99 ms | p99/p50 | errors |", "|---|---|---|---|---|"]
+            "implicit-TLS maximum), implicit TLS, open-loop arrivals; both servers up, "
+            "taking turns run by run; a stall probe (bench/stalls.py) on each core:", "",
+            "| | p50 ms | p99 ms | p99/p50, median of runs | p99/p50 of each run | probe stalls > 2 ms "
+            "(server core / client core), each run | errors |",
+            "|---|---|---|---|---|---|---|"]
     for name in ("securepop", "dovecot-hp+reuse"):
+        runs = results.get("runs", {}).get(f"{name}/latency", [])
         p50, p99 = g(f"{name}/latency", "p50_ms"), g(f"{name}/latency", "p99_ms")
-        out.append(f"| {name} | {fmt(p50)} | {fmt(p99)} | {ratio(p99, p50)} | "
+        each = ", ".join(ratio(r.get("p99_ms"), r.get("p50_ms")) for r in runs) or "–"
+        stalls = ", ".join(
+            " / ".join(str(p.get("stalls_over_2ms", "?")) if p else "?"
+                       for p in r.get("stalls", [])) or "–" for r in runs) or "–"
+        ratios = [r["p99_ms"] / r["p50_ms"] for r in runs if r.get("p99_ms") and r.get("p50_ms")]
+        out.append(f"| {name} | {fmt(p50)} | {fmt(p99)} | "
+                   f"{f'{median(ratios):.2f}x' if ratios else '–'} | {each} | {stalls} | "
                    f"{m.get(f'{name}/latency', {}).get('errors', '–')} |")
     out += ["", "Memory per logged-in idle TLS session (PSS, all server processes):", "",
             "| | sessions held | PSS before | PSS after | per session | login errors |",

@@ -1,0 +1,67 @@
+"""
+A probe for stalls that no server causes.
+
+It runs pinned to one CPU at real-time priority (so a busy server on that
+core cannot delay it), asks to sleep 1 ms again and again, and records how
+late it wakes.  Waking several milliseconds late means the CPU itself was
+taken away (the hypervisor ran something else, an interrupt storm): every
+session in flight on that core waited as long.  L{bench.run} runs one on
+the server core and one on the load generator's core during each latency
+run, so a p99 can be read next to the stalls of the same seconds::
+
+    python bench/stalls.py --cpu 0 --duration 8      # one JSON line
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+STALL_MS = 2.0
+
+
+def probe(duration, interval=0.001):
+    """Lateness of each wake-up, in ms."""
+    late = []
+    end = time.monotonic() + duration
+    while True:
+        before = time.perf_counter()
+        if before > end:
+            break
+        time.sleep(interval)
+        late.append((time.perf_counter() - before - interval) * 1000)
+    return late
+
+
+def summary(late, realtime):
+    ordered = sorted(late)
+    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)  # noqa: E731
+    stalls = [v for v in late if v > STALL_MS]
+    return {
+        "wakes": len(late), "realtime": realtime,
+        "p50_ms": pick(0.5) if late else None, "p99_ms": pick(0.99) if late else None,
+        "max_ms": round(ordered[-1], 3) if late else None,
+        f"stalls_over_{STALL_MS:g}ms": len(stalls),
+        "stalled_ms": round(sum(stalls), 1),
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    p.add_argument("--cpu", type=int, required=True)
+    p.add_argument("--duration", type=float, required=True)
+    a = p.parse_args(argv)
+    os.sched_setaffinity(0, {a.cpu})
+    realtime = True
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except (PermissionError, AttributeError, OSError):
+        realtime = False   # still useful, but a busy core then delays it too
+    result = summary(probe(a.duration), realtime)
+    result["cpu"] = a.cpu
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
