@@ -126,8 +126,15 @@ class POP3Session(Protocol):
         _noDelay(self.transport)
         self.ctx.session_started(self)
         self._busy = True           # nothing is read before the greeting
-        d = defer.maybeDeferred(self.ctx.admit, self.peer)
-        d.addCallbacks(self._admitted, self._admitError)
+        try:
+            decision = self.ctx.admit(self.peer)
+        except Exception:
+            self._admitError(Failure())
+            return
+        if isinstance(decision, defer.Deferred):   # a DNS rule: answered later
+            decision.addCallbacks(self._admitted, self._admitError)
+        else:                                      # no Deferred round for the usual case
+            self._admitted(decision)
 
     def _admitError(self, failure):
         events.emit("access.error", "error", ip=self.peer, error=failure.getErrorMessage())

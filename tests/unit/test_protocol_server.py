@@ -467,3 +467,46 @@ def test_overlong_line_over_several_reads_gets_one_answer(secure):
     out += secure.send(b"z" * 300 + b"\r\nCAPA\r\n")
     assert out[0] == b"-ERR Line too long"
     assert out[1].startswith(b"+OK")                # the next answer belongs to CAPA
+
+
+# -- admission: a plain decision, a later one (DNS), a broken policy ----------------
+
+def test_admission_decided_now_greets_at_once(tmp_path, identity):
+    h = Harness(tmp_path, identity, listener_tls="implicit")
+    h.connect()
+    assert h.lines()[0].startswith(b"+OK")
+
+
+def test_admission_decided_later_greets_when_it_is(tmp_path, identity):
+    from twisted.internet import defer
+
+    from securepop.access.policy import Decision
+
+    h = Harness(tmp_path, identity, listener_tls="implicit")
+    pending = defer.Deferred()
+    h.ctx.admit = lambda address: pending
+    h.connect()
+    assert h.lines() == []
+    assert h.send(b"CAPA\r\n") == []          # nothing is read before the greeting
+    pending.callback(Decision(True, None, "allowed"))
+    lines = h.lines()
+    assert lines[0].startswith(b"+OK") and b"+OK Capability list follows" in lines
+
+
+@pytest.mark.parametrize("how", ["raises", "fails-later"])
+def test_broken_admission_declines_without_internals(tmp_path, identity, how):
+    from twisted.internet import defer
+
+    h = Harness(tmp_path, identity, listener_tls="implicit")
+
+    def admit(address):
+        if how == "raises":
+            raise RuntimeError("secret internal detail")
+        return defer.fail(RuntimeError("secret internal detail"))
+
+    h.ctx.admit = admit
+    h.connect()
+    out = h.transport.value()
+    assert out.startswith(b"-ERR [SYS/PERM]") and out.count(b"\r\n") == 1
+    assert b"secret" not in out and b"Traceback" not in out
+    assert h.transport.disconnecting
