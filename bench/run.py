@@ -215,6 +215,7 @@ class Bench:
         half = round(rate / 2, 1)
         self.results["latency"]["rate"] = half
         chosen = [s for s in self.servers() if s.name in ("securepop", "dovecot-hp+reuse")]
+        chosen.append(FloorServer(self.testbed))  # the same load on Python + TLS alone
         with contextlib.ExitStack() as stack:
             for server in chosen:
                 stack.enter_context(server)
@@ -223,7 +224,8 @@ class Bench:
                 for server in (chosen if rep % 2 == 0 else chosen[::-1]):
                     probes = [stall_probe(cpu, self.args.latency_duration + 0.5)
                               for cpu in (SERVER_CPU, CLIENT_CPU)]
-                    r = measured(server, "implicit", rate=half,
+                    scenario = "floor" if server.name == "floor" else "session"
+                    r = measured(server, "implicit", scenario, rate=half,
                                  duration=self.args.latency_duration)
                     r["stalls"] = [finish_probe(p) for p in probes]
                     self.record(f"{server.name}/latency", r)
@@ -378,20 +380,23 @@ def tables(results):
     row("sessions/s, users in slapd, caches off", "sessions_per_s", "ldap-cold", floor=False)
     lat = results.get("latency", {})
     out += ["", f"Latency at {lat.get('rate')} sessions/s (half of securepop's median "
-            "implicit-TLS maximum), implicit TLS, open-loop arrivals; both servers up, "
+            "implicit-TLS maximum), implicit TLS, open-loop arrivals; the servers up together, "
             "taking turns run by run; a stall probe (bench/stalls.py) on each core:", "",
             "| | p50 ms | p99 ms | p99/p50, median of runs | p99/p50 of each run | probe stalls > 2 ms "
             "(server core / client core), each run | errors |",
             "|---|---|---|---|---|---|---|"]
-    for name in ("securepop", "dovecot-hp+reuse"):
+    for name in ("securepop", "dovecot-hp+reuse", "floor"):
         runs = results.get("runs", {}).get(f"{name}/latency", [])
+        if not runs:
+            continue
         p50, p99 = g(f"{name}/latency", "p50_ms"), g(f"{name}/latency", "p99_ms")
         each = ", ".join(ratio(r.get("p99_ms"), r.get("p50_ms")) for r in runs) or "–"
         stalls = ", ".join(
             " / ".join(str(p.get("stalls_over_2ms", "?")) if p else "?"
                        for p in r.get("stalls", [])) or "–" for r in runs) or "–"
         ratios = [r["p99_ms"] / r["p50_ms"] for r in runs if r.get("p99_ms") and r.get("p50_ms")]
-        out.append(f"| {name} | {fmt(p50)} | {fmt(p99)} | "
+        label = "floor (greeting and QUIT only)" if name == "floor" else name
+        out.append(f"| {label} | {fmt(p50)} | {fmt(p99)} | "
                    f"{f'{median(ratios):.2f}x' if ratios else '–'} | {each} | {stalls} | "
                    f"{m.get(f'{name}/latency', {}).get('errors', '–')} |")
     out += ["", "Memory per logged-in idle TLS session (PSS, all server processes):", "",

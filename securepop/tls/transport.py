@@ -52,7 +52,6 @@ class ServerTLSProtocol(TLSMemoryBIOProtocol):
     _batchSize = 0
     _socketOwner = None  # the TCP connection whose socket we may send on
 
-
     def makeConnection(self, transport):
         # Twisted's version calls directlyProvides once per interface of the
         # transport (nine for TCP); one call does the same.
@@ -88,7 +87,7 @@ class ServerTLSProtocol(TLSMemoryBIOProtocol):
             return
         owner = self._socketOwner
         if owner is None or owner.dataBuffer or owner._tempDataLen or owner.disconnecting \
-                or not owner.connected:
+                or not owner.connected or owner._writeDisconnected:
             self.transport.write(data)
             return
         # Nothing queued before it: send now instead of asking the reactor
