@@ -4,8 +4,9 @@ twistd integration: Options + makeService(options), as twisted.mail.tap.
 L{makeService} builds the server (L{securepop.service.SecurePOPService}) and
 composes around it what running it for real needs, from L{securepop.ops}:
 metrics, the protocol log, graceful stop, systemd notification, the
-privilege drop and, with C{workers} above 1, the worker supervisor.  JSON
-logging (C{[log] format = "json"}) replaces twistd's text observer.
+privilege drop and, with C{workers} above 1, the worker supervisor.  Under
+twistd the log observer comes from L{securepop.ops.twistdlog} (twistd's text
+line made cheaply, or JSON lines with C{[log] format = "json"}).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class OperatingRoot(service.MultiService):
     """
     The top service under twistd: the serving part (a L{ServerRoot} or a
     L{securepop.ops.workers.WorkerSupervisor}), systemd notification,
-    privilege drop after binding, and JSON logging.
+    privilege drop after binding, and the log observer twistd uses.
     """
 
     def __init__(self, settings, inner, notifier, identity=None, log_observer=None):
@@ -152,7 +153,7 @@ class OperatingRoot(service.MultiService):
 
     def setServiceParent(self, parent):
         # twistd asks the application for an ILogObserver before it starts
-        # logging: that is how [log] format = "json" replaces the text output.
+        # logging: that is how securepop's text or JSON observer replaces twistd's.
         if self.log_observer is not None and hasattr(parent, "setComponent"):
             from twisted.logger import ILogObserver
 
