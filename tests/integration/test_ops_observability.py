@@ -1,7 +1,8 @@
 """
 The protocol log of a session that used USER/PASS, APOP, PLAIN and NTLM
 holds none of the secrets; JSON log lines parse; the metrics endpoint serves
-counters that change after a login.
+counters that change after a login; the text log under twistd's C{--logfile}
+has twistd's line and rotates on SIGUSR1.
 """
 
 import json
@@ -96,3 +97,70 @@ def test_metrics_change_after_login(observed):
     assert 'securepop_tls_sessions_total{version="TLSv1.3"}' in after
     failures = 'securepop_logins_total{mechanism="USER",result="failure"}'
     assert sample(after, failures) >= 0
+
+
+# -- the text log under twistd: twistd's own line, a --logfile rotated by SIGUSR1 --------
+
+class LogfileDaemon(Daemon):
+    """The daemon with twistd's C{--logfile} (not stdout), as an administrator runs it."""
+
+    def start(self, wait_ports=None):
+        import subprocess
+
+        from tests.integration.daemon import TWISTD, wait_for_port
+
+        self.twistd_log = self.dir / "securepop-twistd.log"
+        self.log_file = open(self.log_path, "ab")       # stdout/stderr only
+        self.proc = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", f"--logfile={self.twistd_log}", "securepop",
+             "--config", str(self.config_path)],
+            stdout=self.log_file, stderr=subprocess.STDOUT, cwd=self.dir, env=self.env)
+        for port in wait_ports or (self.pop3_port, self.pop3s_port):
+            wait_for_port("127.0.0.1", port, proc=self.proc)
+        return self
+
+
+def greet_and_quit(port):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"+OK")
+        s.sendall(b"QUIT\r\n")
+        assert f.readline().startswith(b"+OK")
+
+
+def wait_for(predicate, timeout=10.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_text_log_is_twistds_line_and_rotates_on_usr1(tmp_path):
+    import re
+    import signal
+
+    d = LogfileDaemon(tmp_path, DEFAULT_CONFIG, name="textlog")
+    d.start()
+    try:
+        log, rotated = d.twistd_log, d.twistd_log.with_name(d.twistd_log.name + ".1")
+        line = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[securepop#info\] "
+                          r"securepop listen endpoint=\S+ tls=\S+$", re.M)
+        assert wait_for(lambda: log.exists() and len(line.findall(log.read_text())) == 2)
+        assert "Traceback" not in log.read_text()
+        assert not rotated.exists()                     # nothing rotates by itself
+
+        d.proc.send_signal(signal.SIGUSR1)
+        assert wait_for(rotated.exists)
+        greet_and_quit(d.pop3_port)
+        assert wait_for(lambda: "securepop session.end" in log.read_text())
+        assert "securepop session.end" not in rotated.read_text()
+        assert len(line.findall(rotated.read_text())) == 2   # the old lines moved there
+        assert d.log_path.read_text().strip() == ""     # nothing went to stdout
+    finally:
+        d.stop()
