@@ -157,10 +157,11 @@ def test_text_log_is_twistds_line_and_rotates_on_usr1(tmp_path):
 
         d.proc.send_signal(signal.SIGUSR1)
         assert wait_for(rotated.exists)
+        old = rotated.read_text()
+        assert len(line.findall(old)) == 2              # the old lines moved there
         greet_and_quit(d.pop3_port)
         assert wait_for(lambda: "securepop session.end" in log.read_text())
-        assert "securepop session.end" not in rotated.read_text()
-        assert len(line.findall(rotated.read_text())) == 2   # the old lines moved there
+        assert rotated.read_text() == old               # and nothing more is written there
         assert d.log_path.read_text().strip() == ""     # nothing went to stdout
     finally:
         d.stop()
