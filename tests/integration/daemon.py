@@ -77,6 +77,16 @@ max_connections_per_ip = 200
 """
 
 
+def wait_for(predicate, timeout=10.0, interval=0.05):
+    """Poll C{predicate} until it is true (True) or C{timeout} passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
 class Daemon:
     """
     One securepop process.
@@ -86,7 +96,7 @@ class Daemon:
     """
 
     def __init__(self, tmp_path, config=DEFAULT_CONFIG, name="securepop", env=None,
-                 wrapper=()):
+                 wrapper=(), twistd_args=()):
         self.dir = Path(tmp_path) / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.dir / "data"
@@ -99,6 +109,7 @@ class Daemon:
         self.log_path = self.dir / "twistd.log"
         self.env = dict(os.environ, **(env or {}))
         self.wrapper = list(wrapper)
+        self.twistd_args = list(twistd_args)   # e.g. --logfile=...
         self.proc = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -106,7 +117,7 @@ class Daemon:
     def start(self, wait_ports=None):
         self.log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.wrapper + [TWISTD, "-n", "--pidfile=", "securepop",
+            self.wrapper + [TWISTD, "-n", "--pidfile=", *self.twistd_args, "securepop",
                             "--config", str(self.config_path)],
             stdout=self.log_file, stderr=subprocess.STDOUT, cwd=self.dir, env=self.env,
         )
@@ -143,12 +154,7 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def wait_log(self, text, timeout=10.0, start=0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log()[start:]:
-                return True
-            time.sleep(0.05)
-        return False
+        return wait_for(lambda: text in self.log()[start:], timeout)
 
     # -- data -------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.integration.daemon import DEFAULT_CONFIG, Daemon
+from tests.integration.daemon import DEFAULT_CONFIG, Daemon, wait_for
 from tests.integration.ops_client import POP3
 
 PASSWORD = "Pr0tocol-Secret-Pw"
@@ -101,25 +101,6 @@ def test_metrics_change_after_login(observed):
 
 # -- the text log under twistd: twistd's own line, a --logfile rotated by SIGUSR1 --------
 
-class LogfileDaemon(Daemon):
-    """The daemon with twistd's C{--logfile} (not stdout), as an administrator runs it."""
-
-    def start(self, wait_ports=None):
-        import subprocess
-
-        from tests.integration.daemon import TWISTD, wait_for_port
-
-        self.twistd_log = self.dir / "securepop-twistd.log"
-        self.log_file = open(self.log_path, "ab")       # stdout/stderr only
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", f"--logfile={self.twistd_log}", "securepop",
-             "--config", str(self.config_path)],
-            stdout=self.log_file, stderr=subprocess.STDOUT, cwd=self.dir, env=self.env)
-        for port in wait_ports or (self.pop3_port, self.pop3s_port):
-            wait_for_port("127.0.0.1", port, proc=self.proc)
-        return self
-
-
 def greet_and_quit(port):
     import socket
 
@@ -130,25 +111,15 @@ def greet_and_quit(port):
         assert f.readline().startswith(b"+OK")
 
 
-def wait_for(predicate, timeout=10.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_text_log_is_twistds_line_and_rotates_on_usr1(tmp_path):
     import re
     import signal
 
-    d = LogfileDaemon(tmp_path, DEFAULT_CONFIG, name="textlog")
+    log = tmp_path / "securepop-twistd.log"
+    rotated = log.with_name(log.name + ".1")
+    d = Daemon(tmp_path, DEFAULT_CONFIG, name="textlog", twistd_args=[f"--logfile={log}"])
     d.start()
     try:
-        log, rotated = d.twistd_log, d.twistd_log.with_name(d.twistd_log.name + ".1")
         line = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[securepop#info\] "
                           r"securepop listen endpoint=\S+ tls=\S+$", re.M)
         assert wait_for(lambda: log.exists() and len(line.findall(log.read_text())) == 2)

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.integration.daemon import DEFAULT_CONFIG, Daemon
+from tests.integration.daemon import wait_for as daemon_wait_for
 from tests.integration.ops_client import POP3
 
 PASSWORD = "W0rkers-pw"
@@ -39,12 +40,7 @@ def records(d):
 
 
 def wait_for(predicate, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+    return daemon_wait_for(predicate, timeout, interval=0.1)
 
 
 USERS = ["alice", "bob", "carol", "dave"]
