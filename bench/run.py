@@ -350,6 +350,13 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "–"
 
 
+def busy(runs):
+    """The server core's busy share over latency runs (median), from CPU and rate."""
+    shares = [r["cpu_ms_per_session"] * r["sessions_per_s"] / 1000 for r in runs
+              if r.get("cpu_ms_per_session") and r.get("sessions_per_s")]
+    return f"{median(shares):.0%}" if shares else "–"
+
+
 def fmt(v, digits=1):
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -388,9 +395,10 @@ def tables(results):
     out += ["", f"Latency at {lat.get('rate')} sessions/s (half of securepop's median "
             "implicit-TLS maximum), implicit TLS, open-loop arrivals; the servers up together, "
             "taking turns run by run after one discarded warm-up run each; a stall probe (bench/stalls.py) on each core:", "",
-            "| | p50 ms | p99 ms | p99/p50, median of runs | p99/p50 of each run | probe stalls > 2 ms "
+            "| | p50 ms | p99 ms | p99/p50, median of runs | p99/p50 of each run | "
+            "server CPU ms/session here (at full load) | server core busy | probe stalls > 2 ms "
             "(server core / client core), each run | errors |",
-            "|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|"]
     for name in ("securepop", "dovecot-hp+reuse", "floor"):
         runs = results.get("runs", {}).get(f"{name}/latency", [])
         if not runs:
@@ -402,8 +410,11 @@ def tables(results):
                        for p in r.get("stalls", [])) or "–" for r in runs) or "–"
         ratios = [r["p99_ms"] / r["p50_ms"] for r in runs if r.get("p99_ms") and r.get("p50_ms")]
         label = "floor (greeting and QUIT only)" if name == "floor" else name
+        cpu, full = g(f"{name}/latency", "cpu_ms_per_session"), g(f"{name}/implicit",
+                                                                  "cpu_ms_per_session")
         out.append(f"| {label} | {fmt(p50)} | {fmt(p99)} | "
-                   f"{f'{median(ratios):.2f}x' if ratios else '–'} | {each} | {stalls} | "
+                   f"{f'{median(ratios):.2f}x' if ratios else '–'} | {each} | "
+                   f"{fmt(cpu, 2)} ({fmt(full, 2)}) | {busy(runs)} | {stalls} | "
                    f"{m.get(f'{name}/latency', {}).get('errors', '–')} |")
     out += ["", "Memory per logged-in idle TLS session (PSS, all server processes):", "",
             "| | sessions held | PSS before | PSS after | per session | login errors |",

@@ -165,6 +165,25 @@ def test_report_tables_and_ratios():
     assert "Errors over all runs: 3" in text
 
 
+def test_latency_table_shows_cpu_and_core_busy_at_the_rate():
+    """The tail is read against how busy the core was: both are in the row."""
+    def r(rate, cpu, p50=5.0, p99=10.0):
+        return {"sessions_per_s": rate, "cpu_ms_per_session": cpu, "p50_ms": p50,
+                "p99_ms": p99, "errors": 0}
+    results = {"runs": {
+        "securepop/implicit": [r(400, 2.0)] * 3,
+        "securepop/latency": [r(200, 3.5), r(200, 4.0, p99=30.0), r(200, 3.0)],
+        "floor/latency": [r(200, 1.0)] * 3,
+    }, "latency": {"rate": 200}, "idle": {}}
+    text, _ = run.tables(results)
+    row = next(line for line in text.splitlines() if line.startswith("| securepop | 5.0"))
+    assert "| 2.00x, 6.00x, 2.00x |" in row
+    assert "| 3.50 (2.00) | 70% |" in row     # 3.5 ms x 200/s: the core is 70% busy
+    floor = next(line for line in text.splitlines() if line.startswith("| floor (greeting"))
+    assert "| 1.00 (–) | 20% |" in floor
+    assert run.busy([{"sessions_per_s": 0, "cpu_ms_per_session": None}]) == "–"
+
+
 def test_top_functions(tmp_path):
     folded = tmp_path / "p.folded"
     folded.write_text("main;ReactorBase.run;f 3\nthread;g 1\nbad line\n")
