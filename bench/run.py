@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import resource
+import ssl
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,7 @@ from bench.servers import (  # noqa: E402
     CLIENT_ADDRESS, CLIENT_CPU, PASSWORD, SERVER_CPU, Dovecot, FloorServer, SecurePOP, Testbed,
     cpu_seconds, pss_bytes,
 )
+from bench.stalls import cpuTimes, stealPercent  # noqa: E402
 
 SESSION_USERS = "u0000:u0049"
 RETR_USERS = "r0:r3"
@@ -231,8 +233,10 @@ class Bench:
                     probes = [stall_probe(cpu, self.args.latency_duration + 0.5)
                               for cpu in (SERVER_CPU, CLIENT_CPU)]
                     scenario = "floor" if server.name == "floor" else "session"
+                    before = cpuTimes()
                     r = measured(server, "implicit", scenario, rate=half,
                                  duration=self.args.latency_duration)
+                    r["steal_pct"] = stealPercent(before, cpuTimes(), SERVER_CPU)
                     r["stalls"] = [finish_probe(p) for p in probes]
                     self.record(f"{server.name}/latency", r)
 
@@ -255,6 +259,7 @@ class Bench:
                 return ""
         import OpenSSL
         import twisted
+        from OpenSSL import SSL
 
         cpu = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
                .splitlines() if line.startswith("model name")]
@@ -263,7 +268,13 @@ class Bench:
             "cpu": f"{len(cpu)} x {cpu[0] if cpu else '?'}",
             "kernel": platform.release(), "python": platform.python_version(),
             "twisted": twisted.__version__, "pyopenssl": OpenSSL.__version__,
-            "openssl": cmd("openssl", "version"), "dovecot": cmd("dovecot", "--version"),
+            # Three OpenSSL builds take part: cryptography's wheel carries its
+            # own (securepop, the floor), Dovecot links the system's, and the
+            # load generator uses Python's ssl module.
+            "openssl": cmd("openssl", "version"),
+            "openssl_pyopenssl": SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),
+            "openssl_loadgen": ssl.OPENSSL_VERSION,
+            "dovecot": cmd("dovecot", "--version"),
             "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
             "args": sys.argv[1:],
         }
@@ -397,8 +408,9 @@ def tables(results):
             "taking turns run by run after one discarded warm-up run each; a stall probe (bench/stalls.py) on each core:", "",
             "| | p50 ms | p99 ms | p99/p50, median of runs | p99/p50 of each run | "
             "server CPU ms/session here (at full load) | server core busy | probe stalls > 2 ms "
-            "(server core / client core), each run | errors |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "(server core / client core), each run | host steal on the server core, each run | "
+            "errors |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for name in ("securepop", "dovecot-hp+reuse", "floor"):
         runs = results.get("runs", {}).get(f"{name}/latency", [])
         if not runs:
@@ -408,13 +420,15 @@ def tables(results):
         stalls = ", ".join(
             " / ".join(str(p.get("stalls_over_2ms", "?")) if p else "?"
                        for p in r.get("stalls", [])) or "–" for r in runs) or "–"
+        steal = ", ".join("–" if r.get("steal_pct") is None else f"{r['steal_pct']:.1f}%"
+                          for r in runs)
         ratios = [r["p99_ms"] / r["p50_ms"] for r in runs if r.get("p99_ms") and r.get("p50_ms")]
         label = "floor (greeting and QUIT only)" if name == "floor" else name
         cpu, full = g(f"{name}/latency", "cpu_ms_per_session"), g(f"{name}/implicit",
                                                                   "cpu_ms_per_session")
         out.append(f"| {label} | {fmt(p50)} | {fmt(p99)} | "
                    f"{f'{median(ratios):.2f}x' if ratios else '–'} | {each} | "
-                   f"{fmt(cpu, 2)} ({fmt(full, 2)}) | {busy(runs)} | {stalls} | "
+                   f"{fmt(cpu, 2)} ({fmt(full, 2)}) | {busy(runs)} | {stalls} | {steal} | "
                    f"{m.get(f'{name}/latency', {}).get('errors', '–')} |")
     out += ["", "Memory per logged-in idle TLS session (PSS, all server processes):", "",
             "| | sessions held | PSS before | PSS after | per session | login errors |",
@@ -437,7 +451,9 @@ def write_report(results, path):
         "<!-- measured: written by bench/run.py -->\n"
         f"Run {meta.get('date')}: {meta.get('cpu')}, Linux {meta.get('kernel')}, "
         f"Python {meta.get('python')}, Twisted {meta.get('twisted')}, pyOpenSSL "
-        f"{meta.get('pyopenssl')}, {meta.get('openssl')}, Dovecot {meta.get('dovecot')}; "
+        f"{meta.get('pyopenssl')} on {meta.get('openssl_pyopenssl', '?')} (securepop, floor), "
+        f"Dovecot {meta.get('dovecot')} on the system's {meta.get('openssl')}, load generator "
+        f"on Python's ssl with {meta.get('openssl_loadgen', '?')}; "
         f"`bench/run.py {' '.join(meta.get('args', []))}` took {meta.get('seconds')} s; "
         f"load average {' '.join(meta.get('loadavg_start', []))} at the start, "
         f"{' '.join(meta.get('loadavg_end', []))} at the end. Medians of "

@@ -10,6 +10,10 @@ the server core and one on the load generator's core during each latency
 run, so a p99 can be read next to the stalls of the same seconds::
 
     python bench/stalls.py --cpu 0 --duration 8      # one JSON line
+
+The hypervisor's own account of the same thing is the "steal" column of
+C{/proc/stat}: time this vCPU was ready but the host ran something else.
+L{cpuTimes} and L{stealPercent} read it for one core around a run.
 """
 
 import argparse
@@ -45,6 +49,37 @@ def summary(late, realtime):
         f"stalls_over_{STALL_MS:g}ms": len(stalls),
         "stalled_ms": round(sum(stalls), 1),
     }
+
+
+def cpuTimes(stat="/proc/stat"):
+    """
+    @return: C{{cpu number: (total jiffies, steal jiffies)}} from C{stat}
+        (empty when it cannot be read, e.g. no /proc).
+    """
+    times = {}
+    try:
+        lines = open(stat).read().splitlines()
+    except OSError:
+        return times
+    for line in lines:
+        fields = line.split()
+        if fields and fields[0].startswith("cpu") and fields[0][3:].isdigit():
+            # user nice system idle iowait irq softirq steal (guest time is
+            # already inside user)
+            values = [int(v) for v in fields[1:9]]
+            steal = values[7] if len(values) > 7 else 0
+            times[int(fields[0][3:])] = (sum(values), steal)
+    return times
+
+
+def stealPercent(before, after, cpu):
+    """Share of C{cpu}'s time the host took between two L{cpuTimes}, in %."""
+    if cpu not in before or cpu not in after:
+        return None
+    total = after[cpu][0] - before[cpu][0]
+    if total <= 0:
+        return None
+    return round(100.0 * (after[cpu][1] - before[cpu][1]) / total, 1)
 
 
 def main(argv=None):

@@ -191,3 +191,16 @@ def test_top_functions(tmp_path):
     assert "samples: 4" in text and "75.0  f" in text
     only = run.top_functions(folded, only="ReactorBase.run")
     assert "samples: 3" in only and "  g" not in only
+
+
+def test_report_header_names_the_openssl_of_each_side(tmp_path):
+    """securepop (cryptography's own OpenSSL) and Dovecot (the system's) differ."""
+    results = {"runs": {}, "latency": {}, "idle": {}, "meta": {
+        "date": "d", "pyopenssl": "26.4.0", "openssl_pyopenssl": "OpenSSL 4.0.3",
+        "openssl": "OpenSSL 3.0.22", "openssl_loadgen": "OpenSSL 3.0.9", "dovecot": "2.3"}}
+    report = tmp_path / "RESULTS.md"
+    run.write_report(results, report)
+    head = next(line for line in report.read_text().splitlines() if line.startswith("Run d:"))
+    assert "pyOpenSSL 26.4.0 on OpenSSL 4.0.3 (securepop, floor)" in head
+    assert "Dovecot 2.3 on the system's OpenSSL 3.0.22" in head
+    assert "load generator on Python's ssl with OpenSSL 3.0.9" in head
