@@ -235,7 +235,10 @@ class TLSPolicy:
         Besides versions, suites and groups: no compression, no
         renegotiation, no session tickets and no session cache (so no
         ticket keys to rotate), server cipher preference, buffers released
-        while idle.
+        while idle.  (A TLS 1.3 handshake still carries two NewSessionTicket
+        messages: OpenSSL sends them unless C{SSL_CTX_set_num_tickets(0)},
+        which pyOpenSSL does not expose.  With C{OP_NO_TICKET} they are
+        stateful session IDs, and with the cache off none can resume.)
         """
         context.set_min_proto_version(self.minimum_version)
         context.set_max_proto_version(self.maximum_version)
