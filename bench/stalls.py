@@ -58,17 +58,22 @@ def cpuTimes(stat="/proc/stat"):
     """
     times = {}
     try:
-        lines = open(stat).read().splitlines()
+        with open(stat) as source:
+            lines = source.read().splitlines()
     except OSError:
         return times
     for line in lines:
         fields = line.split()
-        if fields and fields[0].startswith("cpu") and fields[0][3:].isdigit():
+        if not (fields and fields[0].startswith("cpu") and fields[0][3:].isdigit()):
+            continue
+        try:
             # user nice system idle iowait irq softirq steal (guest time is
             # already inside user)
             values = [int(v) for v in fields[1:9]]
-            steal = values[7] if len(values) > 7 else 0
-            times[int(fields[0][3:])] = (sum(values), steal)
+        except ValueError:
+            continue  # not a kernel's line: no figure rather than a wrong one
+        steal = values[7] if len(values) > 7 else 0
+        times[int(fields[0][3:])] = (sum(values), steal)
     return times
 
 

@@ -36,9 +36,11 @@ def test_cpu_times_without_proc(tmp_path):
 
 def test_cpu_times_ignore_the_total_and_hostile_lines(tmp_path):
     path = tmp_path / "stat"
-    path.write_text(HEADER + "cpu0 1 2 3\ncpux 1 2 3 4 5 6 7 8\n\ncpu1 1 1 1 1 1 1 1 1 1 1\n")
+    path.write_text(HEADER + "cpu0 1 2 3\ncpux 1 2 3 4 5 6 7 8\n\ncpu1 1 1 1 1 1 1 1 1 1 1\n"
+                    "cpu2 1 2 x 4 5 6 7 8\ncpu3 " + "9" * 40 + "\n")
     times = stalls.cpuTimes(str(path))
-    assert times == {0: (6, 0), 1: (8, 1)}   # short line: no steal column
+    # short line: no steal column; a non-number: the core is left out
+    assert times == {0: (6, 0), 1: (8, 1), 3: (int("9" * 40), 0)}
 
 
 def test_latency_table_gives_the_steal_of_each_run():
