@@ -38,6 +38,7 @@ class ServerSettings:
     idle_timeout_login: float = 60.0   # before login (short: slots are precious)
     idle_timeout: float = 600.0        # after login: RFC 1939 says at least 10 minutes
     max_bad_commands: int = 10         # malformed / overlong lines before closing
+    login_deadline: float = 120.0      # absolute limit before login (0 = none)
     shutdown_grace: float = 10.0        # SIGTERM: sessions in flight get this long
     user: str = ""                     # drop privileges to this user after binding
     group: str = ""
@@ -120,6 +121,9 @@ class AuthSettings:
     max_attempts: int = 3
     lockout_threshold: int = 0         # 0 = no per-user lockout
     lockout_window: float = 900.0
+    max_verifications_per_ip: int = 8  # logins waiting or being checked for one address
+    max_queued_verifications: int = 256   # password checks waiting, server-wide
+    hash_threads: int = 0              # password hashing threads (0 = one per core)
     insecure_allow_ntlmv1: bool = False
     ntlm_timestamp_window: float = 300.0
     netbios_domain: str = "SECUREPOP"
@@ -302,6 +306,14 @@ def _check(reader, settings):
             )
     if not 0 < settings.tls.min_cipher_bits <= 256:
         raise reader.error("tls.min_cipher_bits", "must be between 1 and 256")
+    if settings.auth.max_verifications_per_ip < 1:
+        raise reader.error("auth.max_verifications_per_ip", "must be at least 1")
+    if settings.auth.max_queued_verifications < 1:
+        raise reader.error("auth.max_queued_verifications", "must be at least 1")
+    if not 0 <= settings.auth.hash_threads <= 256:
+        raise reader.error("auth.hash_threads", "must be between 0 (one per core) and 256")
+    if settings.server.login_deadline < 0:
+        raise reader.error("server.login_deadline", "must be 0 (none) or more seconds")
     if settings.auth.max_attempts < 1:
         raise reader.error("auth.max_attempts", "must be at least 1")
     w = settings.server.workers

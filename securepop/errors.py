@@ -25,6 +25,13 @@ class SourceUnavailable(SecurePOPError):
     """The credential source cannot answer now: C{-ERR [SYS/TEMP]}."""
 
 
+class VerificationBusy(SourceUnavailable):
+    """
+    Too many verifications are waiting (server-wide, or for this client's
+    address): C{-ERR [SYS/TEMP]} at once, rather than a login that times out.
+    """
+
+
 class MailboxInUse(SecurePOPError):
     """Another session holds the mailbox lock: C{-ERR [IN-USE]}."""
 

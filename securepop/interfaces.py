@@ -122,6 +122,15 @@ class ISASLContext(Interface):
             'tls-server-end-point') or None.
         """
 
+    def checkPolicy(username):
+        """
+        Refuse a user that policy refuses whatever the credentials (a
+        lockout) before the mechanism proves anything to the client (a
+        SCRAM server signature would confirm a guess during a lockout).
+
+        @raise twisted.cred.error.UnauthorizedLogin: when refused.
+        """
+
 
 class ISASLMechanism(Interface):
     """

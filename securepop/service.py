@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from securepop import config as configmodule
 from securepop import events
+from securepop.auth.verifyqueue import VerificationQueue
 from securepop.errors import ConfigError
 from securepop.interfaces import PLAINTEXT
 from securepop.protocol.context import ServerContext
@@ -59,7 +60,10 @@ class BlockingPool:
 
 
 def build_credential_source(settings, reactor, run_blocking=None):
-    """The ICredentialSource the configuration names."""
+    """
+    The ICredentialSource the configuration names; C{run_blocking} runs its
+    password hashing (a L{VerificationQueue}: never the mailbox pool).
+    """
     auth = settings.auth
     if auth.source == "file":
         from securepop.auth.userfile import FileCredentialSource
@@ -146,20 +150,31 @@ def build_access(settings, reactor):
 
 
 def build_penalty(settings, clock):
+    """The failure penalty, the gate in front of every verification, the lockout."""
+    from securepop.auth.gate import PenaltyGate
     from securepop.auth.penalty import FailurePenalty, UserLockout
 
     a = settings.auth
     penalty = FailurePenalty(clock, base=a.failure_delay, maximum=a.failure_delay_max)
+    gate = PenaltyGate(clock, penalty, max_per_address=a.max_verifications_per_ip)
     lockout = None
     if a.lockout_threshold:
         lockout = UserLockout(clock, a.lockout_threshold, a.lockout_window)
-    return penalty, lockout
+    return penalty, gate, lockout
 
 
-def build_context(settings, reactor, pool):
+def build_verifications(settings, reactor):
+    """The hashing pool: its own threads, bounded, fair across clients."""
+    a = settings.auth
+    return VerificationQueue(reactor, threads=a.hash_threads or None,
+                             max_queued=a.max_queued_verifications,
+                             max_per_client=a.max_verifications_per_ip)
+
+
+def build_context(settings, reactor, pool, verifications=None):
     """Everything a session needs, from the settings."""
     prepare_data_dir(settings)
-    source = build_credential_source(settings, reactor, pool)
+    source = build_credential_source(settings, reactor, verifications or pool)
     mechanisms = build_mechanisms(settings, source)
     if settings.auth.user_pass and PLAINTEXT not in source.capabilities():
         raise ConfigError(settings.path or "(defaults)", "auth.user_pass",
@@ -183,11 +198,12 @@ def build_context(settings, reactor, pool):
     portal = build_portal(source, realm, cache)
     tls = build_tls(settings, reactor)
     policy, limits = build_access(settings, reactor)
-    penalty, lockout = build_penalty(settings, reactor)
+    penalty, gate, lockout = build_penalty(settings, reactor)
     delegate = getattr(source, "ntlmDelegateFactory", None)
     return ServerContext(settings, reactor, portal, source, mechanisms, tls=tls,
-                         policy=policy, limits=limits, penalty=penalty,
-                         lockout=lockout, ntlm_delegate=delegate)
+                         policy=policy, limits=limits, penalty=penalty, gate=gate,
+                         lockout=lockout, ntlm_delegate=delegate,
+                         verifications=verifications)
 
 
 class SecurePOPService(service.MultiService):
@@ -203,7 +219,8 @@ class SecurePOPService(service.MultiService):
         self.settings = settings
         self.reactor = reactor
         self.pool = BlockingPool(reactor, "securepop-blocking")
-        self.context = build_context(settings, reactor, self.pool)
+        self.verifications = build_verifications(settings, reactor)
+        self.context = build_context(settings, reactor, self.pool, self.verifications)
         for listener in settings.listen:
             self._addListener(listener)
 
@@ -235,6 +252,7 @@ class SecurePOPService(service.MultiService):
 
     def startService(self):
         self.pool.start()
+        self.verifications.start()
         self.context.policy.start()
         super().startService()
         for svc in self:
@@ -249,7 +267,8 @@ class SecurePOPService(service.MultiService):
 
     def stopService(self):
         d = defer.maybeDeferred(super().stopService)
-        d.addBoth(lambda r: (self.pool.stop(), self.context.policy.stop(), r)[2])
+        d.addBoth(lambda r: (self.pool.stop(), self.verifications.stop(),
+                             self.context.policy.stop(), r)[3])
         return d
 
     def reload(self):
@@ -258,7 +277,7 @@ class SecurePOPService(service.MultiService):
         try:
             fresh = configmodule.load(path, self.settings.server.data_dir) if path else \
                 self.settings
-            context = build_context(fresh, self.reactor, self.pool)
+            context = build_context(fresh, self.reactor, self.pool, self.verifications)
         except Exception as e:
             events.emit("config.reload_failed", "error", error=str(e))
             return False
@@ -276,6 +295,9 @@ class SecurePOPService(service.MultiService):
         old.limits.maxPerIP = a.max_connections_per_ip
         old.limits.maxPerUser = a.max_connections_per_user
         old.penalty.base, old.penalty.maximum = auth.failure_delay, auth.failure_delay_max
+        old.gate.max_per_address = auth.max_verifications_per_ip
+        self.verifications.max_queued = auth.max_queued_verifications
+        self.verifications.max_per_client = auth.max_verifications_per_ip
         old.lockout = context.lockout if (old.lockout is None) != (context.lockout is None) \
             else old.lockout
         if old.lockout is not None:

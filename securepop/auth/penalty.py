@@ -99,6 +99,17 @@ class FailurePenalty:
         doublings = min(count - 1, _MAX_DOUBLINGS)
         return min(self.base * (2 ** doublings), self.maximum)
 
+    def ready_at(self, address):
+        """
+        @return: the clock time from which C{address} may have its next
+            credentials checked: its last failure plus its delay (0.0 when
+            it has no failure on record).
+        """
+        entry = self._live(self._key(address))
+        if entry is None:
+            return 0.0
+        return entry[1] + self.delay_for(address)
+
     def record_failure(self, address):
         """Count one failed login of C{address}; @return: the new delay."""
         key = self._key(address)

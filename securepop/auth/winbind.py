@@ -446,7 +446,7 @@ class NTLMExchange:
         if ntLength <= 24 and not settings.insecure_allow_ntlmv1:
             self.abort()
             return fail(UnauthorizedLogin(
-                "NTLMv1 refused (insecure_allow_ntlmv1 is off)"))
+                "ntlmv1-refused"))
 
         def answered(line):
             if line.startswith("AF ") and line[3:].strip():

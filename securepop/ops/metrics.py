@@ -56,6 +56,13 @@ class Metrics:
         self.login_latency = Histogram("securepop_login_seconds",
                                        "Time from credentials to mailbox open",
                                        ["mechanism"], buckets=LATENCY_BUCKETS, registry=r)
+        self.verification_queue = Gauge(
+            "securepop_verification_queue", "Password verifications waiting for a thread",
+            registry=r, multiprocess_mode="livesum")
+        self.verification_wait = Histogram(
+            "securepop_verification_wait_seconds",
+            "Time a password verification waited for a hashing thread",
+            buckets=LATENCY_BUCKETS, registry=r)
         self.other = Counter("securepop_events", "Other counted events", ["event"],
                              registry=r)
 
@@ -120,6 +127,8 @@ class Instrumentation:
         self._started = context.session_started
         self._ended = context.session_ended
         context.metrics = metrics
+        if getattr(context, "verifications", None) is not None:
+            context.verifications.metrics = metrics
         context.session_started = self.session_started
         context.session_ended = self.session_ended
         publisher.addObserver(metrics.observe_event)

@@ -18,6 +18,7 @@ from twisted.internet import defer
 from securepop import events
 from securepop.access.rules import Decision
 from securepop.auth.portal import LoginMind
+from securepop.auth.verifyqueue import ALIVE, CLIENT
 from securepop.interfaces import ISecureMailbox
 
 
@@ -32,11 +33,16 @@ class ServerContext:
     @ivar policy: an L{securepop.interfaces.IAccessPolicy} or None.
     @ivar limits: a L{securepop.access.limits.ConnectionLimits} or None.
     @ivar penalty: a L{securepop.auth.penalty.FailurePenalty} or None.
+    @ivar gate: a L{securepop.auth.gate.PenaltyGate} every login passes
+        before its credentials are checked, or None.
+    @ivar verifications: the L{securepop.auth.verifyqueue.VerificationQueue}
+        password hashing runs on, or None.
     """
 
     def __init__(self, settings, clock, portal, source, mechanisms, tls=None,
                  policy=None, limits=None, penalty=None, lockout=None,
-                 metrics=None, protocol_log=None, ntlm_delegate=None):
+                 metrics=None, protocol_log=None, ntlm_delegate=None, gate=None,
+                 verifications=None):
         self.settings = settings
         self.clock = clock
         self.portal = portal
@@ -47,6 +53,8 @@ class ServerContext:
         self.limits = limits
         self.penalty = penalty
         self.lockout = lockout
+        self.gate = gate
+        self.verifications = verifications
         self.metrics = metrics
         self._protocol_log = protocol_log
         self._ntlm_delegate = ntlm_delegate
@@ -151,18 +159,50 @@ class ServerContext:
 
     # -- login -------------------------------------------------------------------
 
-    def login(self, credentials):
+    def enter_gate(self, address):
         """
+        @return: a Deferred firing with a ticket (C{release()} it once the
+            outcome is recorded) when C{address} may have credentials
+            checked: after its penalty, one at a time when penalised.
+        """
+        if self.gate is None:
+            return defer.succeed(None)
+        return self.gate.enter(address)
+
+    def check_policy(self, username):
+        """
+        Refuse a user that policy refuses whatever the credentials (a
+        lockout), before any mechanism proves anything to the client.
+
+        @raise UnauthorizedLogin: C{locked-out}.
+        """
+        if self.lockout is not None and username and self.lockout.locked(username):
+            raise UnauthorizedLogin("locked-out")
+
+    def login(self, credentials, address=None, alive=None):
+        """
+        @param address: the client the verification runs for (its hashing
+            takes turns with other clients').
+        @param alive: a callable, false once the client has gone (its
+            queued hashing is then dropped).
         @return: Deferred firing with (UserRecord, mailbox, logout).
         """
         user = getattr(credentials, "username", None)
-        if self.lockout is not None and user and self.lockout.locked(user):
-            return defer.fail(UnauthorizedLogin("locked-out"))
+        try:
+            self.check_policy(user)
+        except UnauthorizedLogin:
+            return defer.fail()
         mind = LoginMind()
-        d = self.portal.login(credentials, mind, ISecureMailbox)
+        token, alive_token = CLIENT.set(address or "-"), ALIVE.set(alive)
+        try:
+            d = self.portal.login(credentials, mind, ISecureMailbox)
+        finally:
+            CLIENT.reset(token)
+            ALIVE.reset(alive_token)
         return d.addCallback(lambda result: (mind.record, result[1], result[2]))
 
     def penalty_failure(self, address, user):
+        """A guess that failed: grows the address's penalty and the user's lockout."""
         if self.lockout is not None and user:
             self.lockout.record_failure(user)
         if self.penalty is None:

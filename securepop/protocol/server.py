@@ -19,6 +19,7 @@ import time
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -26,7 +27,9 @@ from zope.interface import implementer
 
 from securepop import events
 from securepop.access.limits import LimitExceeded
-from securepop.errors import MailboxInUse, MailboxUnavailable, SASLError, SourceUnavailable
+from securepop.errors import (
+    MailboxInUse, MailboxUnavailable, SASLError, SourceUnavailable, VerificationBusy,
+)
 from securepop.interfaces import ISASLContext, ISecureMailbox
 from securepop.protocol import responses as R
 from securepop.protocol.streaming import MessageProducer
@@ -40,6 +43,15 @@ COMMANDS_PER_TURN = 32          # pipelined commands answered before others get 
 CLOSE_GRACE = 5.0               # seconds a closing line may take to reach the client
 
 _NUMBER = re.compile(rb"^[0-9]{1,10}$")
+
+# Refusals that are policy, not a wrong guess: no secret was tried, so they
+# feed neither the penalty nor the lockout; the log says what to use instead.
+POLICY_REFUSALS = {
+    "ntlmv1-refused": "the client sent NTLMv1: use NTLMv2 (or PLAIN/SCRAM over TLS)",
+    "lm-refused": "the client sent only an LM response: use NTLMv2",
+    "secret-missing": "no stored secret for this mechanism: set the password again "
+                      "with securepop --config FILE user passwd, or use PLAIN over TLS",
+}
 
 AUTHORIZATION, TRANSACTION, UPDATE, CLOSED = "AUTHORIZATION", "TRANSACTION", "UPDATE", "CLOSED"
 
@@ -73,6 +85,9 @@ class SASLContext:
 
     def ntlmDelegate(self):
         return self._session.ctx.ntlm_delegate()
+
+    def checkPolicy(self, username):
+        self._session.ctx.check_policy(username)
 
 
 @implementer(IHandshakeListener)
@@ -118,6 +133,12 @@ class POP3Session(Protocol):
         self._replyProducer = False
         self._nextTurn = None
         self._producer = None
+        self._gone = False          # the transport is lost: nothing more runs
+        self._ticket = None         # this session's place at the penalty gate
+        self._gateWait = None
+        self._inflight = None       # the login being verified now
+        self._loginDeadline = None
+        self._deadlinePassed = False
 
     # -- connection ------------------------------------------------------
 
@@ -125,6 +146,9 @@ class POP3Session(Protocol):
         self.peer = self.ctx.peer_address(self.transport)
         _noDelay(self.transport)
         self.ctx.session_started(self)
+        deadline = self.ctx.settings.server.login_deadline
+        if deadline > 0:
+            self._loginDeadline = self.clock.callLater(deadline, self._loginDeadlineReached)
         self._busy = True           # nothing is read before the greeting
         try:
             decision = self.ctx.admit(self.peer)
@@ -186,24 +210,29 @@ class POP3Session(Protocol):
     def connectionLost(self, reason):
         was = self.state
         self.state = CLOSED
+        self._gone = True
+        self._buffer = b""
         self._cancelTimer()
         if self._exchange is not None:
             _abortExchange(self._exchange)
             self._exchange = None
-        for call in (getattr(self, "_abortLater", None), self._nextTurn):
+        for call in (getattr(self, "_abortLater", None), self._nextTurn, self._loginDeadline):
             if call is not None and call.active():
                 call.cancel()
         self._nextTurn = None
-        if self.mailbox is not None:
-            # Not a completed QUIT: nothing marked is removed.
-            try:
-                self.mailbox.release()
-            except Exception:
-                events.emit("mailbox.release_failed", "error", user=self.username)
-            self.mailbox = None
-        if self._logout is not None:
-            logout, self._logout = self._logout, None
-            logout()
+        # A login still waiting at the gate is dropped, and one waiting for a
+        # hashing thread never runs (ALIVE); one being checked now runs to
+        # its end and counts, and keeps the address's one place in flight.
+        if self._gateWait is not None:
+            self._gateWait.cancel()
+        if self._inflight is None:
+            self._releaseTicket()
+        if was != UPDATE:
+            # Not a completed QUIT: nothing marked is removed.  (During UPDATE
+            # the lock stays until the deletions are done: do_QUIT releases it.)
+            self._releaseMailbox()
+        while self._leases:
+            self._leases.pop().release()
         while self._leases:
             self._leases.pop().release()
         self.ctx.session_ended(self)
@@ -216,6 +245,26 @@ class POP3Session(Protocol):
                 duration="%.3f" % (time.monotonic() - self._started),
                 state=was,
             )
+
+    def _releaseMailbox(self):
+        mailbox, self.mailbox = self.mailbox, None
+        if mailbox is not None:
+            try:
+                mailbox.release()
+            except Exception:
+                events.emit("mailbox.release_failed", "error", user=self.username)
+        if self._logout is not None:
+            logout, self._logout = self._logout, None
+            logout()
+
+    def _transportGone(self):
+        """
+        The transport is going away (it stopped one of our producers): from
+        now on no buffered command runs, whatever is still in the buffer.
+        """
+        self._gone = True
+        self._busy = True
+        self._buffer = b""
 
     # -- output ------------------------------------------------------------
 
@@ -347,7 +396,8 @@ class POP3Session(Protocol):
 
     def _drainLines(self):
         handled = 0
-        while not self._busy and not self._outputPaused and self.state not in (CLOSED, UPDATE):
+        while not (self._busy or self._outputPaused or self._gone) \
+                and self.state not in (CLOSED, UPDATE):
             if handled >= COMMANDS_PER_TURN:
                 # Fairness: a client pipelining thousands of commands gets
                 # them answered in turns, and other clients in between.
@@ -359,7 +409,8 @@ class POP3Session(Protocol):
             except _LineTooLong:
                 handled += 1
                 if self._exchange is not None:
-                    name, self._exchange = self._exchange_mech, None
+                    name, exchange, self._exchange = self._exchange_mech, self._exchange, None
+                    _abortExchange(exchange)
                     self._wait(self._loginFailed(name, None, "auth-line-too-long",
                                                  R.AUTH_MALFORMED))
                     continue
@@ -401,15 +452,18 @@ class POP3Session(Protocol):
             self._drain()
 
     def stopProducing(self):
+        """The transport is gone (IPushProducer): never answer again."""
         self._outputPaused = True
+        self._replyProducer = False
+        self._transportGone()
 
     def _produceReplies(self):
-        if self.state != CLOSED and not self._replyProducer:
+        if self.state != CLOSED and not self._gone and not self._replyProducer:
             self.transport.registerProducer(self, True)
             self._replyProducer = True
 
     def _stopProducingReplies(self):
-        if self._replyProducer:
+        if self._replyProducer and not self._gone:
             self._replyProducer = False
             self._outputPaused = False
             self.transport.unregisterProducer()
@@ -419,8 +473,13 @@ class POP3Session(Protocol):
         self._busy = True
 
         def done(_):
+            if self._gone:
+                return
             self._busy = False
             if self.state not in (CLOSED,):
+                if self._deadlinePassed and self.state == AUTHORIZATION:
+                    self._loginDeadlineReached()
+                    return
                 self._resetTimer()
                 self._drain()
 
@@ -492,18 +551,28 @@ class POP3Session(Protocol):
         return n - 1
 
     def _requireTransaction(self):
-        if self.state != TRANSACTION:
+        """
+        True in TRANSACTION; else one -ERR, which before login counts toward
+        the bad-command limit (NOOP must not keep a pre-login slot forever).
+        """
+        if self.state == TRANSACTION:
+            return True
+        if self.state == AUTHORIZATION:
+            self._badCommand(R.NOT_NOW)
+        else:
             self.sendLine(R.NOT_NOW)
-            return False
-        return True
+        return False
 
-    def _loginAllowed(self, plaintext):
+    def _loginAllowed(self, command):
         """Gate for USER/PASS/APOP/AUTH: state and secure channel."""
         if self.state != AUTHORIZATION:
             self.sendLine(R.ALREADY_LOGGED_IN)
             return False
         if not self.ctx.credentials_allowed(self):
-            self.sendLine(R.TLS_REQUIRED)
+            # A misconfigured client sends credentials in clear: say so in
+            # the log (never what it sent), and count it as a refused command.
+            events.emit("auth.refused_cleartext", "warn", ip=self.peer, command=command)
+            self._badCommand(R.TLS_REQUIRED)
             return False
         return True
 
@@ -523,30 +592,31 @@ class POP3Session(Protocol):
             self.sendLine(b"+OK Bye")
             self._close()
             return
+        if self._gone or getattr(self.transport, "disconnecting", False):
+            return None     # no +OK can reach the client: no UPDATE either
         self.state = UPDATE
         self._cancelTimer()
         self._busy = True
         d = defer.maybeDeferred(self.mailbox.commit)
 
-        def release():
-            # Unlock before answering: a client that reconnects right after
-            # "+OK" must not meet its own session's lock ([IN-USE]).
-            mailbox, self.mailbox = self.mailbox, None
-            if mailbox is not None:
-                mailbox.release()
-
+        # The lock is held until the deletions are done, even when the client
+        # has gone meanwhile (connectionLost leaves it to us); it is released
+        # before "+OK" so a client that reconnects at once does not meet its
+        # own session's lock ([IN-USE]).
         def committed(_):
-            release()
-            self.sendLine(b"+OK Bye")
+            self._releaseMailbox()
+            if self.state != CLOSED:
+                self.sendLine(b"+OK Bye")
 
         def failed(f):
             events.emit("mailbox.commit_failed", "error", user=self.username,
                         error=f.getErrorMessage())
-            release()
-            self.sendLine(R.COMMIT_FAILED)
+            self._releaseMailbox()
+            if self.state != CLOSED:
+                self.sendLine(R.COMMIT_FAILED)
 
         d.addCallbacks(committed, failed)
-        d.addBoth(lambda _: self._close())
+        d.addBoth(lambda _: None if self.state == CLOSED else self._close())
         return d
     do_QUIT.arity = (0, 0)
 
@@ -574,7 +644,7 @@ class POP3Session(Protocol):
         if not self.ctx.settings.auth.user_pass:
             self._badCommand(R.USER_PASS_DISABLED)
             return
-        if not self._loginAllowed(True):
+        if not self._loginAllowed("USER"):
             return
         self._user = name
         self.sendLine(b"+OK Send PASS")
@@ -584,18 +654,21 @@ class POP3Session(Protocol):
         if not self.ctx.settings.auth.user_pass:
             self._badCommand(R.USER_PASS_DISABLED)
             return
-        if not self._loginAllowed(True):
+        if not self._loginAllowed("PASS"):
             return
         if self._user is None:
             self.sendLine(b"-ERR USER first")
             return
         raw, self._user = self._user, None
-        try:
-            username = self.ctx.normalise(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return self._wait(self._loginFailed("USER", raw, "bad-username"))
-        creds = UsernamePassword(username, password)
-        return self._wait(self._login(creds, "USER"))
+
+        def verify():
+            try:
+                username = self.ctx.normalise(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                return self._loginFailed("USER", raw, "bad-username")
+            return self._login(UsernamePassword(username, password), "USER")
+
+        return self._gated("USER", verify)
     do_PASS.arity = (1, 1)
     do_PASS.raw = True
 
@@ -603,23 +676,26 @@ class POP3Session(Protocol):
         if not self.ctx.apop_enabled:
             self._badCommand(R.APOP_DISABLED)
             return
-        if not self._loginAllowed(False):
+        if not self._loginAllowed("APOP"):
             return
         if self._apop_stamp is None:
             self.sendLine(R.MECHANISM_UNAVAILABLE)
             return
         from securepop.sasl.apop import APOPCredentials
 
-        try:
-            username = self.ctx.normalise(name.decode("utf-8"))
-            digest_text = digest.decode("ascii")
-            if not re.fullmatch(r"[0-9a-fA-F]{32}", digest_text):
-                raise ValueError
-        except (UnicodeDecodeError, ValueError):
-            return self._wait(self._loginFailed("APOP", name, "malformed"))
-        creds = APOPCredentials(username, self._apop_stamp.encode("ascii"),
-                                digest_text.lower().encode("ascii"))
-        return self._wait(self._login(creds, "APOP"))
+        def verify():
+            try:
+                username = self.ctx.normalise(name.decode("utf-8"))
+                digest_text = digest.decode("ascii")
+                if not re.fullmatch(r"[0-9a-fA-F]{32}", digest_text):
+                    raise ValueError
+            except (UnicodeDecodeError, ValueError):
+                return self._loginFailed("APOP", name, "malformed")
+            creds = APOPCredentials(username, self._apop_stamp.encode("ascii"),
+                                    digest_text.lower().encode("ascii"))
+            return self._login(creds, "APOP")
+
+        return self._gated("APOP", verify)
     do_APOP.arity = (2, 2)
 
     def do_AUTH(self, *args):
@@ -631,22 +707,26 @@ class POP3Session(Protocol):
                             *(n.encode("ascii") for n in self.ctx.offered_mechanisms(self)),
                             b"."])
             return
-        if not self._loginAllowed(True):
+        if not self._loginAllowed("AUTH"):
             return
         name = args[0].upper().decode("ascii", "replace")
         mech = self.ctx.usable_mechanism(self, name)
         if mech is None:
             self.sendLine(R.MECHANISM_UNAVAILABLE)
             return
-        initial = None
-        if len(args) == 2:
-            initial = self._decode64(args[1])
-            if initial is None:
-                return self._wait(self._loginFailed(name, None, "malformed-initial-response",
-                                                     R.AUTH_MALFORMED))
-        self._exchange = mech.newExchange(SASLContext(self))
-        self._exchange_mech = name
-        self._authStep(initial)
+
+        def begin():
+            initial = None
+            if len(args) == 2:
+                initial = self._decode64(args[1])
+                if initial is None:
+                    return self._loginFailed(name, None, "malformed-initial-response",
+                                             R.AUTH_MALFORMED)
+            self._exchange = mech.newExchange(SASLContext(self))
+            self._exchange_mech = name
+            return self._authStep(initial, wait=False)
+
+        return self._gated(name, begin)
     do_AUTH.arity = (0, 2)
 
     def _decode64(self, data):
@@ -662,6 +742,7 @@ class POP3Session(Protocol):
         if line == b"*":
             _abortExchange(self._exchange)
             self._exchange = None
+            self._releaseTicket()
             self.sendLine(R.AUTH_CANCELLED)
             self._countAttempt(name, "cancelled")
             return
@@ -673,9 +754,10 @@ class POP3Session(Protocol):
                                                 R.AUTH_MALFORMED))
         self._authStep(data)
 
-    def _authStep(self, data):
+    def _authStep(self, data, wait=True):
         exchange = self._exchange
         name = self._exchange_mech
+        self._cancelTimer()         # the server's turn: not the client's idle time
         d = defer.maybeDeferred(exchange.step, data)
 
         def stepped(result):
@@ -691,7 +773,10 @@ class POP3Session(Protocol):
             _abortExchange(exchange)
             if self._exchange is exchange:
                 self._exchange = None
+            if self.state == CLOSED:
+                return None
             if f.check(SourceUnavailable):
+                self._releaseTicket()
                 events.emit("auth.unavailable", "warn", ip=self.peer, mechanism=name)
                 self.sendLine(R.SOURCE_UNAVAILABLE)
                 return None
@@ -703,19 +788,83 @@ class POP3Session(Protocol):
             return self._loginFailed(name, user, reason)
 
         d.addCallbacks(stepped, failed)
+        return self._wait(d) if wait else d
+
+    # -- the penalty gate --------------------------------------------------------
+
+    def _gated(self, mechanism, verify):
+        """
+        Wait at the penalty gate, then run C{verify} (which checks the
+        credentials and writes the one reply).  The delay of a penalised
+        address comes before its check whatever the result, so the time to
+        an answer tells nothing; the idle timer stops meanwhile, since the
+        wait is the server's, not the client's.
+        """
+        self._cancelTimer()
+        d = self._gateWait = self.ctx.enter_gate(self.peer)
+
+        def entered(ticket):
+            self._gateWait = None
+            if self.state == CLOSED or self._gone:
+                if ticket is not None:
+                    ticket.release()
+                return None
+            self._ticket = ticket
+            return verify()
+
+        def refused(f):
+            self._gateWait = None
+            if f.check(CancelledError) or self.state == CLOSED:
+                return None
+            f.trap(VerificationBusy)
+            events.emit("auth.busy", "warn", ip=self.peer, mechanism=mechanism,
+                        reason=f.getErrorMessage())
+            self.ctx.count("login", mechanism, "busy")
+            self._countAttempt(mechanism, "busy", R.LOGINS_BUSY)
+            return None
+
+        d.addCallbacks(entered, refused)
         return self._wait(d)
+
+    def _releaseTicket(self):
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            ticket.release()
+
+    def _loginDeadlineReached(self):
+        """
+        The absolute limit before login: a client that never logs in (NOOP
+        forever, an endless exchange) loses its slot.  While the server
+        itself is still checking this client's credentials, it waits for
+        that answer first.
+        """
+        self._loginDeadline = None
+        if self.state != AUTHORIZATION:
+            return
+        if self._busy and not self._gone:
+            self._deadlinePassed = True     # _wait's done() comes back here
+            return
+        self._deadlinePassed = False
+        events.emit("session.login_deadline", ip=self.peer,
+                    seconds=self.ctx.settings.server.login_deadline)
+        self._closeWith(R.LOGIN_DEADLINE)
 
     # -- login --------------------------------------------------------------------
 
     def _login(self, credentials, mechanism):
         started = self.clock.seconds()
-        d = self.ctx.login(credentials)
+        self._cancelTimer()
+        d = self._inflight = self.ctx.login(credentials, self.peer, self._alive)
 
         def success(result):
+            self._inflight = None
             record, mailbox, logout = result
             if self.state == CLOSED:
                 mailbox.release()
                 logout()
+                # The client never saw this success: it counts as a failure,
+                # or hanging up would tell a right guess by the next delay.
+                self._loginFailed(mechanism, record.username, "abandoned")
                 return
             if self.ctx.limits is not None:
                 try:
@@ -731,8 +880,13 @@ class POP3Session(Protocol):
             self.username = record.username
             self.mechanism = mechanism
             self.state = TRANSACTION
+            if self._loginDeadline is not None and self._loginDeadline.active():
+                self._loginDeadline.cancel()
+            self._loginDeadline = None
+            self._deadlinePassed = False
             self._sizes = mailbox.listMessages()
             self.ctx.penalty_success(self.peer)
+            self._releaseTicket()
             events.emit("auth.success", ip=self.peer, user=record.username,
                         mechanism=mechanism, tls=self.secure,
                         ms="%.1f" % ((self.clock.seconds() - started) * 1000))
@@ -741,7 +895,20 @@ class POP3Session(Protocol):
             self.sendLine(b"+OK Logged in, %d messages (%d octets)" % (len(self._sizes), total))
 
         def failure(f):
+            self._inflight = None
             user = getattr(credentials, "username", None)
+            if f.check(CancelledError):
+                return None     # dropped before it ran: the client had gone
+            if self.state == CLOSED:
+                if f.check(UnauthorizedLogin):   # a guess is a guess, answered or not
+                    self._loginFailed(mechanism, user, _reason(f))
+                return None
+            if f.check(VerificationBusy):
+                events.emit("auth.busy", "warn", ip=self.peer, user=user,
+                            mechanism=mechanism, reason=f.getErrorMessage())
+                self.ctx.count("login", mechanism, "busy")
+                self.sendLine(R.LOGINS_BUSY)
+                return None
             if f.check(MailboxInUse):
                 events.emit("auth.in_use", ip=self.peer, user=user)
                 self.sendLine(R.IN_USE)
@@ -763,30 +930,39 @@ class POP3Session(Protocol):
             return None
 
         d.addCallbacks(success, failure)
+        d.addBoth(self._afterLogin)
         return d
+
+    def _alive(self):
+        return not self._gone
+
+    def _afterLogin(self, result):
+        self._releaseTicket()       # the outcome is recorded: the next may go
+        return result
 
     def _loginFailed(self, mechanism, user, reason, reply=R.LOGIN_FAILED):
-        """Log the precise reason, wait the penalty, send the generic text."""
+        """
+        Log the precise reason, record the guess in the penalty (which the
+        next attempt from this address waits out before its check), send
+        the generic text.  A policy refusal (L{POLICY_REFUSALS}) tried no
+        secret: it is logged with what to use instead and counts nowhere.
+        """
         if isinstance(user, bytes):
             user = user.decode("utf-8", "replace")
-        events.emit("auth.failure", ip=self.peer, user=user, mechanism=mechanism,
-                    reason=reason)
-        self.ctx.count("login", mechanism, "failure")
-        delay = self.ctx.penalty_failure(self.peer, user)
-        d = defer.Deferred()
-
-        def answer():
-            if self.state == CLOSED:
-                d.callback(None)
-                return
-            self._countAttempt(mechanism, reason, reply)
-            d.callback(None)
-
-        if delay > 0:
-            self.clock.callLater(delay, answer)
+        hint = POLICY_REFUSALS.get(reason)
+        if hint is not None:
+            events.emit("auth.refused", ip=self.peer, user=user, mechanism=mechanism,
+                        reason=reason, hint=hint)
+            self.ctx.count("login", mechanism, "refused")
         else:
-            answer()
-        return d
+            events.emit("auth.failure", ip=self.peer, user=user, mechanism=mechanism,
+                        reason=reason)
+            self.ctx.count("login", mechanism, "failure")
+            self.ctx.penalty_failure(self.peer, user)
+        self._releaseTicket()
+        if self.state != CLOSED:
+            self._countAttempt(mechanism, reason, reply)
+        return defer.succeed(None)
 
     def _countAttempt(self, mechanism, reason, reply=None):
         self._attempts += 1
@@ -892,6 +1068,11 @@ class POP3Session(Protocol):
             self._bytes += n
 
         def lost(f):
+            if self._producer is producer:
+                # Stopped by the transport, not by us: the connection is
+                # going, and the DELE/QUIT pipelined behind this RETR must
+                # never run.
+                self._transportGone()
             return None
 
         def done(_):

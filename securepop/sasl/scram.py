@@ -195,6 +195,8 @@ class _ScramExchange:
             raise SASLError("SCRAM nonce mismatch")
         if len(proof) != hashlib.sha256().digest_size:
             raise SASLError("SCRAM proof of wrong length")
+        # Policy first: a locked-out user learns nothing from the proof.
+        self._context.checkPolicy(self.username)
         auth_message = b",".join(
             (self._client_first_bare, self._server_first, without_proof))
         secret = self._secret

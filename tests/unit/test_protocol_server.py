@@ -24,6 +24,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from securepop import config
+from securepop.auth.gate import PenaltyGate
 from securepop.auth.penalty import FailurePenalty
 from securepop.auth.portal import MaildirRealm, build_portal
 from securepop.auth.records import UserRecord
@@ -108,10 +109,11 @@ class Harness:
         cert, key, self.ca_path = identity
         tls = ServerTLS(certificate=cert, key=key, hostname="localhost", clock=self.clock)
         mechanisms = {"PLAIN": registry.mechanism_for("PLAIN", self.source.capabilities())}
+        self.penalty = FailurePenalty(self.clock, base=2.0, maximum=2.0) if penalty else None
         self.ctx = ServerContext(
             self.settings, self.clock, build_portal(self.source, realm), self.source,
             mechanisms, tls=tls,
-            penalty=FailurePenalty(self.clock, base=2.0, maximum=2.0) if penalty else None)
+            penalty=self.penalty, gate=PenaltyGate(self.clock, self.penalty) if penalty else None)
         self.listener = config.ListenSettings(endpoint="tcp:0", tls=listener_tls)
         self.maildir = tmp_path / "mail" / "alice" / "Maildir"
         for sub in ("tmp", "new", "cur"):
@@ -191,9 +193,25 @@ def test_capa_on_secure_listener(secure):
 
 # -- state machine ---------------------------------------------------------------------------
 
-def test_transaction_commands_need_login(secure):
-    for line in (b"STAT", b"LIST", b"RETR 1", b"DELE 1", b"UIDL", b"TOP 1 0", b"RSET", b"NOOP"):
-        assert secure.send(line + b"\r\n") == [b"-ERR Command not valid in this state"]
+@pytest.mark.parametrize("line", [b"STAT", b"LIST", b"RETR 1", b"DELE 1", b"UIDL", b"TOP 1 0",
+                                  b"RSET", b"NOOP"])
+def test_transaction_commands_need_login(secure, line):
+    assert secure.send(line + b"\r\n") == [b"-ERR Command not valid in this state"]
+
+
+def test_commands_refused_before_login_count_toward_the_bad_command_limit(secure):
+    # NOOP before login used to keep a pre-login slot for ever.
+    for _ in range(4):
+        assert secure.send(b"NOOP\r\n") == [b"-ERR Command not valid in this state"]
+    assert secure.send(b"NOOP\r\n") == [b"-ERR [SYS/PERM] Too many errors, closing connection"]
+    assert secure.transport.disconnecting
+
+
+def test_commands_refused_after_login_do_not_count(secure):
+    login(secure)
+    for _ in range(8):
+        assert secure.send(b"NOOP\r\n") == [b"+OK"]
+    assert not secure.transport.disconnecting
 
 
 def test_login_and_second_login_refused(secure):
@@ -204,27 +222,36 @@ def test_login_and_second_login_refused(secure):
     assert secure.send(b"STAT\r\n")[0].startswith(b"+OK 3 ")
 
 
-def test_wrong_password_answer_waits_for_penalty(secure):
+@pytest.mark.parametrize("password, answer", [
+    (PASSWORD, b"+OK Logged in, 3 messages"),
+    (b"wrong", b"-ERR [AUTH] Authentication failed"),
+])
+def test_penalty_comes_before_the_check_whatever_the_result(secure, password, answer):
+    """A right password after a failure waits exactly as long as a wrong one: no oracle."""
+    assert secure.send(b"USER alice\r\nPASS wrong\r\n") == [
+        b"+OK Send PASS", b"-ERR [AUTH] Authentication failed"]   # the first: no penalty yet
     assert secure.send(b"USER alice\r\n") == [b"+OK Send PASS"]
-    assert secure.send(b"PASS wrong\r\nNOOP\r\n") == []         # delayed; NOOP waits its turn
+    assert secure.send(b"PASS " + password + b"\r\n") == []      # waits before its check
     secure.clock.advance(1.9)
     assert secure.lines() == []
     secure.clock.advance(0.2)
-    assert secure.lines() == [b"-ERR [AUTH] Authentication failed",
-                              b"-ERR Command not valid in this state"]
+    assert secure.lines()[0].startswith(answer)
 
 
 def test_unknown_user_same_text_as_wrong_password(secure):
-    assert secure.send(b"USER nobody\r\nPASS " + PASSWORD + b"\r\n") == [b"+OK Send PASS"]
+    unknown = secure.send(b"USER nobody\r\nPASS " + PASSWORD + b"\r\n")
+    wrong = secure.send(b"USER alice\r\nPASS wrong\r\n")
     secure.clock.advance(5)
-    assert secure.lines() == [b"-ERR [AUTH] Authentication failed"]
+    wrong += secure.lines()
+    assert unknown == wrong == [b"+OK Send PASS", b"-ERR [AUTH] Authentication failed"]
 
 
 def test_too_many_attempts_close(secure):
+    out = []
     for _ in range(3):
-        secure.send(b"USER alice\r\nPASS wrong\r\n")
+        out += secure.send(b"USER alice\r\nPASS wrong\r\n")
         secure.clock.advance(5)
-    out = secure.lines()
+        out += secure.lines()
     assert out[-1] == b"-ERR [AUTH] Too many failed attempts, closing connection"
     assert secure.transport.disconnecting
 

@@ -47,11 +47,16 @@ class Context:
         self.binding = binding or {}
         self.settings = SimpleNamespace(mechanisms=mechanisms)
         self.lookups = []
+        self.locked = set()
 
     def normaliseUsername(self, raw):
         if raw.strip() != raw:
             raise ValueError("spaces")
         return raw.lower()
+
+    def checkPolicy(self, username):
+        if username in self.locked:
+            raise UnauthorizedLogin("locked-out")
 
     def lookupSecret(self, username, kind):
         self.lookups.append((username, kind))

@@ -1,0 +1,133 @@
+"""The penalty gate: the delay comes before the check, one check at a time."""
+
+import pytest
+from twisted.internet import defer, task
+
+from securepop.auth.gate import PenaltyGate, Ticket
+from securepop.auth.penalty import FailurePenalty
+from securepop.errors import SourceUnavailable, VerificationBusy
+
+
+def make(max_per_address=4):
+    clock = task.Clock()
+    penalty = FailurePenalty(clock, base=2.0, maximum=15.0)
+    return clock, penalty, PenaltyGate(clock, penalty, max_per_address=max_per_address)
+
+
+def fired(d):
+    out = []
+    d.addBoth(out.append)
+    return out
+
+
+def test_no_failures_no_wait_and_parallel_is_fine():
+    clock, penalty, gate = make()
+    tickets = [fired(gate.enter("192.0.2.1")) for _ in range(3)]
+    assert all(isinstance(t[0], Ticket) for t in tickets)    # a NAT logs in in parallel
+    for t in tickets:
+        t[0].release()
+    assert len(gate) == 0
+
+
+def test_penalised_address_waits_before_its_check():
+    clock, penalty, gate = make()
+    penalty.record_failure("192.0.2.1")
+    out = fired(gate.enter("192.0.2.1"))
+    clock.advance(1.9)
+    assert out == []
+    clock.advance(0.2)
+    assert isinstance(out[0], Ticket)
+
+
+def test_other_addresses_are_not_slowed():
+    clock, penalty, gate = make()
+    penalty.record_failure("192.0.2.1")
+    assert isinstance(fired(gate.enter("198.51.100.7"))[0], Ticket)
+
+
+def test_one_check_in_flight_when_penalised():
+    clock, penalty, gate = make()
+    penalty.record_failure("192.0.2.1")
+    first, second = fired(gate.enter("192.0.2.1")), fired(gate.enter("192.0.2.1"))
+    clock.advance(2.0)
+    assert isinstance(first[0], Ticket) and second == []
+    clock.advance(60)
+    assert second == []                      # still in flight: the second waits
+    penalty.record_failure("192.0.2.1")      # the first failed: delay 4 s from now
+    first[0].release()
+    clock.advance(3.9)
+    assert second == []
+    clock.advance(0.2)
+    assert isinstance(second[0], Ticket)
+
+
+def test_success_lets_the_line_through():
+    clock, penalty, gate = make()
+    penalty.record_failure("192.0.2.1")
+    first, second = fired(gate.enter("192.0.2.1")), fired(gate.enter("192.0.2.1"))
+    clock.advance(2.0)
+    penalty.record_success("192.0.2.1")
+    first[0].release()
+    assert isinstance(second[0], Ticket)
+
+
+def test_line_is_bounded_per_address():
+    clock, penalty, gate = make(max_per_address=2)
+    penalty.record_failure("192.0.2.1")
+    gate.enter("192.0.2.1"), gate.enter("192.0.2.1")
+    third = fired(gate.enter("192.0.2.1"))
+    assert isinstance(third[0].value, VerificationBusy)
+    assert isinstance(third[0].value, SourceUnavailable)     # [SYS/TEMP]
+    third[0].trap(VerificationBusy)
+
+
+def test_cancelled_wait_gives_its_place_up():
+    clock, penalty, gate = make(max_per_address=2)
+    penalty.record_failure("192.0.2.1")
+    a = gate.enter("192.0.2.1")
+    b = fired(gate.enter("192.0.2.1"))
+    a.addErrback(lambda f: f.trap(defer.CancelledError))
+    a.cancel()
+    assert gate.waiting("192.0.2.1") == 1
+    clock.advance(2.0)
+    assert isinstance(b[0], Ticket)
+    b[0].release()
+    assert len(gate) == 0
+
+
+def test_guesses_per_minute_once_penalised():
+    """The issue's goal: no more than ~10 checks a minute from one address."""
+    clock, penalty, gate = make(max_per_address=8)
+    checks = []
+
+    def attempt():
+        d = gate.enter("192.0.2.1")
+
+        def check(ticket):
+            checks.append(clock.seconds())
+            penalty.record_failure("192.0.2.1")
+            ticket.release()
+        d.addCallback(check)
+        d.addErrback(lambda f: f.trap(VerificationBusy))
+
+    for second in range(600):                # 8 attempts every second for 10 minutes
+        for _ in range(8):
+            attempt()
+        clock.advance(1)
+    per_minute = [sum(1 for t in checks if m * 60 <= t < (m + 1) * 60) for m in range(10)]
+    assert per_minute[0] <= 10
+    assert max(per_minute[1:]) <= 5          # at the 15 s maximum: 4 a minute
+
+
+def test_ticket_release_is_idempotent():
+    clock, penalty, gate = make()
+    t = fired(gate.enter("192.0.2.1"))[0]
+    t.release()
+    t.release()
+    assert len(gate) == 0
+
+
+def test_bad_cap_refused():
+    clock = task.Clock()
+    with pytest.raises(ValueError):
+        PenaltyGate(clock, FailurePenalty(clock), max_per_address=0)

@@ -1,0 +1,105 @@
+"""The hashing queue: bounded, fair across clients, drops what nobody waits for."""
+
+import threading
+
+import pytest
+from twisted.internet import defer, reactor
+from twisted.internet.defer import CancelledError
+
+from securepop.auth.verifyqueue import CLIENT, VerificationQueue
+from securepop.errors import VerificationBusy
+
+
+class Gate:
+    """Blocks the hashing threads until released, to see the line form."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.ran = []
+        self.lock = threading.Lock()
+
+    def work(self, name):
+        with self.lock:
+            self.ran.append(name)
+        self.event.wait(10)
+        return name
+
+
+@pytest.fixture
+def queue():
+    q = VerificationQueue(reactor, threads=1, max_queued=6, max_per_client=3)
+    q.start()
+    yield q
+    q.stop()
+
+
+def submit(q, client, f, *args):
+    token = CLIENT.set(client)
+    try:
+        return q(f, *args)
+    finally:
+        CLIENT.reset(token)
+
+
+def wait_until(predicate):
+    for _ in range(200):
+        if predicate():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("condition not reached")
+
+
+@pytest.mark.usefixtures("queue")
+@defer.inlineCallbacks
+def test_runs_off_the_reactor_thread(queue):
+    result = yield submit(queue, "a", lambda: threading.current_thread().name)
+    assert result != threading.current_thread().name
+
+
+@defer.inlineCallbacks
+def test_clients_take_turns(queue):
+    gate = Gate()
+    ds = [submit(queue, "flood", gate.work, f"flood{i}") for i in range(3)]
+    ds.append(submit(queue, "victim", gate.work, "victim"))
+    wait_until(lambda: gate.ran == ["flood0"])
+    gate.event.set()
+    yield defer.DeferredList(ds)
+    # The victim went second, not behind the whole flood.
+    assert gate.ran == ["flood0", "victim", "flood1", "flood2"]
+
+
+def test_per_client_cap_and_total_cap(queue):
+    gate = Gate()
+    ds = [submit(queue, "a", gate.work, i) for i in range(3)]
+    over = submit(queue, "a", gate.work, 9)
+    failures = []
+    over.addErrback(failures.append)
+    assert failures and failures[0].check(VerificationBusy)
+    ds += [submit(queue, c, gate.work, c) for c in ("b", "c", "d", "e")]
+    full = submit(queue, "f", gate.work, "f")
+    full.addErrback(failures.append)
+    assert failures[1].check(VerificationBusy)
+    gate.event.set()
+    return defer.DeferredList(ds)
+
+
+@defer.inlineCallbacks
+def test_cancelled_job_never_runs(queue):
+    gate = Gate()
+    first = submit(queue, "a", gate.work, "first")
+    gone = submit(queue, "b", gate.work, "gone")
+    gone.addErrback(lambda f: f.trap(CancelledError))
+    wait_until(lambda: gate.ran == ["first"])
+    gone.cancel()
+    assert queue.depth == 0
+    gate.event.set()
+    yield first
+    assert gate.ran == ["first"]
+
+
+@defer.inlineCallbacks
+def test_errors_reach_the_caller(queue):
+    def boom():
+        raise ValueError("bad hash")
+    with pytest.raises(ValueError):
+        yield submit(queue, "a", boom)
