@@ -537,3 +537,86 @@ def test_broken_admission_declines_without_internals(tmp_path, identity, how):
     assert out.startswith(b"-ERR [SYS/PERM]") and out.count(b"\r\n") == 1
     assert b"secret" not in out and b"Traceback" not in out
     assert h.transport.disconnecting
+
+
+class PausingTransport(StringTransport):
+    """A client that reads slowly: the message producer is paused after each write."""
+
+    def write(self, data):
+        super().write(data)
+        if isinstance(self.producer, MessageProducer):
+            self.producer.pauseProducing()
+
+
+def test_reset_during_retr_runs_nothing_pipelined_behind_it(tmp_path, identity):
+    h = Harness(tmp_path, identity, listener_tls="implicit")
+    (h.maildir / "new" / "1000.M1P1.host").write_bytes(
+        b"Subject: big\n\n" + b"x" * 500_000 + b"\n")
+    h.connect(PausingTransport())
+    h.lines()
+    login(h)
+    h.session.dataReceived(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+    producer = h.transport.producer
+    assert isinstance(producer, MessageProducer)
+    # The connection resets: the transport stops the producer, then the protocol.
+    producer.stopProducing()
+    h.session.connectionLost(None)
+    out = h.transport.value()
+    assert b"deleted" not in out and b"+OK Bye" not in out
+    assert len(h.stored()) == 3
+    h.connect()                     # the lock went with the connection
+    h.lines()
+    login(h)
+
+
+def test_reset_during_retr_read_to_the_end_is_the_negative_case(tmp_path, identity):
+    h = Harness(tmp_path, identity, listener_tls="implicit")
+    h.connect()
+    h.lines()
+    login(h)
+    out = h.send(b"RETR 1\r\nDELE 1\r\nQUIT\r\n")
+    assert out[-2:] == [b"+OK Message 1 deleted", b"+OK Bye"]
+    assert len(h.stored()) == 2
+
+
+def test_overlong_auth_line_aborts_the_exchange(secure):
+    assert secure.send(b"AUTH PLAIN\r\n") == [b"+ "]
+    aborted = []
+    secure.session._exchange.abort = lambda: aborted.append(True)
+    reply = secure.send(b"A" * 9000 + b"\r\n")
+    assert reply == [b"-ERR [AUTH] Malformed authentication data"]
+    assert aborted == [True]            # a delegated NTLM helper is freed at once
+    assert secure.session._exchange is None
+
+
+def test_policy_refusal_is_no_guess(secure):
+    """An NTLMv1 refusal (a policy) grows neither the penalty nor the lockout."""
+    session = secure.session
+    session._loginFailed("NTLM", "alice", "ntlmv1-refused")
+    assert secure.penalty.failures(session.peer) == 0
+    session._loginFailed("PLAIN", "alice", "bad-password")
+    assert secure.penalty.failures(session.peer) == 1
+
+
+def test_credentials_before_tls_are_refused_and_counted(starttls):
+    starttls.lines()
+    for _ in range(4):
+        assert starttls.send(b"USER alice\r\n") == [
+            b"-ERR [AUTH] Authentication requires TLS: use STLS first"]
+    assert starttls.send(b"USER alice\r\n") == [
+        b"-ERR [SYS/PERM] Too many errors, closing connection"]
+
+
+def test_login_deadline_closes_a_session_that_never_logs_in(secure):
+    for _ in range(19):                     # login_deadline: the default 120 s
+        secure.clock.advance(6)             # each CAPA restarts the idle timer (30 s)
+        assert secure.send(b"CAPA\r\n")[0] == b"+OK Capability list follows"
+    secure.clock.advance(7)
+    assert secure.lines() == [b"-ERR [SYS/TEMP] No login in the time allowed, closing connection"]
+    assert secure.transport.disconnecting
+
+
+def test_login_deadline_does_not_touch_a_logged_in_session(secure):
+    login(secure)
+    secure.clock.advance(130)
+    assert secure.send(b"NOOP\r\n") == [b"+OK"]
