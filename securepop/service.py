@@ -74,11 +74,14 @@ def build_credential_source(settings, reactor, run_blocking=None):
     return ADCredentialSource.fromSettings(auth.ad, reactor, settings)
 
 
-def build_mechanisms(settings, source):
+def build_mechanisms(settings, source, server_secret=None):
     """
     The enabled SASL mechanisms the source can serve; an impossible pairing
-    (e.g. CRAM-MD5 with Active Directory) stops the start.
+    (e.g. CRAM-MD5 with Active Directory) stops the start.  Mechanisms that
+    key something by the server secret (SCRAM's made-up salts) get it: the
+    data directory's one unless C{server_secret} is given.
     """
+    from securepop import serversecret
     from securepop.sasl import registry
 
     capabilities = source.capabilities()
@@ -88,7 +91,14 @@ def build_mechanisms(settings, source):
                                 capabilities)
     except ValueError as e:
         raise ConfigError(settings.path or "(defaults)", "auth.mechanisms", str(e))
-    return {name: registry.mechanism_for(name, capabilities) for name in wanted}
+    mechanisms = {name: registry.mechanism_for(name, capabilities) for name in wanted}
+    if any(hasattr(m, "withServerSecret") for m in mechanisms.values()):
+        if server_secret is None:
+            server_secret = serversecret.for_settings(settings)
+        mechanisms = {name: m.withServerSecret(server_secret)
+                      if hasattr(m, "withServerSecret") else m
+                      for name, m in mechanisms.items()}
+    return mechanisms
 
 
 def build_tls(settings, clock):
@@ -158,9 +168,12 @@ def build_penalty(settings, clock):
 
 def build_context(settings, reactor, pool):
     """Everything a session needs, from the settings."""
+    from securepop import serversecret
+
     prepare_data_dir(settings)
+    secret = serversecret.for_settings(settings)
     source = build_credential_source(settings, reactor, pool)
-    mechanisms = build_mechanisms(settings, source)
+    mechanisms = build_mechanisms(settings, source, secret)
     if settings.auth.user_pass and PLAINTEXT not in source.capabilities():
         raise ConfigError(settings.path or "(defaults)", "auth.user_pass",
                           f"the {source.name} source cannot verify passwords")

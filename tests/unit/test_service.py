@@ -125,3 +125,40 @@ def test_implicit_listener_follows_the_tls_in_force(setup):
         assert seen == ["proto"]
     finally:
         svc.stopService()
+
+
+def _scram_decoy_key(svc):
+    return svc.context.mechanisms["SCRAM-SHA-256"].decoy_key
+
+
+def test_scram_decoy_salts_come_from_the_data_dirs_secret(setup, tmp_path):
+    """
+    The server secret is made 0600 in the data dir at the first start; a
+    second service on the same data dir (a restart, another worker) and a
+    reload key unknown users' SCRAM salts the same; another data dir does not.
+    """
+    from securepop.serversecret import SECRET_FILE
+
+    settings = config.load(setup)
+    first = service.makeService(settings, MemoryReactorClock())
+    secret = tmp_path / "data" / SECRET_FILE
+    assert secret.stat().st_mode & 0o777 == 0o600
+    second = service.makeService(config.load(setup), MemoryReactorClock())
+    assert _scram_decoy_key(first) == _scram_decoy_key(second)
+    assert first.reload() is True
+    assert _scram_decoy_key(first) == _scram_decoy_key(second)
+    other = tmp_path / "other.toml"
+    other.write_text(setup.read_text().replace(str(tmp_path / "data"),
+                                               str(tmp_path / "data2")))
+    third = service.makeService(config.load(other), MemoryReactorClock())
+    assert _scram_decoy_key(third) != _scram_decoy_key(first)
+
+
+def test_an_exposed_server_secret_stops_the_start(setup, tmp_path):
+    from securepop.serversecret import SECRET_FILE
+
+    service.makeService(config.load(setup), MemoryReactorClock())
+    (tmp_path / "data" / SECRET_FILE).chmod(0o644)
+    with pytest.raises(ConfigError) as e:
+        service.makeService(config.load(setup), MemoryReactorClock())
+    assert e.value.key == "server.data_dir" and "chmod 600" in e.value.reason
