@@ -247,6 +247,9 @@ class SecurePOPService(service.MultiService):
         svc.setServiceParent(self)
 
     def startService(self):
+        from securepop.ops.limits import raise_open_files_limit
+
+        raise_open_files_limit(self.settings)
         self.pool.start()
         self.context.policy.start()
         super().startService()
@@ -288,6 +291,10 @@ class SecurePOPService(service.MultiService):
         old.limits.maxConnections = a.max_connections
         old.limits.maxPerIP = a.max_connections_per_ip
         old.limits.maxPerUser = a.max_connections_per_user
+        if a.max_connections != self.settings.access.max_connections:
+            from securepop.ops.limits import raise_open_files_limit
+
+            raise_open_files_limit(fresh)       # warns if the new limit is out of reach
         old.penalty.base, old.penalty.maximum = auth.failure_delay, auth.failure_delay_max
         old.lockout = context.lockout if (old.lockout is None) != (context.lockout is None) \
             else old.lockout

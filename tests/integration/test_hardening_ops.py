@@ -5,6 +5,9 @@ real daemon over loopback:
  - SCRAM must not tell which users exist: an unknown user's salt is as
    stable as a real user's, across a restart and between workers (it is
    keyed by the data directory's server secret).
+ - Open files: started with the soft RLIMIT_NOFILE of a shell (1024), the
+   daemon raises it to the hard limit; a hard limit below what
+   max_connections needs is warned about, and the server still serves.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 
-from tests.integration.daemon import DEFAULT_CONFIG, Daemon, wait_for
+from tests.integration.daemon import DEFAULT_CONFIG, Daemon, require_tool, wait_for
 from tests.integration.ops_client import POP3
 
 PASSWORD = "Hardening-pw-17"
@@ -94,5 +97,57 @@ def test_unknown_users_scram_salt_is_the_same_in_every_worker(tmp_path):
                 break
         assert len(salts) == 2, "both workers should have answered"
         assert len(set().union(*salts.values())) == 1, salts
+    finally:
+        d.stop()
+
+
+# -- item 6: open files ----------------------------------------------------------------
+
+
+def open_files_limits(pid):
+    """(soft, hard) 'Max open files' of a process, from /proc."""
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no open files line")
+
+
+def limited_daemon(tmp_path, name, nofile):
+    prlimit = require_tool("prlimit")
+    d = Daemon(tmp_path, name=name, wrapper=[prlimit, f"--nofile={nofile}", "--"])
+    d.add_user("alice", PASSWORD)
+    return d
+
+
+def test_inherited_soft_open_files_limit_is_raised_to_the_hard_one(tmp_path):
+    """
+    Started as from a login shell (soft 1024) with max_connections = 5000
+    (the default), the daemon used to keep 1024: past ~1000 clients every
+    accept fails.  It now runs with the hard limit, which covers 5000
+    connections (3 files each, plus 64), so no warning.
+    """
+    d = limited_daemon(tmp_path, "nofile-raised", "1024:16384")
+    d.start()
+    try:
+        assert open_files_limits(d.proc.pid) == (16384, 16384)
+        assert "limits.open_files soft=16384 hard=16384 needed=15064 raised_from=1024" \
+            in d.log()
+        assert "limits.open_files_low" not in d.log()
+    finally:
+        d.stop()
+
+
+def test_a_hard_limit_too_low_for_max_connections_is_warned_and_the_server_serves(tmp_path):
+    d = limited_daemon(tmp_path, "nofile-low", "128:256")
+    d.start()
+    try:
+        assert open_files_limits(d.proc.pid) == (256, 256)
+        assert d.wait_log("limits.open_files_low soft=256 hard=256 needed=15064 "
+                          "max_connections=5000")
+        c = POP3(d.pop3s_port)
+        c.login("alice", PASSWORD)
+        assert c.quit().startswith(b"+OK")
     finally:
         d.stop()
