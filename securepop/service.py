@@ -224,17 +224,15 @@ class SecurePOPService(service.MultiService):
         factory = POP3Factory(self.context, listener)
         if listener.tls == "implicit":
             factory = ServerTLSFactory(CurrentTLS(self.context), factory)
-        if self.settings.access.trusted_proxies:
-            # The PROXY header comes before TLS on the wire, and the policy
-            # must see the real client before the greeting.
-            from securepop.access.proxy import ProxyProtocolFactory
+        # The PROXY header comes before TLS on the wire, and the policy must
+        # see the real client before the greeting.  Every listener has the
+        # PROXY factory, so a reload can switch trusted_proxies on, change
+        # it or switch it off; with an empty list it adds nothing.
+        from securepop.access.proxy import ProxyProtocolFactory
 
-            try:
-                factory = ProxyProtocolFactory(factory, self.settings.access.trusted_proxies,
-                                               self.reactor)
-            except ValueError as e:
-                raise ConfigError(self.settings.path or "(defaults)",
-                                  "access.trusted_proxies", str(e))
+        proxy = ProxyProtocolFactory(factory, self._trustedProxies(self.settings),
+                                     self.reactor)
+        factory = proxy
         try:
             endpoint = endpoints.serverFromString(self.reactor, listener.endpoint)
         except (ValueError, TypeError, KeyError) as e:
@@ -244,7 +242,19 @@ class SecurePOPService(service.MultiService):
         svc._raiseSynchronously = True
         svc.setName(f"listen:{listener.endpoint}")
         svc.listener = listener
+        svc.proxy = proxy
         svc.setServiceParent(self)
+
+    @staticmethod
+    def _trustedProxies(settings):
+        """C{access.trusted_proxies} as networks; a bad entry is a L{ConfigError}."""
+        from securepop.access.proxy import parseTrustedProxies
+
+        try:
+            return parseTrustedProxies(settings.access.trusted_proxies)
+        except ValueError as e:
+            raise ConfigError(settings.path or "(defaults)", "access.trusted_proxies",
+                              str(e))
 
     def startService(self):
         from securepop.ops.limits import raise_open_files_limit
@@ -275,6 +285,7 @@ class SecurePOPService(service.MultiService):
             fresh = configmodule.load(path, self.settings.server.data_dir) if path else \
                 self.settings
             context = build_context(fresh, self.reactor, self.pool)
+            trusted = self._trustedProxies(fresh)
         except Exception as e:
             events.emit("config.reload_failed", "error", error=str(e))
             return False
@@ -301,6 +312,9 @@ class SecurePOPService(service.MultiService):
         if old.lockout is not None:
             old.lockout.threshold, old.lockout.window = (auth.lockout_threshold,
                                                          auth.lockout_window)
+        for svc in self:
+            if getattr(svc, "proxy", None) is not None:
+                svc.proxy.setTrustedProxies(trusted)
         if old_source is not context.source:
             # Sessions in flight may still use the old source's threads or DC
             # helpers: retire it after a grace period.

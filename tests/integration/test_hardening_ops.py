@@ -8,12 +8,16 @@ real daemon over loopback:
  - Open files: started with the soft RLIMIT_NOFILE of a shell (1024), the
    daemon raises it to the hard limit; a hard limit below what
    max_connections needs is warned about, and the server still serves.
+ - SIGHUP applies C{access.trusted_proxies}: adding the proxy makes its
+   PROXY headers count (rules and logs see the client they name), removing
+   it makes them an unknown command again.
 """
 
 from __future__ import annotations
 
 import base64
-import json
+import socket
+import struct
 
 from tests.integration.daemon import DEFAULT_CONFIG, Daemon, require_tool, wait_for
 from tests.integration.ops_client import POP3
@@ -149,5 +153,141 @@ def test_a_hard_limit_too_low_for_max_connections_is_warned_and_the_server_serve
         c = POP3(d.pop3s_port)
         c.login("alice", PASSWORD)
         assert c.quit().startswith(b"+OK")
+    finally:
+        d.stop()
+
+
+# -- item 8: trusted_proxies on reload ----------------------------------------------
+
+PROXY_CONFIG = DEFAULT_CONFIG.replace(
+    "[access]\n", '[access]\nmode = "deny-listed"\nrules = ["192.0.2.66"]\n')
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_v1(client, port):
+    return f"PROXY TCP4 {client} 127.0.0.1 40000 {port}\r\n".encode()
+
+
+def proxy_v2(client, port):
+    addresses = socket.inet_aton(client) + socket.inet_aton("127.0.0.1") + \
+        struct.pack("!HH", 40000, port)
+    return V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses)) + addresses
+
+
+class Raw:
+    """A cleartext connection from 127.0.0.1, as a proxy (or a client posing as one)."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                             source_address=("127.0.0.1", 0))
+        self.file = self.sock.makefile("rb")
+
+    def greeted_unasked(self):
+        """Whether the server spoke before we sent anything."""
+        self.sock.settimeout(1.0)
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) != b""
+        except (socket.timeout, TimeoutError):
+            return False
+        finally:
+            self.sock.settimeout(10)
+
+    def line(self):
+        return self.file.readline().rstrip(b"\r\n")
+
+    def close(self):
+        self.file.close()
+        self.sock.close()
+
+
+def reload_with(d, config):
+    mark = len(d.log())
+    d.config_path.write_text(config.format(data_dir=d.data_dir, **d.ports))
+    d.sighup()
+    assert d.wait_log("config.reloaded", start=mark), d.log()[mark:]
+
+
+def test_sighup_applies_trusted_proxies_both_ways(tmp_path):
+    """
+    The proxy at 127.0.0.1 is added to trusted_proxies and the daemon gets
+    SIGHUP: its PROXY headers must now be read before the greeting, and the
+    access rules must judge the client they name (192.0.2.66 is declined).
+    Before the fix the listener kept the list it was started with.  Then
+    the reverse: removed again, a header from 127.0.0.1 is only a bad
+    command from 127.0.0.1 (a client cannot claim an address).
+    """
+    d = Daemon(tmp_path, PROXY_CONFIG, name="proxy-reload")
+    d.add_user("alice", PASSWORD)
+    d.start()
+    port = d.pop3_port
+    try:
+        mark = len(d.log())
+        c = Raw(port)                                  # not trusted yet
+        assert c.greeted_unasked() and c.line().startswith(b"+OK")
+        c.sock.sendall(proxy_v1("192.0.2.66", port))
+        assert c.line().startswith(b"-ERR")
+        c.sock.sendall(b"QUIT\r\n")
+        assert c.line().startswith(b"+OK")
+        c.close()
+        assert d.wait_log("session.end ip=127.0.0.1 ", start=mark)
+        assert "192.0.2.66" not in d.log()[mark:]
+
+        reload_with(d, PROXY_CONFIG.replace(
+            "[access]\n", '[access]\ntrusted_proxies = ["127.0.0.1/32"]\n'))
+        mark = len(d.log())
+        c = Raw(port)
+        assert not c.greeted_unasked()                 # the header comes first
+        c.sock.sendall(proxy_v2("192.0.2.66", port))   # a client the rules decline
+        assert c.line().startswith(b"-ERR [SYS/PERM]")
+        c.close()
+        assert d.wait_log("access.declined ip=192.0.2.66 ", start=mark), d.log()[mark:]
+        c = Raw(port)
+        c.sock.sendall(proxy_v1("192.0.2.77", port))
+        assert c.line().startswith(b"+OK")
+        c.sock.sendall(b"QUIT\r\n")
+        assert c.line().startswith(b"+OK")
+        c.close()
+        assert d.wait_log("session.end ip=192.0.2.77 ", start=mark), d.log()[mark:]
+
+        reload_with(d, PROXY_CONFIG)                   # and off again
+        mark = len(d.log())
+        c = Raw(port)
+        assert c.greeted_unasked() and c.line().startswith(b"+OK")
+        c.sock.sendall(proxy_v1("192.0.2.77", port))
+        assert c.line().startswith(b"-ERR")
+        c.sock.sendall(b"QUIT\r\n")
+        assert c.line().startswith(b"+OK")
+        c.close()
+        assert d.wait_log("session.end ip=127.0.0.1 ", start=mark)
+        assert "192.0.2.77" not in d.log()[mark:]
+    finally:
+        d.stop()
+
+
+def test_sighup_switches_off_trusted_proxies_given_at_start(tmp_path):
+    """
+    Started trusting 127.0.0.1, the daemon must stop waiting for its header
+    once the proxy is removed: before the fix the list of the start stayed,
+    and every direct client from that address got nothing, then was cut off.
+    """
+    trusted = PROXY_CONFIG.replace("[access]\n", '[access]\ntrusted_proxies = ["127.0.0.1/32"]\n')
+    d = Daemon(tmp_path, trusted, name="proxy-off")
+    d.add_user("alice", PASSWORD)
+    d.start()
+    port = d.pop3_port
+    try:
+        c = Raw(port)
+        assert not c.greeted_unasked()
+        c.sock.sendall(proxy_v1("192.0.2.77", port))
+        assert c.line().startswith(b"+OK")
+        c.close()
+        reload_with(d, PROXY_CONFIG)
+        mark = len(d.log())
+        c = Raw(port)
+        assert c.greeted_unasked() and c.line().startswith(b"+OK")
+        c.sock.sendall(b"QUIT\r\n")
+        assert c.line().startswith(b"+OK")
+        c.close()
+        assert d.wait_log("session.end ip=127.0.0.1 ", start=mark)
     finally:
         d.stop()

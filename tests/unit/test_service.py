@@ -103,7 +103,7 @@ def test_implicit_listener_follows_the_tls_in_force(setup):
     svc = service.makeService(config.load(setup), reactor)
     svc.startService()
     try:
-        factory = [p[1] for p in reactor.tcpServers if p[0] == 1995][0]
+        factory = [p[1] for p in reactor.tcpServers if p[0] == 1995][0].wrappedFactory
         seen = []
 
         class Connection:
@@ -162,3 +162,34 @@ def test_an_exposed_server_secret_stops_the_start(setup, tmp_path):
     with pytest.raises(ConfigError) as e:
         service.makeService(config.load(setup), MemoryReactorClock())
     assert e.value.key == "server.data_dir" and "chmod 600" in e.value.reason
+
+
+def _proxies(svc):
+    return {str(n) for l in svc if getattr(l, "proxy", None) is not None
+            for n in l.proxy.trustedProxies}
+
+
+def test_reload_switches_trusted_proxies_on_changes_and_off(setup):
+    svc = service.makeService(config.load(setup), MemoryReactorClock())
+    listeners = [l for l in svc if getattr(l, "listener", None) is not None]
+    assert len(listeners) == 2 and _proxies(svc) == set()
+    text = setup.read_text()
+    setup.write_text(text + 'trusted_proxies = ["127.0.0.1/32"]\n')
+    assert svc.reload() is True
+    assert _proxies(svc) == {"127.0.0.1/32"}
+    setup.write_text(text + 'trusted_proxies = ["10.0.0.0/8", "::1"]\n')
+    assert svc.reload() is True
+    assert _proxies(svc) == {"10.0.0.0/8", "::1/128"}
+    setup.write_text(text + 'trusted_proxies = ["10.0.0.1/8"]\n')    # host bits set
+    assert svc.reload() is False
+    assert _proxies(svc) == {"10.0.0.0/8", "::1/128"}
+    setup.write_text(text)
+    assert svc.reload() is True
+    assert _proxies(svc) == set()
+
+
+def test_bad_trusted_proxies_stop_the_start(setup):
+    setup.write_text(setup.read_text() + 'trusted_proxies = ["300.0.0.0/8"]\n')
+    with pytest.raises(ConfigError) as e:
+        service.makeService(config.load(setup), MemoryReactorClock())
+    assert e.value.key == "access.trusted_proxies"
