@@ -11,12 +11,14 @@ real daemon over loopback:
  - SIGHUP applies C{access.trusted_proxies}: adding the proxy makes its
    PROXY headers count (rules and logs see the client they name), removing
    it makes them an unknown command again.
+ - What the README says about TLS session tickets, on real handshakes.
 """
 
 from __future__ import annotations
 
 import base64
 import socket
+import ssl
 import struct
 
 from tests.integration.daemon import DEFAULT_CONFIG, Daemon, require_tool, wait_for
@@ -291,3 +293,39 @@ def test_sighup_switches_off_trusted_proxies_given_at_start(tmp_path):
         assert d.wait_log("session.end ip=127.0.0.1 ", start=mark)
     finally:
         d.stop()
+
+
+# -- item 11: TLS session tickets, as the README states them ------------------------
+
+
+def client_context(version):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+
+def tls_session(port, ctx, session=None):
+    """One handshake (and greeting) with C{ctx}; return (session, reused)."""
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                         session=session) as s:
+        assert s.recv(100).startswith(b"+OK")    # TLS 1.3 tickets come before it
+        s.sendall(b"QUIT\r\n")
+        s.recv(100)
+        return s.session, s.session_reused
+
+
+def test_tls_tickets_are_as_the_readme_says(daemon):
+    """
+    TLS 1.2: no ticket, an empty session ID.  TLS 1.3: a ticket arrives (the
+    README says so) but presenting it gets a full handshake.
+    """
+    port = daemon.pop3s_port
+    tls12 = client_context(ssl.TLSVersion.TLSv1_2)
+    session, _ = tls_session(port, tls12)
+    assert not session.has_ticket and session.id == b""
+    assert tls_session(port, tls12, session)[1] is False
+    tls13 = client_context(ssl.TLSVersion.TLSv1_3)
+    session, _ = tls_session(port, tls13)
+    assert session.has_ticket and session.ticket_lifetime_hint > 0
+    assert tls_session(port, tls13, session)[1] is False
