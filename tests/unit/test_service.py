@@ -193,3 +193,22 @@ def test_bad_trusted_proxies_stop_the_start(setup):
     with pytest.raises(ConfigError) as e:
         service.makeService(config.load(setup), MemoryReactorClock())
     assert e.value.key == "access.trusted_proxies"
+
+
+def test_start_and_a_reload_changing_max_connections_check_open_files(setup, monkeypatch):
+    from securepop.ops import limits
+
+    seen = []
+    monkeypatch.setattr(limits, "raise_open_files_limit",
+                        lambda settings: seen.append(settings.access.max_connections))
+    svc = service.makeService(config.load(setup), MemoryReactorClock())
+    svc.startService()
+    try:
+        assert seen == [5000]
+        assert svc.reload() is True                 # same limit: nothing to say again
+        assert seen == [5000]
+        setup.write_text(setup.read_text() + "max_connections = 40000\n")
+        assert svc.reload() is True
+        assert seen == [5000, 40000]
+    finally:
+        svc.stopService()
