@@ -78,11 +78,14 @@ def build_credential_source(settings, reactor, run_blocking=None):
     return ADCredentialSource.fromSettings(auth.ad, reactor, settings)
 
 
-def build_mechanisms(settings, source):
+def build_mechanisms(settings, source, server_secret=None):
     """
     The enabled SASL mechanisms the source can serve; an impossible pairing
-    (e.g. CRAM-MD5 with Active Directory) stops the start.
+    (e.g. CRAM-MD5 with Active Directory) stops the start.  Mechanisms that
+    key something by the server secret (SCRAM's made-up salts) get it: the
+    data directory's one unless C{server_secret} is given.
     """
+    from securepop import serversecret
     from securepop.sasl import registry
 
     capabilities = source.capabilities()
@@ -92,7 +95,14 @@ def build_mechanisms(settings, source):
                                 capabilities)
     except ValueError as e:
         raise ConfigError(settings.path or "(defaults)", "auth.mechanisms", str(e))
-    return {name: registry.mechanism_for(name, capabilities) for name in wanted}
+    mechanisms = {name: registry.mechanism_for(name, capabilities) for name in wanted}
+    if any(hasattr(m, "withServerSecret") for m in mechanisms.values()):
+        if server_secret is None:
+            server_secret = serversecret.for_settings(settings)
+        mechanisms = {name: m.withServerSecret(server_secret)
+                      if hasattr(m, "withServerSecret") else m
+                      for name, m in mechanisms.items()}
+    return mechanisms
 
 
 def build_tls(settings, clock):
@@ -173,9 +183,12 @@ def build_verifications(settings, reactor):
 
 def build_context(settings, reactor, pool, verifications=None):
     """Everything a session needs, from the settings."""
+    from securepop import serversecret
+
     prepare_data_dir(settings)
+    secret = serversecret.for_settings(settings)
     source = build_credential_source(settings, reactor, verifications or pool)
-    mechanisms = build_mechanisms(settings, source)
+    mechanisms = build_mechanisms(settings, source, secret)
     if settings.auth.user_pass and PLAINTEXT not in source.capabilities():
         raise ConfigError(settings.path or "(defaults)", "auth.user_pass",
                           f"the {source.name} source cannot verify passwords")
@@ -228,17 +241,15 @@ class SecurePOPService(service.MultiService):
         factory = POP3Factory(self.context, listener)
         if listener.tls == "implicit":
             factory = ServerTLSFactory(CurrentTLS(self.context), factory)
-        if self.settings.access.trusted_proxies:
-            # The PROXY header comes before TLS on the wire, and the policy
-            # must see the real client before the greeting.
-            from securepop.access.proxy import ProxyProtocolFactory
+        # The PROXY header comes before TLS on the wire, and the policy must
+        # see the real client before the greeting.  Every listener has the
+        # PROXY factory, so a reload can switch trusted_proxies on, change
+        # it or switch it off; with an empty list it adds nothing.
+        from securepop.access.proxy import ProxyProtocolFactory
 
-            try:
-                factory = ProxyProtocolFactory(factory, self.settings.access.trusted_proxies,
-                                               self.reactor)
-            except ValueError as e:
-                raise ConfigError(self.settings.path or "(defaults)",
-                                  "access.trusted_proxies", str(e))
+        proxy = ProxyProtocolFactory(factory, self._trustedProxies(self.settings),
+                                     self.reactor)
+        factory = proxy
         try:
             endpoint = endpoints.serverFromString(self.reactor, listener.endpoint)
         except (ValueError, TypeError, KeyError) as e:
@@ -248,9 +259,24 @@ class SecurePOPService(service.MultiService):
         svc._raiseSynchronously = True
         svc.setName(f"listen:{listener.endpoint}")
         svc.listener = listener
+        svc.proxy = proxy
         svc.setServiceParent(self)
 
+    @staticmethod
+    def _trustedProxies(settings):
+        """C{access.trusted_proxies} as networks; a bad entry is a L{ConfigError}."""
+        from securepop.access.proxy import parseTrustedProxies
+
+        try:
+            return parseTrustedProxies(settings.access.trusted_proxies)
+        except ValueError as e:
+            raise ConfigError(settings.path or "(defaults)", "access.trusted_proxies",
+                              str(e))
+
     def startService(self):
+        from securepop.ops.limits import raise_open_files_limit
+
+        raise_open_files_limit(self.settings)
         self.pool.start()
         self.verifications.start()
         self.context.policy.start()
@@ -278,6 +304,7 @@ class SecurePOPService(service.MultiService):
             fresh = configmodule.load(path, self.settings.server.data_dir) if path else \
                 self.settings
             context = build_context(fresh, self.reactor, self.pool, self.verifications)
+            trusted = self._trustedProxies(fresh)
         except Exception as e:
             events.emit("config.reload_failed", "error", error=str(e))
             return False
@@ -294,6 +321,10 @@ class SecurePOPService(service.MultiService):
         old.limits.maxConnections = a.max_connections
         old.limits.maxPerIP = a.max_connections_per_ip
         old.limits.maxPerUser = a.max_connections_per_user
+        if a.max_connections != self.settings.access.max_connections:
+            from securepop.ops.limits import raise_open_files_limit
+
+            raise_open_files_limit(fresh)       # warns if the new limit is out of reach
         old.penalty.base, old.penalty.maximum = auth.failure_delay, auth.failure_delay_max
         old.gate.max_per_address = auth.max_verifications_per_ip
         self.verifications.max_queued = auth.max_queued_verifications
@@ -303,6 +334,9 @@ class SecurePOPService(service.MultiService):
         if old.lockout is not None:
             old.lockout.threshold, old.lockout.window = (auth.lockout_threshold,
                                                          auth.lockout_window)
+        for svc in self:
+            if getattr(svc, "proxy", None) is not None:
+                svc.proxy.setTrustedProxies(trusted)
         if old_source is not context.source:
             # Sessions in flight may still use the old source's threads or DC
             # helpers: retire it after a grace period.

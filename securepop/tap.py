@@ -222,6 +222,12 @@ def _build_inner(settings, reactor, count):
 
     if count == 1:
         return compose_server(settings, reactor)
+    # The server secret, made (or refused) here once: the workers share it.
+    from securepop import serversecret
+    from securepop.service import prepare_data_dir
+
+    prepare_data_dir(settings)
+    serversecret.for_settings(settings)
     if not settings.tls.certificate:
         # The embedded default's certificate, made once before the workers
         # start (they would otherwise all try at the same moment).

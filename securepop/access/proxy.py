@@ -14,6 +14,9 @@ C{getHost()} then answer the addresses the proxy reported.
    a byte written.
  - From any other peer no header is parsed: its bytes reach the wrapped
    protocol unchanged (for POP3, "PROXY ..." is just an unknown command).
+ - The trusted list can be replaced at any time (a reload): connections
+   accepted afterwards follow the new list.  With an empty list the factory
+   builds the wrapped protocol directly, with no wrapper in the way.
 
 Accepted headers: C{PROXY} for TCP over IPv4/IPv6 (the real client), and
 the v2 C{LOCAL} command (the proxy's own health check: the socket
@@ -326,6 +329,19 @@ class ProxyProtocolWrapper(policies.ProtocolWrapper):
             policies.ProtocolWrapper.connectionLost(self, reason)
 
 
+def parseTrustedProxies(trustedProxies):
+    """
+    @param trustedProxies: CIDR strings (or single addresses).
+    @return: a tuple of L{ipaddress} networks.
+    @raise ValueError: not a list, or a bad network (naming it).
+    """
+    if isinstance(trustedProxies, (str, bytes)):
+        raise ValueError("trustedProxies must be a list of networks")
+    return tuple(
+        ipaddress.ip_network(str(net).strip(), strict=True) for net in trustedProxies
+    )
+
+
 class ProxyProtocolFactory(policies.WrappingFactory):
     """
     Wrap a server factory so that peers in C{trustedProxies} must send a
@@ -333,6 +349,7 @@ class ProxyProtocolFactory(policies.WrappingFactory):
     """
 
     protocol = ProxyProtocolWrapper
+    noisy = False
 
     def __init__(
         self, wrappedFactory, trustedProxies, clock, headerTimeout=5.0,
@@ -341,18 +358,14 @@ class ProxyProtocolFactory(policies.WrappingFactory):
         """
         @param wrappedFactory: the POP3 server factory.
         @param trustedProxies: CIDR strings (or single addresses) of the
-            proxies allowed to send a PROXY header.
+            proxies allowed to send a PROXY header; may be empty.
         @param clock: IReactorTime for the header timeout.
         @param headerTimeout: seconds a trusted peer has to send its header.
         @param maxV2Payload: largest v2 payload (addresses + TLVs) accepted.
         @raise ValueError: a bad network in C{trustedProxies}.
         """
         super().__init__(wrappedFactory)
-        if isinstance(trustedProxies, str):
-            raise ValueError("trustedProxies must be a list of networks")
-        self.trustedProxies = tuple(
-            ipaddress.ip_network(str(net).strip(), strict=True) for net in trustedProxies
-        )
+        self.trustedProxies = parseTrustedProxies(trustedProxies)
         self.clock = clock
         self.headerTimeout = headerTimeout
         self.maxV2Payload = maxV2Payload
@@ -368,5 +381,16 @@ class ProxyProtocolFactory(policies.WrappingFactory):
             return False
         return any(ip in net for net in self.trustedProxies)
 
+    def setTrustedProxies(self, trustedProxies):
+        """
+        Replace the trusted list (a reload); connections accepted from now
+        on follow it, open ones keep what they were given.
+
+        @raise ValueError: a bad network; the list in force stays.
+        """
+        self.trustedProxies = parseTrustedProxies(trustedProxies)
+
     def buildProtocol(self, addr):
+        if not self.trustedProxies:
+            return self.wrappedFactory.buildProtocol(addr)
         return self.protocol(self, addr)

@@ -10,7 +10,10 @@ response.
 
 A user the source does not know gets a made-up salt that is stable for that
 name, so the exchange looks the same as for a real user and fails only at
-the proof: the user list cannot be probed.
+the proof: the user list cannot be probed.  The salt is keyed by the
+server secret of the data directory (L{ScramSHA256Mechanism.withServerSecret}),
+so it stays the same across restarts and between workers, as a real user's
+does, and has the same form (16 bytes, the default iteration count).
 """
 
 import base64
@@ -29,13 +32,17 @@ from securepop.interfaces import SCRAM_SHA_256, ISASLExchange, ISASLMechanism
 from securepop.auth.records import ScramSecret
 from securepop.sasl.base import Challenge
 from securepop.sasl.credentials import VerifiedCredentials, normalise
-from securepop.sasl.secrets import DEFAULT_SCRAM_ITERATIONS
+from securepop.sasl.secrets import DEFAULT_SCRAM_ITERATIONS, SCRAM_SALT_BYTES
 
 MAX_MESSAGE = 2048
 #: Channel binding types this server knows, strongest first.
 CHANNEL_BINDING_TYPES = ("tls-exporter", "tls-server-end-point")
 _PRINTABLE_NONCE = re.compile(rb"[\x21-\x2b\x2d-\x7e]+")
-_DECOY_KEY = os.urandom(32)
+#: The label of the key derived from the server secret for made-up salts.
+DECOY_SALT_PURPOSE = b"scram-fake-salt"
+#: Without a server secret (a mechanism not built by the service): a key
+#: per process, stable within it only.
+_PROCESS_DECOY_KEY = os.urandom(32)
 
 
 def new_nonce():
@@ -69,9 +76,14 @@ def _attributes(message, expected):
     return pairs
 
 
-def _decoy_secret(username):
-    salt = hmac.new(_DECOY_KEY, username.encode("utf-8"),
-                    hashlib.sha256).digest()[:16]
+def decoy_secret(username, key):
+    """
+    What an unknown user's exchange runs with: a salt derived from C{key} and
+    the name, in the form of a real user's (L{SCRAM_SALT_BYTES}, the default
+    iteration count), and random keys no proof can match.
+    """
+    salt = hmac.new(key, username.encode("utf-8"),
+                    hashlib.sha256).digest()[:SCRAM_SALT_BYTES]
     return ScramSecret(salt, DEFAULT_SCRAM_ITERATIONS, os.urandom(32),
                        os.urandom(32))
 
@@ -133,7 +145,7 @@ class _ScramExchange:
         def unknown(failure):
             failure.trap(UnauthorizedLogin)
             self._known = False
-            return (None, _decoy_secret(username))
+            return (None, decoy_secret(username, self._mechanism.decoy_key))
 
         def found(result):
             _record, secret = result
@@ -226,17 +238,30 @@ class ScramSHA256Mechanism:
     @param plus_offered: context -> whether -PLUS is offered on this
         connection, for downgrade detection; by default, whether
         C{context.settings.mechanisms} lists it.
+    @param decoy_key: keys the made-up salt of unknown users; by default a
+        key per process (see L{withServerSecret}).
     """
 
     exposesPassword = False
     requires = SCRAM_SHA_256
 
     def __init__(self, channel_binding=False, nonce_factory=new_nonce,
-                 plus_offered=_plus_in_settings):
+                 plus_offered=_plus_in_settings, decoy_key=None):
         self.name = "SCRAM-SHA-256-PLUS" if channel_binding else "SCRAM-SHA-256"
         self.channel_binding = channel_binding
         self.nonce_factory = nonce_factory
         self.plus_offered = plus_offered
+        self.decoy_key = decoy_key if decoy_key is not None else _PROCESS_DECOY_KEY
+
+    def withServerSecret(self, server_secret):
+        """
+        This mechanism with unknown users' salts keyed by C{server_secret}
+        (a L{securepop.serversecret.ServerSecret}): stable across restarts
+        and workers.
+        """
+        return ScramSHA256Mechanism(self.channel_binding, self.nonce_factory,
+                                    self.plus_offered,
+                                    server_secret.derive(DECOY_SALT_PURPOSE))
 
     def newExchange(self, context):
         return _ScramExchange(self, context)

@@ -1,5 +1,6 @@
 """Tests for securepop.access.proxy: the parser (hostile headers) and the wrapper."""
 
+import ipaddress
 import socket
 import struct
 
@@ -16,6 +17,7 @@ from securepop.access.proxy import (
     ProxyProtocolFactory,
     acceptedAddresses,
     parseProxyHeader,
+    parseTrustedProxies,
 )
 
 
@@ -341,6 +343,37 @@ def test_trusted_proxies_matching():
         ProxyProtocolFactory(RecorderFactory(), ["10.0.0.1/8"], task.Clock())
     with pytest.raises(ValueError):
         ProxyProtocolFactory(RecorderFactory(), "10.0.0.0/8", task.Clock())
+
+
+def test_replacing_the_trusted_list_applies_to_new_connections():
+    """A reload: a header from the proxy is honoured only after it is added."""
+    clock, inner, factory, wrapper, transport = connect("127.0.0.1", trusted=["10.0.0.0/8"])
+    (before,) = inner.built
+    assert before.peerAtConnectionMade.host == "127.0.0.1"   # no header expected
+    factory.setTrustedProxies(["127.0.0.1/32"])
+    after = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50001))
+    after.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50001)))
+    after.dataReceived(V1_TCP4)
+    assert inner.built[1].peerAtConnectionMade.host == "192.0.2.10"
+    wrapper.dataReceived(V1_TCP4)               # the earlier connection is unchanged
+    assert before.data == V1_TCP4
+    factory.setTrustedProxies([])               # and off again
+    third = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50002))
+    assert isinstance(third, Recorder)          # no wrapper at all
+    third.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50002)))
+    third.dataReceived(V1_TCP4)
+    assert third.peerAtConnectionMade.host == "127.0.0.1" and third.data == V1_TCP4
+
+
+def test_a_bad_replacement_list_keeps_the_one_in_force():
+    factory = ProxyProtocolFactory(RecorderFactory(), ["127.0.0.1"], task.Clock())
+    for bad in (["127.0.0.1/8"], ["nonsense"], "127.0.0.1"):
+        with pytest.raises(ValueError):
+            factory.setTrustedProxies(bad)
+    assert factory.isTrusted(IPv4Address("TCP", "127.0.0.1", 1))
+    assert parseTrustedProxies([" 10.0.0.0/8 ", "::1"]) == (
+        ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    assert parseTrustedProxies(()) == ()
 
 
 def test_start_tls_passes_through_and_updates_provided_interfaces():

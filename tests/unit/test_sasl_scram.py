@@ -22,6 +22,7 @@ from securepop.sasl.scram import (
     ScramSHA256Mechanism,
 )
 from securepop.sasl.secrets import scram_secret
+from securepop.serversecret import ServerSecret
 
 # RFC 7677 section 3.
 RFC_SALT = base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ==")
@@ -170,6 +171,45 @@ def test_unknown_user_looks_like_a_real_one_until_the_proof():
     with pytest.raises(UnauthorizedLogin):
         run_client(rfc_mechanism().newExchange(context), b"pencil",
                    user=b"nobody")
+
+
+def _decoy_salt(mechanism, user=b"nobody"):
+    first = result(mechanism.newExchange(Context()).step(
+        b"n,,n=" + user + b",r=abc")).data
+    attrs = dict(part.split(b"=", 1) for part in first.split(b","))
+    return base64.b64decode(attrs[b"s"]), attrs[b"i"]
+
+
+def test_unknown_user_salt_is_keyed_by_the_server_secret():
+    """
+    Two mechanisms built from the same secret (two workers, or before and
+    after a restart) give an unknown user the same salt; another secret gives
+    another salt; the salt has a real one's form (16 bytes, 4096 rounds).
+    """
+    secret = ServerSecret(b"k" * 32)
+    one = SCRAM_SHA_256_MECHANISM.withServerSecret(secret)
+    two = SCRAM_SHA_256_MECHANISM.withServerSecret(ServerSecret(b"k" * 32))
+    other = SCRAM_SHA_256_MECHANISM.withServerSecret(ServerSecret(b"x" * 32))
+    salt, iterations = _decoy_salt(one)
+    assert (salt, iterations) == _decoy_salt(two)
+    assert _decoy_salt(other)[0] != salt
+    assert _decoy_salt(one, b"somebody")[0] != salt
+    real = scram_secret("pencil")
+    assert len(salt) == len(real.salt) == 16
+    assert iterations == str(real.iterations).encode() == b"4096"
+    # the process-wide mechanism is not keyed by that secret
+    assert _decoy_salt(SCRAM_SHA_256_MECHANISM)[0] != salt
+
+
+def test_with_server_secret_keeps_the_mechanism_and_still_refuses_the_proof():
+    plus = SCRAM_SHA_256_PLUS_MECHANISM.withServerSecret(ServerSecret.generate())
+    assert verifyObject(ISASLMechanism, plus)
+    assert plus.name == "SCRAM-SHA-256-PLUS" and plus.channel_binding
+    keyed = rfc_mechanism().withServerSecret(ServerSecret.generate())
+    assert result(keyed.newExchange(Context()).step(RFC_CLIENT_FIRST)) == \
+        Challenge(RFC_SERVER_FIRST)          # real users are untouched
+    with pytest.raises(UnauthorizedLogin):
+        run_client(keyed.newExchange(Context()), b"pencil", user=b"nobody")
 
 
 def test_source_unavailable_propagates():

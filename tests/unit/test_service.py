@@ -103,7 +103,7 @@ def test_implicit_listener_follows_the_tls_in_force(setup):
     svc = service.makeService(config.load(setup), reactor)
     svc.startService()
     try:
-        factory = [p[1] for p in reactor.tcpServers if p[0] == 1995][0]
+        factory = [p[1] for p in reactor.tcpServers if p[0] == 1995][0].wrappedFactory
         seen = []
 
         class Connection:
@@ -123,5 +123,92 @@ def test_implicit_listener_follows_the_tls_in_force(setup):
         svc.context.tls = Recorder()        # what a reload does
         assert factory._creatorCallable("proto") is connection
         assert seen == ["proto"]
+    finally:
+        svc.stopService()
+
+
+def _scram_decoy_key(svc):
+    return svc.context.mechanisms["SCRAM-SHA-256"].decoy_key
+
+
+def test_scram_decoy_salts_come_from_the_data_dirs_secret(setup, tmp_path):
+    """
+    The server secret is made 0600 in the data dir at the first start; a
+    second service on the same data dir (a restart, another worker) and a
+    reload key unknown users' SCRAM salts the same; another data dir does not.
+    """
+    from securepop.serversecret import SECRET_FILE
+
+    settings = config.load(setup)
+    first = service.makeService(settings, MemoryReactorClock())
+    secret = tmp_path / "data" / SECRET_FILE
+    assert secret.stat().st_mode & 0o777 == 0o600
+    second = service.makeService(config.load(setup), MemoryReactorClock())
+    assert _scram_decoy_key(first) == _scram_decoy_key(second)
+    assert first.reload() is True
+    assert _scram_decoy_key(first) == _scram_decoy_key(second)
+    other = tmp_path / "other.toml"
+    other.write_text(setup.read_text().replace(str(tmp_path / "data"),
+                                               str(tmp_path / "data2")))
+    third = service.makeService(config.load(other), MemoryReactorClock())
+    assert _scram_decoy_key(third) != _scram_decoy_key(first)
+
+
+def test_an_exposed_server_secret_stops_the_start(setup, tmp_path):
+    from securepop.serversecret import SECRET_FILE
+
+    service.makeService(config.load(setup), MemoryReactorClock())
+    (tmp_path / "data" / SECRET_FILE).chmod(0o644)
+    with pytest.raises(ConfigError) as e:
+        service.makeService(config.load(setup), MemoryReactorClock())
+    assert e.value.key == "server.data_dir" and "chmod 600" in e.value.reason
+
+
+def _proxies(svc):
+    return {str(n) for l in svc if getattr(l, "proxy", None) is not None
+            for n in l.proxy.trustedProxies}
+
+
+def test_reload_switches_trusted_proxies_on_changes_and_off(setup):
+    svc = service.makeService(config.load(setup), MemoryReactorClock())
+    listeners = [l for l in svc if getattr(l, "listener", None) is not None]
+    assert len(listeners) == 2 and _proxies(svc) == set()
+    text = setup.read_text()
+    setup.write_text(text + 'trusted_proxies = ["127.0.0.1/32"]\n')
+    assert svc.reload() is True
+    assert _proxies(svc) == {"127.0.0.1/32"}
+    setup.write_text(text + 'trusted_proxies = ["10.0.0.0/8", "::1"]\n')
+    assert svc.reload() is True
+    assert _proxies(svc) == {"10.0.0.0/8", "::1/128"}
+    setup.write_text(text + 'trusted_proxies = ["10.0.0.1/8"]\n')    # host bits set
+    assert svc.reload() is False
+    assert _proxies(svc) == {"10.0.0.0/8", "::1/128"}
+    setup.write_text(text)
+    assert svc.reload() is True
+    assert _proxies(svc) == set()
+
+
+def test_bad_trusted_proxies_stop_the_start(setup):
+    setup.write_text(setup.read_text() + 'trusted_proxies = ["300.0.0.0/8"]\n')
+    with pytest.raises(ConfigError) as e:
+        service.makeService(config.load(setup), MemoryReactorClock())
+    assert e.value.key == "access.trusted_proxies"
+
+
+def test_start_and_a_reload_changing_max_connections_check_open_files(setup, monkeypatch):
+    from securepop.ops import limits
+
+    seen = []
+    monkeypatch.setattr(limits, "raise_open_files_limit",
+                        lambda settings: seen.append(settings.access.max_connections))
+    svc = service.makeService(config.load(setup), MemoryReactorClock())
+    svc.startService()
+    try:
+        assert seen == [5000]
+        assert svc.reload() is True                 # same limit: nothing to say again
+        assert seen == [5000]
+        setup.write_text(setup.read_text() + "max_connections = 40000\n")
+        assert svc.reload() is True
+        assert seen == [5000, 40000]
     finally:
         svc.stopService()
