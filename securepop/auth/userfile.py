@@ -422,8 +422,9 @@ class FileCredentialSource:
         d = self._run(rehash_entry, self.file.path, entry, stamp, self._hasher, password)
 
         def done(outcome):
-            level = "info" if outcome == "rehashed" else "warn"
-            events.emit("auth.rehash", level, user=entry.name, outcome=outcome,
+            # "changed"/"busy" are benign (another writer or worker won): the
+            # next login tries again.
+            events.emit("auth.rehash", user=entry.name, outcome=outcome,
                         old=old, new=f"m={self._hasher.memory_cost},t={self._hasher.time_cost},"
                                      f"p={self._hasher.parallelism}")
 
