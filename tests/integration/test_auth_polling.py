@@ -84,7 +84,7 @@ def test_old_parameter_hash_logs_in_and_is_rewritten_with_the_new_ones(tmp_path)
         # check-config tells the parameters, their cost here, and who is waiting.
         out = d.cli("check-config").stdout.decode()
         assert re.search(r"auth\.file: argon2id m=19456 KiB, t=2, p=1; one verification "
-                         r"on this machine: \d+\.\d ms", out), out
+                         r"on this machine: \d+\.\d ms \(\d+\.\d ms of CPU\)", out), out
         assert "1 user(s) hashed with other parameters" in out
     finally:
         d.stop()

@@ -238,3 +238,23 @@ def test_cache_is_bounded_under_many_users(tmp_path):
     outcome(checker.requestAvatarId(UsernamePassword("u499", b"pw")))     # recent: hit
     outcome(checker.requestAvatarId(UsernamePassword("u0", b"pw")))       # evicted: cold
     assert source.calls == calls + 1
+
+
+def test_directory_password_change_is_honoured_at_the_latest_after_the_ttl():
+    """A source without userStamp (LDAP, AD) is trusted for the TTL, no longer."""
+    clock = Clock()
+    directory = MemorySource({"alice": b"old"})
+    checker = PasswordChecker(directory, AuthCache(clock, ttl=3600, negative_ttl=5))
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"old"))).username
+    directory.users["alice"] = b"new"                 # changed in the directory
+    clock.advance(3599)
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"old"))).username
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"new"))).username
+    clock.advance(1)
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"old"))).check(
+        UnauthorizedLogin)
+    # cache_ttl = 0 (no cache): at once.
+    directory.users["alice"] = b"newer"
+    uncached = PasswordChecker(directory, None)
+    assert outcome(uncached.requestAvatarId(UsernamePassword("alice", b"new"))).check(
+        UnauthorizedLogin)

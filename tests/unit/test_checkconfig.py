@@ -16,9 +16,9 @@ def test_shows_parameters_and_measured_cost(tmp_path):
     assert problems == 0
     [line] = [l for l in lines if l.startswith("auth.file: ")]
     m = re.fullmatch(r"auth\.file: argon2id m=19456 KiB, t=2, p=1; one verification on "
-                     r"this machine: (\d+\.\d) ms", line)
+                     r"this machine: (\d+\.\d) ms \((\d+\.\d) ms of CPU\)", line)
     assert m, line
-    assert 0.1 < float(m.group(1)) < 5000
+    assert 0.1 < float(m.group(1)) < 5000 and float(m.group(2)) < 5000
     assert "auth cache: ttl = 3600 s; at most 50000 entries" in lines
     assert not any("weaker than OWASP" in l for l in lines)
 
@@ -49,12 +49,18 @@ def test_no_rehash_line_when_all_hashes_are_current(tmp_path):
 
 
 def test_slow_verification_is_a_warning(tmp_path, monkeypatch):
-    monkeypatch.setattr(userfile, "measure_verification", lambda params: 0.4)
+    monkeypatch.setattr(userfile, "measure_verification",
+                        lambda params: userfile.VerificationCost(0.4, 0.7))
     lines, problems = report_for(tmp_path)
     assert "auth.file: argon2id m=19456 KiB, t=2, p=1; one verification on this machine: " \
-           "400.0 ms" in lines
-    assert any(l.startswith("WARNING one password verification takes 400 ms") for l in lines)
+           "400.0 ms (700.0 ms of CPU)" in lines
+    assert any(l.startswith("WARNING one password verification takes 400 ms (700 ms of CPU)")
+               for l in lines)
     assert problems == 0
+    monkeypatch.setattr(userfile, "measure_verification",
+                        lambda params: userfile.VerificationCost(0.02, 0.02))
+    lines, _ = report_for(tmp_path)
+    assert not any("password verification takes" in l for l in lines)
 
 
 def test_cache_off_and_directory_staleness(tmp_path):
