@@ -69,6 +69,7 @@ def test_old_parameter_hash_logs_in_and_is_rewritten_with_the_new_ones(tmp_path)
             line_of(users, "alice")
         assert "$m=65536,t=3,p=4$" in line_of(users, "bob")   # only who logged in
         assert oct(users.stat().st_mode & 0o777) == "0o600"
+        assert d.wait_log("auth.rehash user=alice"), d.log()  # logged once written
         log = d.log()
         assert re.search(r"auth\.rehash user=alice outcome=rehashed old=m=65536,t=3,p=4 "
                          r"new=m=19456,t=2,p=1", log), log
