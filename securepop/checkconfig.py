@@ -89,7 +89,51 @@ def report(settings):
         lines.append(f"users file {path}: {len(users)} users")
         if not users:
             warnings.append("no users yet: add one with `securepop user add NAME`")
+        lines.extend(_hashing(s, users, warnings))
+    ttl = s.auth.cache_ttl
+    if ttl > 0:
+        lines.append(f"auth cache: ttl = {ttl:g} s; at most {s.auth.cache_max_entries} entries")
+        if s.auth.source != "file":
+            lines.append(f"  a password changed in the directory is honoured after at most "
+                         f"{ttl:g} s (auth.cache_ttl = 0: at once)")
+    else:
+        lines.append("auth cache: off (auth.cache_ttl = 0): every login is verified")
     for w in warnings:
         lines.append(f"WARNING {w}")
     lines.append("configuration OK" if not problems else f"{problems} problem(s)")
     return lines, problems
+
+
+SLOW_VERIFICATION = 0.25   # seconds per cold login worth a warning
+
+
+def _hashing(s, users, warnings):
+    """The argon2id parameters, what one verification costs here, and old hashes."""
+    from securepop.auth.userfile import HashParameters, hasher_for, measure_verification
+
+    params = HashParameters.from_settings(s.auth.file)
+    lines = []
+    try:
+        cost = measure_verification(params)
+        lines.append(f"auth.file: {params.describe()}; one verification on this machine: "
+                     f"{cost.wall * 1000:.1f} ms ({cost.cpu * 1000:.1f} ms of CPU)")
+        if max(cost.wall, cost.cpu) > SLOW_VERIFICATION:
+            warnings.append(f"one password verification takes {cost.wall * 1000:.0f} ms "
+                            f"({cost.cpu * 1000:.0f} ms of CPU) here: every cold login "
+                            f"pays it")
+    except Exception as e:    # report, never crash: this is a diagnostic tool
+        lines.append(f"auth.file: {params.describe()}; cannot measure a verification: {e}")
+    if params.below_owasp_minimum():
+        warnings.append(f"{params.describe()} is weaker than OWASP's recommended minimum "
+                        f"(e.g. m=19456 KiB, t=2)")
+    hasher = hasher_for(params)
+    old = 0
+    for entry in users.values():
+        try:
+            old += hasher.check_needs_rehash(entry.password_hash)
+        except Exception:
+            old += 1
+    if old:
+        lines.append(f"  {old} user(s) hashed with other parameters: rewritten at their "
+                     f"next successful login")
+    return lines

@@ -72,6 +72,21 @@ class TLSSettings:
 @dataclass(frozen=True)
 class FileSourceSettings:
     path: str = "users"
+    # argon2id cost of new hashes (OWASP's recommended minimum); older hashes
+    # are rewritten with these after their next successful login.
+    argon2_memory_kib: int = 19456
+    argon2_time_cost: int = 2
+    argon2_parallelism: int = 1
+
+
+#: Accepted ranges of the argon2id parameters: below, the hash is too cheap
+#: to be worth it (OWASP's smallest memory is 7 MiB); above, one login could
+#: take seconds or exhaust memory with a few verifications in parallel.
+ARGON2_BOUNDS = {
+    "argon2_memory_kib": (7168, 1048576),
+    "argon2_time_cost": (1, 32),
+    "argon2_parallelism": (1, 16),
+}
 
 
 @dataclass(frozen=True)
@@ -130,7 +145,8 @@ class AuthSettings:
     dns_domain: str = ""
     username_case: str = "lower"       # lower | preserve
     strip_domain: bool = False         # "DOMAIN\\user" and "user@domain" -> "user"
-    cache_ttl: float = 60.0
+    cache_ttl: float = 3600.0          # a polling client stays warm; 0 = off
+    cache_max_entries: int = 50000     # least recently used goes first
     file: FileSourceSettings = FileSourceSettings()
     ldap: LDAPSettings = LDAPSettings()
     ad: LDAPSettings = LDAPSettings(user_filter="(sAMAccountName={user})", nested_groups=True,
@@ -316,6 +332,12 @@ def _check(reader, settings):
         raise reader.error("server.login_deadline", "must be 0 (none) or more seconds")
     if settings.auth.max_attempts < 1:
         raise reader.error("auth.max_attempts", "must be at least 1")
+    for name, (low, high) in ARGON2_BOUNDS.items():
+        value = getattr(settings.auth.file, name)
+        if not low <= value <= high:
+            raise reader.error(f"auth.file.{name}", f"must be between {low} and {high}")
+    if not 1 <= settings.auth.cache_max_entries <= 10_000_000:
+        raise reader.error("auth.cache_max_entries", "must be between 1 and 10000000")
     w = settings.server.workers
     if w != "auto" and not (re.fullmatch(r"[0-9]{1,3}", w) and 1 <= int(w) <= 256):
         raise reader.error("server.workers", 'must be "auto" or a number from 1 to 256')

@@ -32,6 +32,11 @@ class ICredentialSource(Interface):
     password / account disabled" (the protocol shows one generic text), and
     L{securepop.errors.SourceUnavailable} when the source cannot answer now
     (the protocol answers C{-ERR [SYS/TEMP]}).
+
+    A source may also offer C{userStamp(username) -> str}, a value that
+    changes whenever that user's stored credentials do: the auth cache keys
+    include it, so such a change takes effect at the next login (the users
+    file has it; a directory source is trusted for the cache's TTL).
     """
 
     name = Attribute("Short name for logs: 'file', 'ldap', 'ad'.")

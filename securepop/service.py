@@ -66,9 +66,10 @@ def build_credential_source(settings, reactor, run_blocking=None):
     """
     auth = settings.auth
     if auth.source == "file":
-        from securepop.auth.userfile import FileCredentialSource
+        from securepop.auth.userfile import FileCredentialSource, HashParameters
 
-        return FileCredentialSource(settings.resolve(auth.file.path), run_blocking)
+        return FileCredentialSource(settings.resolve(auth.file.path), run_blocking,
+                                    params=HashParameters.from_settings(auth.file))
     if auth.source == "ldap":
         from securepop.auth.ldap import LDAPCredentialSource
 
@@ -206,8 +207,11 @@ def build_context(settings, reactor, pool, verifications=None):
     if settings.auth.cache_ttl > 0:
         from securepop.auth.cache import AuthCache
 
+        # A fresh cache (and HMAC key) for every context: a reload forgets
+        # every cached login.
         cache = AuthCache(reactor, ttl=settings.auth.cache_ttl,
-                          negative_ttl=min(5.0, settings.auth.cache_ttl))
+                          negative_ttl=min(5.0, settings.auth.cache_ttl),
+                          max_entries=settings.auth.cache_max_entries)
     portal = build_portal(source, realm, cache)
     tls = build_tls(settings, reactor)
     policy, limits = build_access(settings, reactor)

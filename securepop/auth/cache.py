@@ -1,11 +1,15 @@
 """
 A small in-memory cache of authentication outcomes.
 
-A directory login costs a search and a bind; a mail client that polls every
-minute repeats the same login all day.  Positive outcomes are kept for a TTL
-(so a group or account-state change in the directory takes effect within
-it), negative ones for a much shorter time (so a client retrying a wrong
-password does not hammer the directory or raise an AD lockout counter).
+A users-file login costs an argon2id verification and a directory login a
+search and a bind; a POP3 client that polls every few minutes repeats the
+same login all day.  Positive outcomes are kept for a TTL (an hour by
+default: a password, group or account-state change in a directory takes
+effect within it), negative ones for a much shorter time (so a client
+retrying a wrong password does not hammer the directory or raise an AD
+lockout counter, and a password set a moment later is not hidden long).
+An entry's lifetime is fixed when the source answers: reading it never
+extends it.  Memory is bounded: the least recently used entry goes first.
 
 Entries are keyed by an HMAC-SHA256 of the credentials under a random key
 made for this process: the cache never holds a password, and its keys are
@@ -54,7 +58,7 @@ class AuthCache:
         least recently used entry goes first.
     """
 
-    def __init__(self, clock, ttl=300.0, negative_ttl=30.0, max_entries=10000,
+    def __init__(self, clock, ttl=3600.0, negative_ttl=5.0, max_entries=50000,
                  key=None):
         """
         @param clock: L{twisted.internet.interfaces.IReactorTime}.

@@ -18,7 +18,19 @@ from securepop.interfaces import ISecretCredentials, IVerifiedCredentials
 
 @implementer(ICredentialsChecker)
 class PasswordChecker:
-    """USER/PASS, PLAIN, LOGIN: the source verifies the password."""
+    """
+    USER/PASS, PLAIN, LOGIN: the source verifies the password.
+
+    With a L{securepop.auth.cache.AuthCache}, a polling client's repeated
+    login skips the hash (or the directory) until the cache's TTL.  The key
+    is an HMAC of the user name, the password and the source's
+    C{userStamp(username)} when it has one (the users file: a digest of the
+    user's entry), so C{securepop user passwd}/C{del} takes effect at the
+    next login while other users' entries stay.  A source without it (LDAP,
+    AD) is trusted for the TTL.  Only the source's own answer is cached: a
+    hit never extends an entry, and a refusal replaces nothing but the key
+    it was for.
+    """
 
     credentialInterfaces = (IUsernamePassword,)
 
@@ -36,9 +48,11 @@ class PasswordChecker:
             return defer.maybeDeferred(self.source.verifyPassword, username, password)
         from securepop.auth.cache import MISS, NEGATIVE
 
-        # The source's generation (the users file's stamp) is part of the key,
-        # so a changed password invalidates what was cached for the old one.
-        key = self.cache.keyFor(username, password, str(getattr(self.source, "generation", "")))
+        # The user's stamp is part of the key, so a changed or deleted entry
+        # invalidates what was cached for it (and only for it).
+        userStamp = getattr(self.source, "userStamp", None)
+        stamp = userStamp(username) if userStamp is not None else ""
+        key = self.cache.keyFor(username, password, stamp)
         hit = self.cache.get(key)
         if hit is NEGATIVE:
             return defer.fail(UnauthorizedLogin("bad-password-cached"))

@@ -3,26 +3,38 @@ The local users file: the embedded default credential source.
 
 One user a line, fields separated by ":" (none of them can contain one)::
 
-    alice:$argon2id$v=19$m=65536,t=3,p=4$...:nt=<hex>:scram=4096,<salt>,<stored>,<server>:secret=<b64>
+    alice:$argon2id$v=19$m=19456,t=2,p=1$...:nt=<hex>:scram=4096,<salt>,<stored>,<server>:secret=<b64>
 
 The argon2id hash verifies USER/PASS, PLAIN and LOGIN.  The other fields are
 written only for mechanisms enabled when the password was set: C{nt} for
 NTLM, C{scram} for SCRAM-SHA-256, C{secret} (password-equivalent) for APOP
 and CRAM-MD5.  The file is rewritten atomically (temporary file, fsync,
-rename) with mode 0600, and re-read when it changes on disk.
+rename) with mode 0600, under an exclusive lock on C{<file>.lock} so two
+writers never lose each other's change, and re-read when it changes on disk.
+
+The argon2id cost is configured (L{HashParameters}); a hash made with other
+parameters still verifies and is rewritten with the configured ones after
+the next successful login (L{rehash_entry}).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import errno
+import fcntl
+import hashlib
 import os
 import stat
 import tempfile
+import threading
+import time
+from collections import namedtuple
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
@@ -42,15 +54,83 @@ MECHANISMS_FOR_KIND = {
     CLEARTEXT_SECRET: ("CRAM-MD5", "APOP"),
 }
 
-_hasher = PasswordHasher()
-_dummy = []
+
+@dataclass(frozen=True)
+class HashParameters:
+    """
+    The argon2id cost of new hashes: memory in KiB, passes, lanes.
+
+    The defaults are OWASP's recommended minimum for argon2id (19 MiB, two
+    passes, one lane): about 20 ms of one core per verification, where
+    argon2-cffi's own defaults (64 MiB, t=3, p=4) cost 5-9 times as much for
+    every cold POP3 login.
+    """
+
+    memory_kib: int = 19456
+    time_cost: int = 2
+    parallelism: int = 1
+
+    @classmethod
+    def from_settings(cls, file_settings):
+        """From C{[auth.file]} (L{securepop.config.FileSourceSettings})."""
+        return cls(file_settings.argon2_memory_kib, file_settings.argon2_time_cost,
+                   file_settings.argon2_parallelism)
+
+    def hasher(self) -> PasswordHasher:
+        return PasswordHasher(time_cost=self.time_cost, memory_cost=self.memory_kib,
+                              parallelism=self.parallelism)
+
+    def describe(self) -> str:
+        return f"argon2id m={self.memory_kib} KiB, t={self.time_cost}, p={self.parallelism}"
+
+    def below_owasp_minimum(self) -> bool:
+        """Weaker than every argon2id configuration OWASP recommends."""
+        return not any(self.memory_kib >= m and self.time_cost >= t
+                       for m, t in OWASP_ARGON2ID)
 
 
-def _dummy_hash():
-    """Verified when the user does not exist, so "no such user" costs the same."""
-    if not _dummy:
-        _dummy.append(_hasher.hash("securepop-no-such-user"))
-    return _dummy[0]
+#: OWASP Password Storage Cheat Sheet: argon2id (memory KiB, passes), p = 1;
+#: all equally strong.
+OWASP_ARGON2ID = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
+
+DEFAULT_PARAMETERS = HashParameters()
+
+#: The hasher for new hashes when no parameters are given (the defaults).
+_hasher = DEFAULT_PARAMETERS.hasher()
+_hashers = {}
+_DUMMY_PASSWORD = "securepop-no-such-user"
+
+
+def hasher_for(params=None) -> PasswordHasher:
+    """The (shared, thread-safe) hasher for C{params}; the default one for None."""
+    if params is None:
+        return _hasher
+    hasher = _hashers.get(params)
+    if hasher is None:
+        hasher = _hashers.setdefault(params, params.hasher())
+    return hasher
+
+
+class VerificationCost(namedtuple("VerificationCost", "wall cpu")):
+    """Seconds one verification took: elapsed, and CPU of every thread."""
+
+
+def measure_verification(params, rounds=3, clock=time.perf_counter,
+                         cpu_clock=time.process_time):
+    """
+    What each cold login costs this machine with C{params}: the fastest of
+    C{rounds} verifications (after one hash), as a L{VerificationCost}.
+    Blocking: for the command line, never the reactor thread.
+    """
+    hasher = hasher_for(params)
+    hashed = hasher.hash(_DUMMY_PASSWORD)
+    best = None
+    for _ in range(max(1, rounds)):
+        start, start_cpu = clock(), cpu_clock()
+        hasher.verify(hashed, _DUMMY_PASSWORD)
+        cost = VerificationCost(clock() - start, cpu_clock() - start_cpu)
+        best = cost if best is None or cost.wall < best.wall else best
+    return best
 
 
 @dataclass(frozen=True)
@@ -74,8 +154,11 @@ def kinds_for_mechanisms(mechanisms, apop):
     return kinds
 
 
-def make_entry(name, password: str, kinds) -> UserEntry:
-    """Hash C{password} and derive the secrets for C{kinds}."""
+def make_entry(name, password: str, kinds, params=None) -> UserEntry:
+    """
+    Hash C{password} (argon2id with C{params}, L{HashParameters}; the
+    defaults when None) and derive the secrets for C{kinds}.
+    """
     from securepop.sasl import secrets as derive
 
     extras = {}
@@ -85,7 +168,7 @@ def make_entry(name, password: str, kinds) -> UserEntry:
         extras["scram"] = _encode_scram(derive.scram_secret(password))
     if CLEARTEXT_SECRET in kinds:
         extras["secret"] = base64.b64encode(derive.cleartext_secret(password)).decode()
-    return UserEntry(name, _hasher.hash(password), extras)
+    return UserEntry(name, hasher_for(params).hash(password), extras)
 
 
 def check_name(name: str) -> str:
@@ -164,6 +247,71 @@ class UsersFile:
                               f"(mode {stat.S_IMODE(mode):04o}); run chmod 600")
 
 
+def file_stamp(path):
+    """What tells one version of the users file from the next (None: absent)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@contextlib.contextmanager
+def locked(path, blocking=True):
+    """
+    Hold the exclusive lock on C{<path>.lock} (made 0600) around a
+    read-modify-write of the users file; yields False instead of waiting
+    when C{blocking} is false and another writer holds it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path.with_name(path.name + ".lock"),
+                 os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError as e:
+            if blocking or e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def rehash_entry(path, entry, stamp, hasher, password):
+    """
+    Rewrite C{entry}'s hash with C{hasher}'s parameters after C{password}
+    verified against it.  Blocking (a hash, a lock, an fsync): run it off the
+    reactor thread.
+
+    The file is rewritten only when it is still the version C{entry} was
+    read from (C{stamp}, L{file_stamp}) and the entry is unchanged, under
+    the same lock as C{securepop user}; otherwise nothing is written (a
+    concurrent change wins, and the next login tries again).
+
+    @return: C{"rehashed"}, C{"changed"} (the file or the entry changed
+        since it was read) or C{"busy"} (another writer holds the lock).
+    """
+    new_hash = hasher.hash(password)
+    with locked(path, blocking=False) as held:
+        if not held:
+            return "busy"
+        if file_stamp(path) != stamp:
+            return "changed"
+        users_file = UsersFile(path)
+        users = users_file.load()
+        for key, current in users.items():
+            if current.name == entry.name and current.line() == entry.line():
+                break
+        else:
+            return "changed"
+        users[key] = replace(current, password_hash=new_hash)
+        users_file.save(users)
+        return "rehashed"
+
+
 @implementer(ICredentialSource)
 class FileCredentialSource:
     """
@@ -171,15 +319,28 @@ class FileCredentialSource:
 
     Re-reads the file when its modification time or size changes (so
     C{securepop user add} takes effect without a reload); argon2 runs through
-    C{run_blocking}, off the reactor thread.
+    C{run_blocking}, off the reactor thread.  A hash made with parameters
+    other than C{params} is rewritten after a successful login, through
+    C{run_blocking} too, without delaying the login.
     """
 
     name = "file"
 
-    def __init__(self, path, run_blocking=None):
+    def __init__(self, path, run_blocking=None, params=None):
+        """
+        @param run_blocking: C{f(callable, *args) -> Deferred}, running the
+            callable off the reactor thread.
+        @param params: L{HashParameters} for the dummy hash and rehashes;
+            the defaults when None.
+        """
         self.file = UsersFile(path)
         self.file.check_permissions()
         self._run = run_blocking or (lambda f, *a: defer.maybeDeferred(f, *a))
+        self._hasher = hasher_for(params)
+        self._dummy = None
+        self._dummy_lock = threading.Lock()
+        self._rehashing = set()
+        self._rehash_off = False
         self._stamp = None
         self._users = {}
         self.reload()
@@ -188,11 +349,7 @@ class FileCredentialSource:
         return frozenset({PLAINTEXT, NT_HASH, SCRAM_SHA_256, CLEARTEXT_SECRET})
 
     def reload(self):
-        try:
-            st = self.file.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except FileNotFoundError:
-            stamp = None
+        stamp = file_stamp(self.file.path)
         if stamp != self._stamp:
             self._users = self.file.load()
             self._stamp = stamp
@@ -209,17 +366,41 @@ class FileCredentialSource:
         """Changes whenever the file does (auth cache keys include it)."""
         return self._stamp
 
+    def userStamp(self, username):
+        """
+        Changes whenever this user's entry does (C{user passwd}, C{user del}),
+        and only then: the auth cache keys include it, so one user's change
+        does not flush the others' cached logins.
+        """
+        entry = self._current().get(username)
+        if entry is None:
+            return ""
+        return hashlib.sha256(entry.line().encode("utf-8", "surrogatepass")).hexdigest()
+
     @property
     def users(self):
         return self._current()
 
+    def _dummy_hash(self):
+        """
+        Verified when the user does not exist, so "no such user" costs the
+        same as a wrong password (same parameters).  Made on first use, in
+        the blocking thread.
+        """
+        with self._dummy_lock:
+            if self._dummy is None:
+                self._dummy = self._hasher.hash(_DUMMY_PASSWORD)
+            return self._dummy
+
     def verifyPassword(self, username, password):
         entry = self._current().get(username)
-        hashed = entry.password_hash if entry else _dummy_hash()
+        stamp = self._stamp
+        hasher = self._hasher
 
         def verify():
+            hashed = entry.password_hash if entry else self._dummy_hash()
             try:
-                _hasher.verify(hashed, password)
+                hasher.verify(hashed, password)
                 return True
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 return False
@@ -228,10 +409,41 @@ class FileCredentialSource:
 
         def checked(ok):
             if ok and entry is not None:
+                self._rehash_if_needed(entry, stamp, password)
                 return UserRecord(username)
             raise UnauthorizedLogin("bad-password" if entry else "no-such-user")
 
         return d.addCallback(checked)
+
+    def _rehash_if_needed(self, entry, stamp, password):
+        """After a successful login: bring an old hash to the parameters in force."""
+        try:
+            needed = self._hasher.check_needs_rehash(entry.password_hash)
+        except InvalidHashError:
+            needed = False
+        if not needed or self._rehash_off or entry.name in self._rehashing:
+            return
+        self._rehashing.add(entry.name)
+        old = _describe_hash(entry.password_hash)
+        d = self._run(rehash_entry, self.file.path, entry, stamp, self._hasher, password)
+
+        def done(outcome):
+            # "changed"/"busy" are benign (another writer or worker won): the
+            # next login tries again.
+            events.emit("auth.rehash", user=entry.name, outcome=outcome,
+                        old=old, new=f"m={self._hasher.memory_cost},t={self._hasher.time_cost},"
+                                     f"p={self._hasher.parallelism}")
+
+        def failed(failure):
+            # E.g. a users file or directory the daemon may not write: say so
+            # once, not at every login, until a reload builds a new source.
+            self._rehash_off = True
+            events.emit("auth.rehash", "error", user=entry.name, outcome="error",
+                        error=failure.getErrorMessage(),
+                        message="old hashes are not rewritten until the next reload")
+
+        d.addCallbacks(done, failed)
+        d.addBoth(lambda _: self._rehashing.discard(entry.name))
 
     def lookupSecret(self, username, kind):
         entry = self._current().get(username)
@@ -256,6 +468,15 @@ class FileCredentialSource:
         if username in self._current():
             return defer.succeed(UserRecord(username))
         return defer.fail(UnauthorizedLogin("no-such-user"))
+
+
+def _describe_hash(hashed):
+    """C{m=...,t=...,p=...} of a stored hash, for the log."""
+    try:
+        p = extract_parameters(hashed)
+    except InvalidHashError:
+        return "?"
+    return f"m={p.memory_cost},t={p.time_cost},p={p.parallelism}"
 
 
 def _encode_scram(secret):
@@ -291,24 +512,30 @@ def _decode(kind, value):
     return base64.b64decode(value, validate=True)
 
 
-def set_password(path, name, password, kinds, create):
-    """Add (C{create}) or change a user's password; returns the entry."""
+def set_password(path, name, password, kinds, create, params=None):
+    """
+    Add (C{create}) or change a user's password, hashed with C{params}
+    (L{HashParameters}; the defaults when None); returns the entry.
+    """
     check_name(name)
+    entry = make_entry(name, password, kinds, params)
     f = UsersFile(path)
-    users = f.load()
-    if create and name in users:
-        raise KeyError(f"user {name} already exists")
-    if not create and name not in users:
-        raise KeyError(f"no such user: {name}")
-    users[name] = make_entry(name, password, kinds)
-    f.save(users)
-    return users[name]
+    with locked(path):
+        users = f.load()
+        if create and name in users:
+            raise KeyError(f"user {name} already exists")
+        if not create and name not in users:
+            raise KeyError(f"no such user: {name}")
+        users[name] = entry
+        f.save(users)
+    return entry
 
 
 def delete_user(path, name):
     f = UsersFile(path)
-    users = f.load()
-    if name not in users:
-        raise KeyError(f"no such user: {name}")
-    del users[name]
-    f.save(users)
+    with locked(path):
+        users = f.load()
+        if name not in users:
+            raise KeyError(f"no such user: {name}")
+        del users[name]
+        f.save(users)

@@ -119,3 +119,44 @@ def test_injectedKeyGivesStableKeys():
     one = AuthCache(clock, key=b"k" * 32)
     two = AuthCache(clock, key=b"k" * 32)
     assert one.keyFor("a", b"b") == two.keyFor("a", b"b")
+
+
+def test_defaultsFitPollingClients():
+    _, cache = makeCache()
+    assert (cache.ttl, cache.negative_ttl, cache.max_entries) == (3600.0, 5.0, 50000)
+
+
+def test_hitsNeverExtendAnEntry():
+    """A client polling more often than the TTL is still verified once per TTL."""
+    clock, cache = makeCache(ttl=3600, negative_ttl=5)
+    key = cache.keyFor("alice", b"pw")
+    cache.putPositive(key, UserRecord("alice"))
+    for _ in range(35):
+        clock.advance(100)
+        assert cache.get(key) == UserRecord("alice")
+    clock.advance(100)
+    assert cache.get(key) is MISS
+
+
+def test_refusalReplacesAPositiveEntryForTheSameKey():
+    clock, cache = makeCache(ttl=3600, negative_ttl=5)
+    key = cache.keyFor("alice", b"pw")
+    cache.putPositive(key, UserRecord("alice"))
+    cache.putNegative(key)
+    assert cache.get(key) is NEGATIVE
+    clock.advance(5)
+    assert cache.get(key) is MISS          # not the positive one back
+
+
+def test_boundHoldsWithMixedLifetimesAndTheRecentlyUsedSurvive():
+    clock, cache = makeCache(ttl=3600, negative_ttl=5, max_entries=100)
+    keep = cache.keyFor("keep")
+    cache.putPositive(keep, 1)
+    for number in range(1000):
+        if number % 10 == 0:
+            assert cache.get(keep) == 1
+        cache.putPositive(cache.keyFor("p", str(number)), number)
+        cache.putNegative(cache.keyFor("n", str(number)))
+        clock.advance(1)
+        assert len(cache) <= 100
+    assert cache.get(keep) == 1

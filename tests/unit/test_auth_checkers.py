@@ -108,3 +108,153 @@ def test_secret_checker():
     assert outcome(checker.requestAvatarId(Proof("alice", b"s3"))).username == "alice"
     assert outcome(checker.requestAvatarId(Proof("alice", b"xx"))).check(UnauthorizedLogin)
     assert outcome(checker.requestAvatarId(Proof("bob", b"s3"))).check(UnauthorizedLogin)
+
+
+# -- the auth cache over the users file -------------------------------------------
+
+from securepop.auth import userfile  # noqa: E402
+from securepop.auth.cache import MISS  # noqa: E402
+
+CHEAP = userfile.HashParameters(memory_kib=64, time_cost=1, parallelism=1)
+
+
+class CountingRun:
+    """run_blocking inline, counting the verifications (cold logins)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, f, *args):
+        if f is not userfile.rehash_entry:
+            self.calls += 1
+        return defer.maybeDeferred(f, *args)
+
+
+@pytest.fixture
+def filecache(tmp_path):
+    path = tmp_path / "users"
+    for name in ("alice", "bob"):
+        userfile.set_password(path, name, f"pw-{name}", set(), create=True, params=CHEAP)
+    clock, run = Clock(), CountingRun()
+    source = userfile.FileCredentialSource(path, run, params=CHEAP)
+    checker = PasswordChecker(source, AuthCache(clock, ttl=3600, negative_ttl=5,
+                                                max_entries=100))
+
+    def login(name, password):
+        return outcome(checker.requestAvatarId(UsernamePassword(name, password)))
+
+    return path, clock, run, checker, login
+
+
+def test_cache_serves_polling_logins_for_the_ttl(filecache):
+    path, clock, run, checker, login = filecache
+    assert login("alice", b"pw-alice").username == "alice"
+    for _ in range(11):               # a client polling every 5 minutes for an hour
+        clock.advance(300)
+        assert login("alice", b"pw-alice").username == "alice"
+    assert run.calls == 1
+    clock.advance(300)                # past the hour: verified again
+    assert login("alice", b"pw-alice").username == "alice"
+    assert run.calls == 2
+
+
+def test_passwd_invalidates_only_that_user(filecache):
+    path, clock, run, checker, login = filecache
+    login("alice", b"pw-alice"), login("bob", b"pw-bob")
+    assert run.calls == 2
+    userfile.set_password(path, "alice", "new-alice", set(), create=False, params=CHEAP)
+    assert login("alice", b"pw-alice").check(UnauthorizedLogin)      # at once
+    assert login("alice", b"new-alice").username == "alice"
+    assert login("bob", b"pw-bob").username == "bob"                  # still cached
+    assert run.calls == 4
+    assert login("alice", b"new-alice").username == "alice"
+    assert run.calls == 4
+
+
+def test_add_of_another_user_flushes_nobody_and_del_refuses_at_once(filecache):
+    path, clock, run, checker, login = filecache
+    login("alice", b"pw-alice"), login("bob", b"pw-bob")
+    userfile.set_password(path, "carol", "pw-carol", set(), create=True, params=CHEAP)
+    login("alice", b"pw-alice"), login("bob", b"pw-bob")
+    assert run.calls == 2
+    userfile.delete_user(path, "bob")
+    assert login("bob", b"pw-bob").check(UnauthorizedLogin)
+    assert login("alice", b"pw-alice").username == "alice"
+    assert run.calls == 3
+
+
+def test_refusal_before_passwd_does_not_hide_the_new_password(filecache):
+    path, clock, run, checker, login = filecache
+    assert login("alice", b"new-alice").check(UnauthorizedLogin)      # cached refusal
+    assert login("alice", b"new-alice").check(UnauthorizedLogin)
+    assert run.calls == 1
+    userfile.set_password(path, "alice", "new-alice", set(), create=False, params=CHEAP)
+    assert login("alice", b"new-alice").username == "alice"
+
+
+def test_failed_verification_never_extends_a_positive_entry(filecache):
+    path, clock, run, checker, login = filecache
+    assert login("alice", b"pw-alice").username == "alice"
+    clock.advance(3000)
+    for _ in range(3):
+        assert login("alice", b"guess").check(UnauthorizedLogin)
+        clock.advance(10)
+    clock.advance(570)                                                # 3600 s after
+    calls = run.calls
+    assert login("alice", b"pw-alice").username == "alice"
+    assert run.calls == calls + 1                                     # verified again
+
+
+def test_source_outage_after_expiry_is_not_served_from_the_cache():
+    clock = Clock()
+    source = MemorySource({"alice": b"pw"})
+    cache = AuthCache(clock, ttl=3600, negative_ttl=5)
+    checker = PasswordChecker(source, cache)
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"pw"))).username
+    clock.advance(3600)
+    source.down = True
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"pw"))).check(
+        SourceUnavailable)
+    assert cache.get(cache.keyFor("alice", b"pw", "")) is MISS
+
+
+def test_cache_key_holds_no_password(filecache):
+    path, clock, run, checker, login = filecache
+    login("alice", b"pw-alice")
+    for key, (_, value) in checker.cache._entries.items():
+        assert b"pw-alice" not in key and "pw-alice" not in repr(value)
+
+
+def test_cache_is_bounded_under_many_users(tmp_path):
+    clock = Clock()
+    source = MemorySource({f"u{n}": b"pw" for n in range(500)})
+    checker = PasswordChecker(source, AuthCache(clock, ttl=3600, negative_ttl=5,
+                                                max_entries=50))
+    for n in range(500):
+        outcome(checker.requestAvatarId(UsernamePassword(f"u{n}", b"pw")))
+        outcome(checker.requestAvatarId(UsernamePassword(f"u{n}", b"bad")))
+    assert len(checker.cache) == 50
+    calls = source.calls
+    outcome(checker.requestAvatarId(UsernamePassword("u499", b"pw")))     # recent: hit
+    outcome(checker.requestAvatarId(UsernamePassword("u0", b"pw")))       # evicted: cold
+    assert source.calls == calls + 1
+
+
+def test_directory_password_change_is_honoured_at_the_latest_after_the_ttl():
+    """A source without userStamp (LDAP, AD) is trusted for the TTL, no longer."""
+    clock = Clock()
+    directory = MemorySource({"alice": b"old"})
+    checker = PasswordChecker(directory, AuthCache(clock, ttl=3600, negative_ttl=5))
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"old"))).username
+    directory.users["alice"] = b"new"                 # changed in the directory
+    clock.advance(3599)
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"old"))).username
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"new"))).username
+    clock.advance(1)
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"old"))).check(
+        UnauthorizedLogin)
+    # cache_ttl = 0 (no cache): at once.
+    directory.users["alice"] = b"newer"
+    uncached = PasswordChecker(directory, None)
+    assert outcome(uncached.requestAvatarId(UsernamePassword("alice", b"new"))).check(
+        UnauthorizedLogin)

@@ -136,3 +136,271 @@ def test_malformed_secret_is_a_refusal_not_a_crash(path):
     source = userfile.FileCredentialSource(path)
     assert result_of(source.lookupSecret("alice", NT_HASH)).check(UnauthorizedLogin)
     assert result_of(source.lookupSecret("alice", SCRAM_SHA_256)).check(UnauthorizedLogin)
+
+
+# -- hash parameters and rehash after login ----------------------------------------
+
+from argon2 import extract_parameters  # noqa: E402
+
+OLD = userfile.HashParameters(memory_kib=64, time_cost=1, parallelism=1)
+NEW = userfile.HashParameters(memory_kib=128, time_cost=2, parallelism=1)
+
+
+def params_of(path, name):
+    p = extract_parameters(userfile.UsersFile(path).load()[name].password_hash)
+    return userfile.HashParameters(p.memory_cost, p.time_cost, p.parallelism)
+
+
+class QueuedRun:
+    """A run_blocking double: jobs wait until the test runs them, in order."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def __call__(self, f, *args):
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def run_next(self, index=0):
+        """Run the oldest job (or the one at C{index}); return what it returned."""
+        f, args, d = self.jobs.pop(index)
+        value = f(*args)
+        d.callback(value)
+        return value
+
+
+def test_defaults_are_owasp_minimum_not_argon2_cffi_defaults():
+    assert userfile.DEFAULT_PARAMETERS == userfile.HashParameters(19456, 2, 1)
+    hasher = userfile.DEFAULT_PARAMETERS.hasher()
+    assert (hasher.memory_cost, hasher.time_cost, hasher.parallelism) == (19456, 2, 1)
+    assert "$m=19456,t=2,p=1$" in hasher.hash("x")
+    assert not userfile.DEFAULT_PARAMETERS.below_owasp_minimum()
+    assert userfile.HashParameters(47104, 1, 1).below_owasp_minimum() is False
+    assert userfile.HashParameters(19456, 1, 1).below_owasp_minimum() is True
+    assert userfile.HashParameters(7168, 4, 1).below_owasp_minimum() is True
+
+
+def test_from_settings_reads_auth_file():
+    from securepop import config
+
+    s = config.parse("[auth.file]\nargon2_memory_kib = 12288\nargon2_time_cost = 3\n"
+                     "argon2_parallelism = 2\n", "f")
+    assert userfile.HashParameters.from_settings(s.auth.file) == \
+        userfile.HashParameters(12288, 3, 2)
+
+
+def test_new_hashes_use_the_given_parameters(path):
+    userfile.set_password(path, "alice", "pw", set(), create=True, params=NEW)
+    assert params_of(path, "alice") == NEW
+    userfile.set_password(path, "alice", "pw2", set(), create=False, params=OLD)
+    assert params_of(path, "alice") == OLD
+    entry = userfile.make_entry("bob", "pw", set(), NEW)
+    assert "$m=128,t=2,p=1$" in entry.password_hash
+
+
+def test_old_parameters_verify_and_are_rehashed_after_login(path):
+    userfile.set_password(path, "alice", "right", {NT_HASH}, create=True, params=OLD)
+    userfile.set_password(path, "bob", "other", set(), create=True, params=OLD)
+    nt_before = userfile.UsersFile(path).load()["alice"].extras["nt"]
+    source = userfile.FileCredentialSource(path, params=NEW)
+    assert result_of(source.verifyPassword("alice", b"right")).username == "alice"
+    assert params_of(path, "alice") == NEW
+    assert params_of(path, "bob") == OLD                  # only the one who logged in
+    users = userfile.UsersFile(path).load()
+    assert users["alice"].extras["nt"] == nt_before       # other secrets kept
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # The rewritten hash verifies, the wrong password still does not.
+    assert result_of(source.verifyPassword("alice", b"right")).username == "alice"
+    assert result_of(source.verifyPassword("alice", b"wrong")).check(UnauthorizedLogin)
+    fresh = userfile.FileCredentialSource(path, params=NEW)
+    assert result_of(fresh.verifyPassword("alice", b"right")).username == "alice"
+
+
+def test_wrong_password_or_unknown_user_never_rehashes(path):
+    userfile.set_password(path, "alice", "right", set(), create=True, params=OLD)
+    before = path.read_bytes()
+    source = userfile.FileCredentialSource(path, params=NEW)
+    assert result_of(source.verifyPassword("alice", b"wrong")).check(UnauthorizedLogin)
+    assert result_of(source.verifyPassword("nobody", b"right")).check(UnauthorizedLogin)
+    assert path.read_bytes() == before
+
+
+def test_hash_with_current_parameters_is_left_alone(path):
+    userfile.set_password(path, "alice", "right", set(), create=True, params=NEW)
+    before = path.stat()
+    run = QueuedRun()
+    source = userfile.FileCredentialSource(path, run, params=NEW)
+    d = source.verifyPassword("alice", b"right")
+    run.run_next()
+    assert result_of(d).username == "alice"
+    assert run.jobs == []                                  # no rehash queued
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino,
+                                                              before.st_mtime_ns)
+
+
+def test_rehash_runs_off_the_reactor_and_does_not_delay_the_login(path):
+    userfile.set_password(path, "alice", "right", set(), create=True, params=OLD)
+    run = QueuedRun()
+    source = userfile.FileCredentialSource(path, run, params=NEW)
+    d = source.verifyPassword("alice", b"right")
+    assert not d.called and len(run.jobs) == 1            # the verification
+    run.run_next()
+    assert result_of(d).username == "alice"                # answered already...
+    assert params_of(path, "alice") == OLD
+    assert [job[0] for job in run.jobs] == [userfile.rehash_entry]   # ...rehash queued
+    # A second login while the rehash waits does not queue another one.
+    d2 = source.verifyPassword("alice", b"right")
+    run.run_next(-1)
+    assert result_of(d2).username == "alice"
+    assert [job[0] for job in run.jobs] == [userfile.rehash_entry]
+    run.run_next()
+    assert params_of(path, "alice") == NEW
+
+
+def test_rehash_skipped_when_file_changed_meanwhile_and_no_entry_lost(path):
+    userfile.set_password(path, "alice", "right", set(), create=True, params=OLD)
+    run = QueuedRun()
+    source = userfile.FileCredentialSource(path, run, params=NEW)
+    d = source.verifyPassword("alice", b"right")
+    run.run_next()
+    assert result_of(d).username == "alice"
+    # `securepop user add bob` lands between the login and its rehash.
+    userfile.set_password(path, "bob", "pw", set(), create=True, params=NEW)
+    assert run.run_next() == "changed"
+    users = userfile.UsersFile(path).load()
+    assert set(users) == {"alice", "bob"}
+    assert params_of(path, "alice") == OLD
+    # The next login rehashes, and bob stays.
+    d = source.verifyPassword("alice", b"right")
+    run.run_next()
+    assert result_of(d).username == "alice"
+    assert run.run_next() == "rehashed"
+    assert set(userfile.UsersFile(path).load()) == {"alice", "bob"}
+    assert params_of(path, "alice") == NEW
+
+
+def test_rehash_skipped_when_the_password_changed_meanwhile(path):
+    userfile.set_password(path, "alice", "right", set(), create=True, params=OLD)
+    run = QueuedRun()
+    source = userfile.FileCredentialSource(path, run, params=NEW)
+    d = source.verifyPassword("alice", b"right")
+    run.run_next()
+    userfile.set_password(path, "alice", "changed", set(), create=False, params=OLD)
+    assert run.run_next() == "changed"
+    fresh = userfile.FileCredentialSource(path, params=OLD)
+    assert result_of(fresh.verifyPassword("alice", b"changed")).username == "alice"
+    assert result_of(fresh.verifyPassword("alice", b"right")).check(UnauthorizedLogin)
+
+
+def test_rehash_does_not_wait_for_another_writer(path):
+    userfile.set_password(path, "alice", "right", set(), create=True, params=OLD)
+    before = path.read_bytes()
+    run = QueuedRun()
+    source = userfile.FileCredentialSource(path, run, params=NEW)
+    source.verifyPassword("alice", b"right")
+    run.run_next()
+    with userfile.locked(path):                            # `securepop user` at work
+        assert run.run_next() == "busy"
+    assert path.read_bytes() == before
+
+
+def test_concurrent_user_add_waits_for_the_rehash_and_is_kept(path, monkeypatch):
+    """A `user add` that starts while a rehash rewrites the file is never lost."""
+    import threading
+    import time
+
+    userfile.set_password(path, "alice", "right", set(), create=True, params=OLD)
+    run = QueuedRun()
+    source = userfile.FileCredentialSource(path, run, params=NEW)
+    source.verifyPassword("alice", b"right")
+    run.run_next()
+    adder = threading.Thread(target=userfile.set_password,
+                             args=(path, "bob", "pw", set(), True, NEW))
+    real_load = userfile.UsersFile.load
+
+    def load_then_let_adder_start(self):
+        users = real_load(self)
+        if not adder.is_alive() and adder.ident is None:
+            adder.start()
+            time.sleep(0.3)            # the adder reads and hashes now, if it can
+        return users
+
+    monkeypatch.setattr(userfile.UsersFile, "load", load_then_let_adder_start)
+    assert run.run_next() == "rehashed"
+    adder.join(10)
+    monkeypatch.setattr(userfile.UsersFile, "load", real_load)
+    assert set(userfile.UsersFile(path).load()) == {"alice", "bob"}
+    assert params_of(path, "alice") == NEW
+
+
+def test_dummy_hash_for_unknown_users_uses_the_configured_parameters(path):
+    userfile.set_password(path, "alice", "right", set(), create=True, params=NEW)
+    run = QueuedRun()
+    source = userfile.FileCredentialSource(path, run, params=NEW)
+    d = source.verifyPassword("nobody", b"right")
+    assert source._dummy is None                           # made in the thread, not here
+    run.run_next()
+    assert result_of(d).check(UnauthorizedLogin)
+    p = extract_parameters(source._dummy)
+    assert (p.memory_cost, p.time_cost, p.parallelism) == (128, 2, 1)
+
+
+def test_user_stamp_changes_only_for_the_changed_user(path):
+    userfile.set_password(path, "alice", "a", set(), create=True, params=OLD)
+    userfile.set_password(path, "bob", "b", set(), create=True, params=OLD)
+    source = userfile.FileCredentialSource(path, params=OLD)
+    alice, bob = source.userStamp("alice"), source.userStamp("bob")
+    assert alice and bob and alice != bob
+    assert source.userStamp("nobody") == ""
+    userfile.set_password(path, "carol", "c", set(), create=True, params=OLD)
+    assert (source.userStamp("alice"), source.userStamp("bob")) == (alice, bob)
+    userfile.set_password(path, "alice", "a2", set(), create=False, params=OLD)
+    assert source.userStamp("alice") != alice
+    assert source.userStamp("bob") == bob
+    userfile.delete_user(path, "bob")
+    assert source.userStamp("bob") == ""
+
+
+def test_lock_file_is_private(path):
+    userfile.set_password(path, "alice", "a", set(), create=True)
+    lock = path.with_name("users.lock")
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+
+
+def test_measure_verification_reports_the_fastest_round():
+    ticks = iter([0.0, 0.5, 1.0, 1.2, 2.0, 2.9])
+    cpu = iter([0.0, 0.4, 1.0, 1.3, 2.0, 2.8])
+    cost = userfile.measure_verification(OLD, rounds=3, clock=lambda: next(ticks),
+                                         cpu_clock=lambda: next(cpu))
+    assert cost.wall == pytest.approx(0.2) and cost.cpu == pytest.approx(0.3)
+    real = userfile.measure_verification(OLD, rounds=1)
+    assert 0 < real.wall < 5 and 0 <= real.cpu < 5
+
+
+def test_rehash_that_cannot_write_is_reported_once_and_login_still_works(path, monkeypatch):
+    from twisted.logger import globalLogPublisher
+
+    userfile.set_password(path, "alice", "right", set(), create=True, params=OLD)
+    source = userfile.FileCredentialSource(path, params=NEW)
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    calls = []
+
+    def refuse(self, users):
+        calls.append(1)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(userfile.UsersFile, "save", refuse)
+    try:
+        for _ in range(3):
+            assert result_of(source.verifyPassword("alice", b"right")).username == "alice"
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert len(calls) == 1
+    errors = [e for e in seen if e.get("securepop_event") == "auth.rehash"]
+    assert len(errors) == 1 and errors[0]["sp_outcome"] == "error"
+    assert "right" not in repr(errors)
+    assert params_of(path, "alice") == OLD

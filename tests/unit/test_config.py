@@ -126,3 +126,53 @@ def test_every_setting_is_documented_in_the_sample():
         for f in dataclasses.fields(cls):
             if f.name not in nested:
                 assert re.search(rf"^# ?{f.name} = ", text, re.M), (cls.__name__, f.name)
+
+
+def test_password_hash_and_cache_defaults():
+    """OWASP's argon2id minimum, and an auth cache that outlives a polling interval."""
+    s = config.load(None)
+    assert (s.auth.file.argon2_memory_kib, s.auth.file.argon2_time_cost,
+            s.auth.file.argon2_parallelism) == (19456, 2, 1)
+    assert s.auth.cache_ttl == 3600.0
+    assert s.auth.cache_max_entries == 50000
+
+
+def test_password_hash_and_cache_keys_are_read():
+    s = config.parse("[auth]\ncache_ttl = 0\ncache_max_entries = 10\n"
+                     "[auth.file]\nargon2_memory_kib = 47104\nargon2_time_cost = 1\n"
+                     "argon2_parallelism = 2\n", "f.toml")
+    assert (s.auth.file.argon2_memory_kib, s.auth.file.argon2_time_cost,
+            s.auth.file.argon2_parallelism) == (47104, 1, 2)
+    assert (s.auth.cache_ttl, s.auth.cache_max_entries) == (0.0, 10)
+
+
+@pytest.mark.parametrize("text, key, reason", [
+    ("argon2_memory_kib = 1024", "auth.file.argon2_memory_kib", "between 7168 and"),
+    ("argon2_memory_kib = 4194304", "auth.file.argon2_memory_kib", "between 7168 and"),
+    ('argon2_memory_kib = "19 MiB"', "auth.file.argon2_memory_kib", "whole number"),
+    ("argon2_time_cost = 0", "auth.file.argon2_time_cost", "between 1 and"),
+    ("argon2_time_cost = 1000", "auth.file.argon2_time_cost", "between 1 and"),
+    ("argon2_time_cost = 2.5", "auth.file.argon2_time_cost", "whole number"),
+    ("argon2_parallelism = 0", "auth.file.argon2_parallelism", "between 1 and"),
+    ("argon2_parallelism = 64", "auth.file.argon2_parallelism", "between 1 and"),
+    ("argon2_parallelism = -1", "auth.file.argon2_parallelism", "negative"),
+])
+def test_bad_argon2_parameters_name_the_key(text, key, reason):
+    with pytest.raises(ConfigError) as e:
+        config.parse(f"[auth.file]\n{text}\n", "/etc/securepop.toml")
+    assert (e.value.key, e.value.line) == (key, 2)
+    assert reason in e.value.reason
+
+
+@pytest.mark.parametrize("text, key, reason", [
+    ("cache_max_entries = 0", "auth.cache_max_entries", "between 1 and"),
+    ("cache_max_entries = 100000000", "auth.cache_max_entries", "between 1 and"),
+    ('cache_max_entries = "lots"', "auth.cache_max_entries", "whole number"),
+    ("cache_ttl = -1", "auth.cache_ttl", "negative"),
+    ('cache_ttl = "1h"', "auth.cache_ttl", "number"),
+])
+def test_bad_cache_settings_name_the_key(text, key, reason):
+    with pytest.raises(ConfigError) as e:
+        config.parse(f"[auth]\n{text}\n", "/etc/securepop.toml")
+    assert (e.value.key, e.value.line) == (key, 2)
+    assert reason in e.value.reason

@@ -212,3 +212,36 @@ def test_start_and_a_reload_changing_max_connections_check_open_files(setup, mon
         assert seen == [5000, 40000]
     finally:
         svc.stopService()
+def password_checker(context):
+    from twisted.cred.credentials import IUsernamePassword
+
+    return context.portal.checkers[IUsernamePassword]
+
+
+def test_auth_cache_and_hash_parameters_follow_the_settings(setup, tmp_path):
+    from securepop.auth.userfile import HashParameters
+
+    setup.write_text(setup.read_text() + "[auth]\ncache_ttl = 120\ncache_max_entries = 7\n"
+                     "[auth.file]\nargon2_memory_kib = 12288\nargon2_time_cost = 3\n")
+    svc = service.makeService(config.load(setup), MemoryReactorClock())
+    cache = password_checker(svc.context).cache
+    assert (cache.ttl, cache.negative_ttl, cache.max_entries) == (120.0, 5.0, 7)
+    hasher = svc.context.source._hasher
+    assert (hasher.memory_cost, hasher.time_cost, hasher.parallelism) == (12288, 3, 1)
+    assert HashParameters.from_settings(svc.settings.auth.file) == HashParameters(12288, 3, 1)
+    setup.write_text(setup.read_text().replace("cache_ttl = 120", "cache_ttl = 0"))
+    assert svc.reload() is True
+    assert password_checker(svc.context).cache is None          # 0: off
+
+
+def test_reload_forgets_every_cached_login(setup):
+    """SIGHUP: the portal in force has a new, empty cache (and a new HMAC key)."""
+    svc = service.makeService(config.load(setup), MemoryReactorClock())
+    old = password_checker(svc.context)
+    assert old.cache.ttl == 3600.0
+    old.cache.putPositive(old.cache.keyFor("alice", b"pw", ""), "cached")
+    assert svc.reload() is True
+    new = password_checker(svc.context)
+    assert new is not old and new.cache is not old.cache
+    assert len(new.cache) == 0
+    assert new.cache.keyFor("alice", b"pw", "") != old.cache.keyFor("alice", b"pw", "")
