@@ -136,7 +136,7 @@ class AuthSettings:
     max_attempts: int = 3
     lockout_threshold: int = 0         # 0 = no per-user lockout
     lockout_window: float = 900.0
-    max_verifications_per_ip: int = 8  # logins waiting or being checked for one address
+    max_verifications_per_ip: int = 16  # password checks queued/running per address
     max_queued_verifications: int = 256   # password checks waiting, server-wide
     hash_threads: int = 0              # password hashing threads (0 = one per core)
     insecure_allow_ntlmv1: bool = False

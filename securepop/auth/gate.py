@@ -19,7 +19,7 @@ from twisted.internet import defer
 
 from securepop.errors import VerificationBusy
 
-DEFAULT_MAX_PER_ADDRESS = 8     # verifications waiting or running for one address
+DEFAULT_MAX_PER_ADDRESS = 16    # the line of one penalised address
 
 
 class Ticket:
@@ -54,8 +54,10 @@ class PenaltyGate:
     @param clock: L{IReactorTime}.
     @param penalty: the L{securepop.auth.penalty.FailurePenalty} whose
         failures and delays decide who waits.
-    @param max_per_address: verifications one address may have waiting or
-        running at once; more get L{VerificationBusy}.
+    @param max_per_address: the line of a penalised address (waiting plus
+        the one in flight); more get L{VerificationBusy}.  An address
+        without failures is not held here (a NAT's users log in in
+        parallel); the hashing pool bounds what it may queue.
     """
 
     def __init__(self, clock, penalty, max_per_address=DEFAULT_MAX_PER_ADDRESS):
@@ -85,12 +87,12 @@ class PenaltyGate:
         slot = self._slots.get(key)
         if slot is None:
             slot = self._slots[key] = _Slot()
-        if slot.running + len(slot.waiters) >= self.max_per_address:
-            self._forget(key, slot)
-            return defer.fail(VerificationBusy("too many logins in progress for this address"))
         if not slot.waiters and self._mayRun(address, slot):
             slot.running += 1
             return defer.succeed(Ticket(self, key, address))
+        if slot.running + len(slot.waiters) >= self.max_per_address:
+            self._forget(key, slot)
+            return defer.fail(VerificationBusy("too many logins waiting for this address"))
 
         def cancel(d):
             try:

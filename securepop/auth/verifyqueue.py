@@ -36,7 +36,7 @@ CLIENT = contextvars.ContextVar("securepop_verification_client", default="-")
 ALIVE = contextvars.ContextVar("securepop_verification_alive", default=None)
 
 DEFAULT_MAX_QUEUED = 256
-DEFAULT_MAX_PER_CLIENT = 4
+DEFAULT_MAX_PER_CLIENT = 16
 
 
 def default_threads():
