@@ -21,7 +21,6 @@ import json
 import os
 import poplib
 import socket
-import ssl
 import struct
 import time
 import urllib.request
