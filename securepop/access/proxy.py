@@ -33,9 +33,10 @@ import struct
 from dataclasses import dataclass
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.protocols import policies
-from zope.interface import directlyProvides, providedBy
+from zope.interface import directlyProvides, implementer, providedBy
 
 from securepop.access.rules import normaliseAddress
 
@@ -206,10 +207,15 @@ def acceptedAddresses(header: ProxyHeader, socketPeer, socketHost):
     return header.source, header.destination
 
 
+@implementer(IHandshakeListener)
 class ProxyProtocolWrapper(policies.ProtocolWrapper):
     """
     Reads the PROXY header of a trusted peer before the wrapped protocol
     exists; passes everything through for other peers.
+
+    After STLS the TLS layer sits under this wrapper and reports its
+    handshake here (L{IHandshakeListener}); L{handshakeCompleted} passes it
+    on, so the session logs and counts the TLS facts as without a proxy.
     """
 
     wrappedProtocol = None
@@ -259,6 +265,11 @@ class ProxyProtocolWrapper(policies.ProtocolWrapper):
         result = self.transport.startTLS(contextFactory, *args, **kwargs)
         directlyProvides(self, providedBy(self.transport))
         return result
+
+    def handshakeCompleted(self):
+        """The TLS handshake of STLS finished: tell the wrapped protocol."""
+        if IHandshakeListener.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.handshakeCompleted()
 
     def getProxyPeer(self):
         """The proxy's own address when a header was used, else L{None}."""

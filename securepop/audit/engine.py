@@ -290,12 +290,7 @@ class Audit:
                   f"client and server share the address {local}: some servers (Dovecot) "
                   "treat such connections as secure, so remote clients may see less; "
                   "use --source-address with another address")
-        if APOP_TIMESTAMP.search(greeting.text):
-            r.add("cleartext.apop", WARN,
-                  "greeting carries an APOP timestamp: APOP is MD5 over a secret "
-                  "the server must store in clear, and it works without TLS")
-        else:
-            r.add("cleartext.apop", PASS, "greeting carries no APOP timestamp")
+        r.add("cleartext.apop", *judgeApopGreeting(greeting, o.target.implicitTLS))
         self.greeting = greeting
         self.mainProbe = probe
         return True
@@ -541,7 +536,8 @@ class Audit:
         r = self.result
         before = mechanismsOf(self.capabilitiesBefore, self.greeting) \
             if not self.options.target.implicitTLS else []
-        under = mechanismsOf(self.capabilitiesUnderTLS or {}, None)
+        under = mechanismsOf(self.capabilitiesUnderTLS or {},
+                             self.greeting if self.options.target.implicitTLS else None)
         parts = []
         if not self.options.target.implicitTLS:
             parts.append(f"before TLS: {', '.join(before) or 'none'}")
@@ -616,6 +612,26 @@ class Audit:
         finally:
             if probe is not None:
                 probe.quit()
+
+
+def judgeApopGreeting(greeting, implicitTLS):
+    """
+    @param greeting: the greeting L{Response}.
+    @param implicitTLS: whether the greeting came inside TLS (pop3s).
+    @return: (status, reason) of C{cleartext.apop}: a WARN only when an APOP
+        timestamp is offered in a cleartext greeting, which invites clients
+        to send the digest before STLS.
+    """
+    offered = APOP_TIMESTAMP.search(greeting.text) is not None
+    if implicitTLS:
+        if offered:
+            return PASS, "APOP timestamp offered only inside TLS (implicit TLS)"
+        return PASS, "implicit TLS: the greeting carries no APOP timestamp"
+    if offered:
+        return WARN, ("cleartext greeting carries an APOP timestamp: clients may send the "
+                      "APOP digest before TLS, open to offline guessing, and the server "
+                      "must store the secret in clear")
+    return PASS, "cleartext greeting carries no APOP timestamp"
 
 
 def judgeKey(kind, bits):

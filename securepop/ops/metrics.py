@@ -2,12 +2,13 @@
 Prometheus metrics (prometheus-client) and the C{[metrics] endpoint}.
 
 L{Metrics.count} is what L{securepop.protocol.context.ServerContext} calls
-(C{("login", mechanism, result)}, C{("declined", rule)}); L{instrument}
-adds what the context does not count itself (connections, TLS versions,
-bytes sent, login latency) by observing the session hooks and the
-structured events.  With worker processes, prometheus-client's
-multiprocess mode (C{PROMETHEUS_MULTIPROC_DIR}, set by the supervisor before
-the workers start) lets the supervisor serve the sum over all workers.
+(C{("login", mechanism, result)}, C{("declined", rule)}, and
+C{("tls", version)} once per completed handshake); L{instrument} adds what
+the context does not count itself (connections, bytes sent, login latency)
+by observing the session hooks and the structured events.  With worker
+processes, prometheus-client's multiprocess mode (C{PROMETHEUS_MULTIPROC_DIR},
+set by the supervisor before the workers start) lets the supervisor serve
+the sum over all workers.
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ def tls_version(session):
 
 class Instrumentation:
     """
-    Counts connections and TLS versions through a context's session hooks,
-    and latency and bytes through the log events.  L{uninstall} undoes it.
+    Counts connections through a context's session hooks (TLS versions come
+    from each session's handshake, through C{context.count}), and latency
+    and bytes through the log events.  L{uninstall} undoes it.
     """
 
     def __init__(self, context, metrics, publisher=globalLogPublisher):
@@ -139,11 +141,9 @@ class Instrumentation:
         return self._started(session)
 
     def session_ended(self, session):
+        # TLS versions are not counted here: the session counts each
+        # completed handshake (C{context.count("tls", version)}) once.
         self.metrics.open_connections.dec()
-        if getattr(session, "secure", False) and getattr(session, "username", None):
-            version = tls_version(session)
-            if version:
-                self.metrics.count("tls", version)
         return self._ended(session)
 
     def uninstall(self):

@@ -6,6 +6,12 @@ Line format (UTC time, session id, peer, user, direction C or S, line)::
 
     2025-01-31T12:00:00.123Z s=1f2a-7 peer=192.0.2.7 user=alice C RETR 1
 
+A multi-line reply (LIST, UIDL, CAPA, the AUTH list) is one entry: its
+first line, then how many lines and octets followed
+(C{S +OK [+100001 lines, 988898 octets]}), so a LIST of a big maildrop
+costs one write, not one per message.  RETR and TOP bodies are never logged,
+only their status line.
+
 The protocol already replaces credentials before it calls L{ProtocolLog.write};
 this writer redacts again (PASS, APOP digests, AUTH initial responses, SASL
 continuations, anything unrecognised), so a change in the protocol cannot
@@ -116,7 +122,7 @@ class ProtocolLog:
             sid = self._ids[session] = f"{self._prefix}-{next(self._counter)}"
         return sid
 
-    def format(self, session, direction, line) -> bytes:
+    def format(self, session, direction, line, suffix="") -> bytes:
         if isinstance(line, str):
             line = line.encode("utf-8", "replace")
         if direction == "C":
@@ -124,7 +130,7 @@ class ProtocolLog:
         else:
             direction = "S"
             line = redact_server_line(line)
-        text = _escape(line[:MAX_LINE])
+        text = _escape(line[:MAX_LINE]) + suffix
         stamp = self._now()
         when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp)) + \
             ".%03dZ" % int((stamp % 1) * 1000)
@@ -137,7 +143,21 @@ class ProtocolLog:
     def write(self, session, direction, line):
         if self._fd is None:
             return
-        data = self.format(session, direction, line)
+        self._write(self.format(session, direction, line))
+
+    def write_reply(self, session, lines):
+        """
+        A multi-line server reply as one entry: the first line, then the
+        count and octets (CRLF included, as sent) of the lines after it.
+        """
+        if self._fd is None or not lines:
+            return
+        rest = lines[1:]
+        octets = sum(len(line) + 2 for line in rest)
+        self._write(self.format(session, "S", lines[0],
+                                " [+%d lines, %d octets]" % (len(rest), octets)))
+
+    def _write(self, data):
         try:
             os.write(self._fd, data)
         except OSError as e:

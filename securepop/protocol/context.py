@@ -233,3 +233,8 @@ class ServerContext:
     def protocol_log(self, session, direction, line):
         if self._protocol_log is not None:
             self._protocol_log.write(session, direction, line)
+
+    def protocol_log_reply(self, session, lines):
+        """A multi-line reply: one protocol log entry, however many lines."""
+        if self._protocol_log is not None:
+            self._protocol_log.write_reply(session, lines)

@@ -183,7 +183,9 @@ class POP3Session(Protocol):
                 self._close()
                 return
         greeting = "+OK " + self.ctx.settings.server.greeting
-        if self.ctx.apop_enabled:
+        # The APOP timestamp only under TLS: in a cleartext greeting it
+        # invites clients to send the digest before STLS.
+        if self.ctx.apop_enabled and self.secure:
             self._apop_stamp = self.ctx.apop_timestamp()
             greeting += " " + self._apop_stamp
         self.sendLine(greeting.encode("ascii", "replace"))
@@ -276,8 +278,7 @@ class POP3Session(Protocol):
     def sendLines(self, lines):
         """A multi-line answer in one write: one TLS record, one segment."""
         self.transport.write(b"".join(line + b"\r\n" for line in lines))
-        for line in lines:
-            self.ctx.protocol_log(self, "S", line)
+        self.ctx.protocol_log_reply(self, lines)
 
     def _close(self):
         # TLS waits for a registered producer before it shuts down: drop it.

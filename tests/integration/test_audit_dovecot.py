@@ -7,6 +7,7 @@ Dovecot listens on 127.0.0.1 and the audit connects from 127.0.0.2, because
 Dovecot treats a client on the server's own address as secure.
 """
 
+import dataclasses
 import json
 import os
 
@@ -19,12 +20,13 @@ except ImportError:
     from fixtures_dovecot import (
         INSECURE, LEGACY_TLS, SECURE, DovecotServer, dovecotAvailable)
 
-from securepop.audit import FAIL, INFO, PASS, Audit, AuditOptions, parseURL
+from securepop.audit import FAIL, INFO, PASS, WARN, Audit, AuditOptions, parseURL
 from securepop.audit.report import EXIT_FAIL, EXIT_OK, exitStatus
 from securepop.cli.audit import main as auditMain
 
 CLIENT = "127.0.0.2"
 PASSWORD = "wonderland-7"
+APOP = dataclasses.replace(SECURE, mechanisms=("plain", "login", "apop"))
 
 
 def _requireDovecot():
@@ -51,6 +53,14 @@ def secureDovecot():
 @pytest.fixture(scope="session")
 def insecureDovecot():
     server = _server(INSECURE)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def apopDovecot():
+    """The secure configuration plus APOP: Dovecot puts the timestamp in every greeting."""
+    server = _server(APOP)
     yield server
     server.stop()
 
@@ -123,6 +133,24 @@ def test_secureImplicitTLSHasNoFail(secureDovecot):
     assert s["tls.cert.name"] == PASS
     assert s["auth.cleartext"] == PASS
     assert "stls.injection" not in s
+
+
+def test_apopTimestampInClearIsWarned(apopDovecot, secureDovecot):
+    """
+    Dovecot with APOP offers the timestamp in the STLS port's cleartext
+    greeting: APOP before TLS is a WARN; without APOP it is a PASS.
+    """
+    d = apopDovecot
+    result = audit(f"pop3://127.0.0.1:{d.popPort}", cafile=d.certificate)
+    assert statuses(result)["cleartext.apop"] == WARN, reasons(result)["cleartext.apop"]
+    assert "before TLS" in reasons(result)["cleartext.apop"]
+    assert "before TLS: APOP" in reasons(result)["auth.mechanisms"]
+    result = audit(f"pop3s://127.0.0.1:{d.popsPort}", cafile=d.certificate,
+                   servername="localhost")
+    assert statuses(result)["cleartext.apop"] == PASS    # that greeting is inside TLS
+    result = audit(f"pop3://127.0.0.1:{secureDovecot.popPort}",
+                   cafile=secureDovecot.certificate)
+    assert statuses(result)["cleartext.apop"] == PASS
 
 
 def test_secureWrongPasswordFailsLogin(secureDovecot):

@@ -159,8 +159,8 @@ def test_ldapLoginsOverSTLS(slapd, ldapDaemon):
     assert login(ldapDaemon, "plain", "carol", CAROL, tls=STARTTLS).startswith(OK)
 
 
-# APOP over implicit TLS: after STLS securepop forgets the cleartext
-# greeting's timestamp, so curl's APOP needs pop3s://.
+# APOP over implicit TLS: the APOP timestamp is only in greetings sent
+# under TLS, so curl's APOP needs pop3s://.
 @pytest.mark.parametrize("options,user,password,tls", [
     ("AUTH=NTLM", "carol", CAROL, STARTTLS),
     ("AUTH=PLAIN", "alice", ALICE, STARTTLS),

@@ -51,13 +51,6 @@ NTLMV1_CONFIG = SASL_CONFIG.replace(
     "max_attempts = 3\ninsecure_allow_ntlmv1 = true\nstrip_domain = true\n")
 assert SASL_CONFIG != DEFAULT_CONFIG and NTLMV1_CONFIG != SASL_CONFIG
 
-APOP_AFTER_STLS_BUG = (
-    "BUG: APOP after STLS always answers '-ERR [AUTH] Authentication mechanism not "
-    "available': do_STLS sets self._apop_stamp = None (securepop/protocol/server.py, "
-    "do_STLS), so the greeting's timestamp, the only one a client ever sees, is "
-    "forgotten; curl/fetchmail/poplib APOP over STLS can never log in")
-
-
 def sasl_daemon_for(daemon_factory, config=SASL_CONFIG, name="sasl"):
     """The daemon these tests share (one per session per configuration)."""
     return daemon_factory(config, users=(("alice", ALICE_PASSWORD),), name=name)
@@ -309,7 +302,8 @@ CURL_CASES = [
     for ir in (False, True)
     for tls in (STARTTLS, IMPLICIT)
 ] + [
-    pytest.param("+APOP", False, STARTTLS, id="APOP-starttls"),
+    # APOP only on pop3s://: the STLS port's greeting carries no timestamp
+    # (test_curl_apop_over_stls_finds_no_timestamp).
     pytest.param("+APOP", False, IMPLICIT, id="APOP-implicit"),
 ]
 
@@ -342,6 +336,22 @@ def test_curl_logs_in_and_fails_with_a_wrong_password(sasl_daemon, mech, ir, tls
     assert bad.returncode == 67, bad.stderr.decode()[-1500:]      # CURLE_LOGIN_DENIED
     assert b"-ERR [AUTH] Authentication failed" in bad.stderr
     assert_refused(cursor, logged)
+
+
+def test_curl_apop_over_stls_finds_no_timestamp(sasl_daemon):
+    """
+    The STLS port's cleartext greeting carries no APOP timestamp, so curl
+    (pop3:// with --ssl-reqd) has nothing to send APOP with: it never sends
+    the digest, in clear or inside TLS, and no login is attempted.
+    """
+    cursor = LogCursor(sasl_daemon)
+    r = _curl(sasl_daemon, ALICE_PASSWORD, "+APOP", False, STARTTLS)
+    assert r.returncode == 67, r.stderr.decode()[-1500:]      # CURLE_LOGIN_DENIED
+    sent = r.stderr.decode(errors="replace")
+    assert not [ln for ln in sent.splitlines() if ln.startswith("> APOP")], sent
+    assert "> STLS" in sent
+    time.sleep(0.2)
+    assert not cursor.events("auth.success") and not cursor.events("auth.failure")
 
 
 def test_curl_refuses_a_server_it_cannot_verify(sasl_daemon):
@@ -414,20 +424,21 @@ def test_fetchmail_apop_over_implicit_tls(sasl_daemon, tmp_path):
     assert_refused(cursor, "APOP")
 
 
-def test_fetchmail_apop_before_tls_is_refused(sasl_daemon, tmp_path):
+def test_fetchmail_apop_before_tls_is_never_sent(sasl_daemon, tmp_path):
     """
     fetchmail's C{proto apop} sends no CAPA and so never STLS, even with
-    C{sslproto tls1.2+}: it sends APOP in cleartext on the STLS port.  The
-    server must refuse it (require secure channel), however right the digest.
+    C{sslproto tls1.2+}: on the STLS port it would send APOP in cleartext.
+    The cleartext greeting carries no timestamp, so it has nothing to send.
     """
     cursor = LogCursor(sasl_daemon)
     proc = fetchmail_apop(sasl_daemon, ALICE_PASSWORD, tmp_path, STARTTLS)
     sent = _fetchmail_sent(proc)
-    assert "STLS" not in sent and any(s.startswith("APOP alice ") for s in sent), sent
-    assert "-ERR [AUTH] Authentication requires TLS" in proc.stdout.decode()
-    assert proc.returncode == 3
+    assert not any(s.startswith("APOP") for s in sent), sent
+    said = (proc.stdout + proc.stderr).decode(errors="replace")
+    assert "timestamp" in said.lower(), said[-1500:]
+    assert proc.returncode == 3, said[-1500:]                  # AUTHFAIL
     time.sleep(0.2)
-    assert not cursor.events("auth.success")
+    assert not cursor.events("auth.success") and not cursor.events("auth.failure")
 
 
 def test_fetchmail_ntlmv1_is_refused_by_default(sasl_daemon, tmp_path):
@@ -609,10 +620,7 @@ def test_poplib_user_pass(sasl_daemon, tls):
     assert_refused(cursor, "USER")
 
 
-@pytest.mark.parametrize("tls", [
-    STARTTLS,
-    IMPLICIT,
-])
+@pytest.mark.parametrize("tls", [IMPLICIT])   # STLS: no timestamp (test_hardening_wire)
 def test_poplib_apop(sasl_daemon, tls):
     cursor = LogCursor(sasl_daemon)
     client = clients.pop3(sasl_daemon, tls)

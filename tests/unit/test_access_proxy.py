@@ -403,3 +403,39 @@ def test_start_tls_passes_through_and_updates_provided_interfaces():
     assert transport.started == "ctx"
     assert ISSLTransport.providedBy(p.transport)
     assert p.transport.getPeer().host == "192.0.2.10"
+
+
+def test_tls_handshake_reaches_the_wrapped_protocol():
+    """After STLS the TLS layer reports its handshake to the wrapper: it passes it on."""
+    from twisted.internet.interfaces import IHandshakeListener
+    from zope.interface import implementer
+    from zope.interface.verify import verifyObject
+
+    @implementer(IHandshakeListener)
+    class Listening(Recorder):
+        handshakes = 0
+
+        def handshakeCompleted(self):
+            self.handshakes += 1
+
+    class ListeningFactory(RecorderFactory):
+        def buildProtocol(self, addr):
+            p = Listening(addr)
+            self.built.append(p)
+            return p
+
+    factory = ProxyProtocolFactory(ListeningFactory(), ["127.0.0.1/32"], task.Clock())
+    peer = IPv4Address("TCP", "127.0.0.1", 50000)
+    wrapper = factory.buildProtocol(peer)
+    wrapper.makeConnection(StringTransport(peerAddress=peer))
+    verifyObject(IHandshakeListener, wrapper)
+    wrapper.handshakeCompleted()                 # before the header: nothing to tell
+    wrapper.dataReceived(V1_TCP4)
+    (p,) = factory.wrappedFactory.built
+    wrapper.handshakeCompleted()
+    assert p.handshakes == 1
+    # a wrapped protocol that does not listen is not called
+    clock, inner, _, plain, _ = connect("127.0.0.1")
+    plain.dataReceived(V1_TCP4)
+    plain.handshakeCompleted()
+    assert inner.built[0].data == b""

@@ -61,6 +61,39 @@ def test_apopTimestampNeedsTheShape():
     assert not engine.APOP_TIMESTAMP.search("ready")
 
 
+STAMPED = Response("+OK", "ready <1896.697170952@dbc.mtview.ca.us>")
+UNSTAMPED = Response("+OK", "securepop ready")
+
+
+@pytest.mark.parametrize("greeting, implicitTLS, status", [
+    (STAMPED, False, WARN),        # a timestamp in clear: APOP before TLS
+    (UNSTAMPED, False, PASS),
+    (STAMPED, True, PASS),         # the greeting itself is inside TLS
+    (UNSTAMPED, True, PASS),
+])
+def test_judgeApopGreeting(greeting, implicitTLS, status):
+    got, reason = engine.judgeApopGreeting(greeting, implicitTLS)
+    assert got == status, reason
+    assert ("before TLS" in reason) == (status == WARN)
+
+
+def test_apopUnderImplicitTLSIsListedUnderTLS():
+    audit = Audit(options("pop3s://127.0.0.1:1995"))
+    audit.greeting = STAMPED
+    audit.capabilitiesUnderTLS = {"USER": ()}
+    f = authFindings(audit)
+    assert f["auth.mechanisms"].reason == "under TLS: USER, APOP"
+
+
+def test_apopInACleartextGreetingIsListedBeforeTLSOnly():
+    audit = Audit(options())
+    audit.greeting = STAMPED
+    audit.capabilitiesBefore = {"STLS": ()}
+    audit.capabilitiesUnderTLS = {"USER": ()}
+    f = authFindings(audit)
+    assert f["auth.mechanisms"].reason == "before TLS: APOP; under TLS: USER"
+
+
 def test_exposingMechanisms():
     exposing, safe, unknown = exposingMechanisms(
         ["USER", "PLAIN", "LOGIN", "SCRAM-SHA-256", "NTLM", "X-WEIRD", "XOAUTH2"])

@@ -108,3 +108,37 @@ def test_reopen_failure_keeps_old_file(log, tmp_path):
     assert log.reopen() is False
     log.write(Session(), "C", b"NOOP")      # no exception, old fd still used
     assert "NOOP" in open(tmp_path / "logs" / "protocol.log").read()
+
+
+def test_multiline_reply_is_one_entry(log):
+    s = Session()
+    lines = [b"+OK"] + [b"%d 120" % i for i in range(1, 1001)] + [b"."]
+    log.write_reply(s, lines)
+    (line,) = text(log).splitlines()
+    octets = sum(len(l) + 2 for l in lines[1:])
+    assert line.endswith(" tls S +OK [+1001 lines, %d octets]" % octets)
+
+
+def test_multiline_reply_entry_size_does_not_grow_with_the_reply(log):
+    s = Session()
+    log.write_reply(s, [b"+OK"] + [b"1 120"] * 10 + [b"."])
+    small = os.path.getsize(log.path)
+    log.write_reply(s, [b"+OK"] + [b"1 120"] * 100_000 + [b"."])
+    assert os.path.getsize(log.path) - small <= small + 8      # a few more digits only
+
+
+def test_multiline_reply_first_line_is_redacted_and_bounded(log):
+    s = Session()
+    log.write_reply(s, [b"+ c2VjcmV0LWNoYWxsZW5nZQ==", b"."])
+    log.write_reply(s, [b"+OK " + b"A" * 5000 + b"\n2020-01-01 S forged", b"."])
+    log.write_reply(s, [])                                   # nothing to log
+    lines = text(log).splitlines()
+    assert len(lines) == 2
+    assert "c2VjcmV0" not in lines[0] and "[+1 lines, 3 octets]" in lines[0]
+    assert len(lines[1]) < 800 and lines[1].endswith("[+1 lines, 3 octets]")
+
+
+def test_closed_log_writes_no_reply(log):
+    log.close()
+    log.write_reply(Session(), [b"+OK", b"."])               # no exception
+    assert text(log) == ""

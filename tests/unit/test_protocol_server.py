@@ -422,6 +422,12 @@ class TLSFakeTransport(iosim.FakeTransport):
         else:
             iosim.FakeTransport.write(self, data)
 
+    def getHandle(self):
+        """The OpenSSL connection once TLS started (as Twisted's startTLS sets it)."""
+        if self._tlsProtocol is None:
+            raise AttributeError("getHandle")
+        return self._tlsProtocol.getHandle()
+
     def loseConnection(self):
         if self._tlsProtocol is not None:
             self._tlsProtocol.loseConnection()
@@ -486,6 +492,131 @@ def test_stls_handshake_with_untrusted_ca_fails(tmp_path, identity):
     clientTransport.write(b"CAPA\r\n")
     pump.flush()
     assert b"USER" not in client.received           # no session over a refused handshake
+
+
+def stls_in_memory(h, server, peer=None):
+    """Connect C{server} to a TLS client over iosim, STLS, handshake; return (client, send)."""
+    client = ClientProtocol()
+    serverTransport = TLSFakeTransport(server, isServer=True, peerAddress=peer)
+    clientTransport = TLSFakeTransport(client, isServer=False)
+    pump = iosim.connect(server, serverTransport, client, clientTransport, greet=False)
+    pump.flush()
+    greeting = client.received
+    clientTransport.write(b"STLS\r\n")
+    pump.flush()
+    trust = Certificate.loadPEM(open(h.ca_path, "rb").read())
+    clientTransport.startTLS(optionsForClientTLS("localhost", trustRoot=trust))
+    pump.flush()
+    client.received = b""
+
+    def send(data):
+        clientTransport.write(data)
+        pump.flush()
+        out, client.received = client.received, b""
+        return out.split(b"\r\n")[:-1]
+
+    return greeting, send
+
+
+def test_tls_facts_and_metric_once_per_handshake(tmp_path, identity):
+    from securepop.ops import metrics
+
+    h = Harness(tmp_path, identity)
+    m = metrics.Metrics()
+    metrics.instrument(h.ctx, m, publisher=_Publisher())
+    server = POP3Factory(h.ctx, h.listener).buildProtocol(None)
+    _, send = stls_in_memory(h, server)
+    assert server.tls_info["protocol"] == "TLSv1.3"
+    assert send(b"USER alice\r\nPASS " + PASSWORD + b"\r\n")[1].startswith(b"+OK Logged in")
+    assert send(b"QUIT\r\n") == [b"+OK Bye"]
+    server.connectionLost(None)
+    # one TLS session: counted at the handshake, not again when it ends
+    assert m.registry.get_sample_value("securepop_tls_sessions_total",
+                                       {"version": "TLSv1.3"}) == 1
+
+
+def test_stls_behind_proxy_header_keeps_tls_facts(tmp_path, identity):
+    """The TLS layer under the PROXY wrapper reports its handshake to the session."""
+    from twisted.internet.address import IPv4Address
+
+    from securepop.access.proxy import ProxyProtocolFactory
+
+    h = Harness(tmp_path, identity)
+    factory = ProxyProtocolFactory(POP3Factory(h.ctx, h.listener), ["127.0.0.1/32"], h.clock)
+    proxy = IPv4Address("TCP", "127.0.0.1", 40000)
+    wrapper = factory.buildProtocol(proxy)
+    client = ClientProtocol()
+    serverTransport = TLSFakeTransport(wrapper, isServer=True, peerAddress=proxy)
+    clientTransport = TLSFakeTransport(client, isServer=False)
+    pump = iosim.connect(wrapper, serverTransport, client, clientTransport, greet=False)
+    clientTransport.write(b"PROXY TCP4 198.51.100.7 127.0.0.1 5555 110\r\nSTLS\r\n")
+    pump.flush()
+    assert client.received.startswith(b"+OK") and b"Begin TLS" in client.received
+    session = wrapper.wrappedProtocol
+    assert session.peer == "198.51.100.7"
+    trust = Certificate.loadPEM(open(h.ca_path, "rb").read())
+    clientTransport.startTLS(optionsForClientTLS("localhost", trustRoot=trust))
+    pump.flush()
+    assert session.secure
+    assert session.tls_info["protocol"] == "TLSv1.3"
+    assert session.tls_info["cipher"] and session.tls_info["sni"] == "localhost"
+
+
+def test_apop_timestamp_only_in_a_greeting_under_tls(tmp_path, identity):
+    apop = config.parse(TOML.replace("[auth]\n", "[auth]\napop = true\n"),
+                        data_dir=str(tmp_path))
+    plain = Harness(tmp_path, identity)
+    plain.ctx.settings = apop
+    plain.connect()
+    (greeting,) = plain.lines()
+    assert greeting.startswith(b"+OK") and b"<" not in greeting
+    implicit = Harness(tmp_path, identity, listener_tls="implicit")
+    implicit.ctx.settings = apop
+    implicit.connect()
+    (greeting,) = implicit.lines()
+    assert greeting.endswith(b"@localhost>") and b" <" in greeting
+    # after STLS there is still no timestamp: APOP is refused, unchecked
+    h = Harness(tmp_path, identity)
+    h.ctx.settings = apop
+    server = POP3Factory(h.ctx, h.listener).buildProtocol(None)
+    greeting, send = stls_in_memory(h, server)
+    assert b"<" not in greeting
+    assert send(b"APOP alice 0123456789abcdef0123456789abcdef\r\n") == \
+        [b"-ERR [AUTH] Authentication mechanism not available"]
+    assert h.source.verified == []
+
+
+def test_apop_disabled_has_no_timestamp_anywhere(secure):
+    assert secure.session._apop_stamp is None
+    assert secure.send(b"APOP alice 0123456789abcdef0123456789abcdef\r\n") == \
+        [b"-ERR APOP is disabled"]
+
+
+def test_multiline_reply_is_one_protocol_log_entry(secure, tmp_path):
+    from securepop.ops.protolog import ProtocolLog
+
+    log = ProtocolLog(tmp_path / "protocol.log", now=lambda: 0.0)
+    secure.ctx._protocol_log = log
+    login(secure)
+    listing = secure.send(b"LIST\r\n")
+    assert len(listing) == 5
+    secure.send(b"CAPA\r\n")
+    log.close()
+    entries = (tmp_path / "protocol.log").read_text().splitlines()
+    replies = [e.split(" S ", 1)[1] for e in entries if " S " in e]
+    octets = sum(len(line) + 2 for line in listing[1:])
+    assert "+OK [+4 lines, %d octets]" % octets in replies
+    assert not any(r.startswith(("1 ", "2 ", "3 ")) for r in replies)
+    assert any(r.startswith("+OK Capability list follows [+") for r in replies)
+    assert "C LIST" in " ".join(entries)
+
+
+class _Publisher:
+    def addObserver(self, observer):
+        pass
+
+    def removeObserver(self, observer):
+        pass
 
 
 def test_overlong_line_over_several_reads_gets_one_answer(secure):
