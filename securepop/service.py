@@ -63,8 +63,10 @@ def build_credential_source(settings, reactor, run_blocking=None):
     auth = settings.auth
     if auth.source == "file":
         from securepop.auth.userfile import FileCredentialSource
+        from securepop.auth.usernames import for_settings
 
-        return FileCredentialSource(settings.resolve(auth.file.path), run_blocking)
+        return FileCredentialSource(settings.resolve(auth.file.path), run_blocking,
+                                    normalise=for_settings(settings))
     if auth.source == "ldap":
         from securepop.auth.ldap import LDAPCredentialSource
 
@@ -245,7 +247,9 @@ class SecurePOPService(service.MultiService):
             cfg = f" --config {self.settings.path}" if self.settings.path else ""
             events.emit("users.none", "warn",
                         message=f"no users yet; add one with: securepop{cfg} --data-dir "
-                                f"{self.settings.server.data_dir} user add NAME")
+                                f"{self.settings.server.data_dir} user add NAME"
+                                + ("" if cfg else " (with --config FILE once the daemon runs"
+                                   " with one: auth.mechanisms decide the secrets stored)"))
 
     def stopService(self):
         d = defer.maybeDeferred(super().stopService)

@@ -172,16 +172,24 @@ class FileCredentialSource:
     Re-reads the file when its modification time or size changes (so
     C{securepop user add} takes effect without a reload); argon2 runs through
     C{run_blocking}, off the reactor thread.
+
+    Lookups take a normalised name (L{securepop.auth.usernames}) and find
+    the entry whose name normalises to it, so an entry written before the
+    rule applied to the CLI (C{Eve}) serves the login C{eve}; an entry no
+    login can reach serves nothing.  C{normalise} is that rule for one name
+    (default: names are used as written).
     """
 
     name = "file"
 
-    def __init__(self, path, run_blocking=None):
+    def __init__(self, path, run_blocking=None, normalise=None):
         self.file = UsersFile(path)
         self.file.check_permissions()
         self._run = run_blocking or (lambda f, *a: defer.maybeDeferred(f, *a))
+        self._normalise = normalise
         self._stamp = None
         self._users = {}
+        self._index = {}
         self.reload()
 
     def capabilities(self):
@@ -195,7 +203,26 @@ class FileCredentialSource:
             stamp = None
         if stamp != self._stamp:
             self._users = self.file.load()
+            self._index = self._build_index(self._users)
             self._stamp = stamp
+
+    def _build_index(self, users):
+        """Normalised name -> the stored name that serves it."""
+        if self._normalise is None:
+            return {name: name for name in users}
+        from securepop.auth.usernames import index_names
+
+        index, unreachable, ambiguous = index_names(users, self._normalise)
+        for normalised, stored in sorted(ambiguous.items()):
+            events.emit("auth.users_ambiguous", "warn", user=normalised,
+                        entries=",".join(stored), serves=index[normalised])
+        return index
+
+    def _entry(self, username):
+        """The entry a normalised login name reaches, or None."""
+        users = self._current()
+        stored = self._index.get(username)
+        return users.get(stored) if stored is not None else None
 
     def _current(self):
         try:
@@ -214,7 +241,7 @@ class FileCredentialSource:
         return self._current()
 
     def verifyPassword(self, username, password):
-        entry = self._current().get(username)
+        entry = self._entry(username)
         hashed = entry.password_hash if entry else _dummy_hash()
 
         def verify():
@@ -234,7 +261,7 @@ class FileCredentialSource:
         return d.addCallback(checked)
 
     def lookupSecret(self, username, kind):
-        entry = self._current().get(username)
+        entry = self._entry(username)
         if entry is None:
             return defer.fail(UnauthorizedLogin("no-such-user"))
         field_name = FIELD_FOR_KIND.get(kind)
@@ -253,7 +280,7 @@ class FileCredentialSource:
         return defer.succeed((UserRecord(username), secret))
 
     def lookupUser(self, username):
-        if username in self._current():
+        if self._entry(username) is not None:
             return defer.succeed(UserRecord(username))
         return defer.fail(UnauthorizedLogin("no-such-user"))
 
