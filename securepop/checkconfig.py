@@ -90,6 +90,7 @@ def report(settings):
         if not users:
             warnings.append("no users yet: add one with `securepop user add NAME`")
         lines.extend(_hashing(s, users, warnings))
+        warnings += _user_name_warnings(s, users)
     ttl = s.auth.cache_ttl
     if ttl > 0:
         lines.append(f"auth cache: ttl = {ttl:g} s; at most {s.auth.cache_max_entries} entries")
@@ -137,3 +138,40 @@ def _hashing(s, users, warnings):
         lines.append(f"  {old} user(s) hashed with other parameters: rewritten at their "
                      f"next successful login")
     return lines
+
+
+def _user_name_warnings(settings, users):
+    """
+    Users file entries the user-name rule (L{securepop.auth.usernames})
+    sees differently: written otherwise than logins send them (found anyway,
+    but their old Maildir may be elsewhere), unusable by any login, or
+    sharing a login name with another entry.
+    """
+    from securepop.auth.usernames import for_settings, index_names
+    from securepop.mailstore.paths import mailbox_path
+
+    index, unreachable, ambiguous = index_names(users, for_settings(settings))
+    warnings = []
+    renamed = sorted((stored, name) for name, stored in index.items() if stored != name)
+    if renamed:
+        warnings.append(
+            "users file entries not written as logins use them (each is found under its "
+            "login name; `securepop user del OLD` and `user add NEW` rewrite one): "
+            + ", ".join(f"{stored!r} logs in as {name!r}" for stored, name in renamed))
+    for stored, name in renamed:
+        try:
+            old = mailbox_path(settings.mail.root, str(settings.data_path), stored)
+            new = mailbox_path(settings.mail.root, str(settings.data_path), name)
+        except ValueError:
+            continue
+        if old != new and old.exists():
+            warnings.append(f"mail delivered to {stored!r} is in {old}, but {name!r} "
+                            f"reads {new}: move its messages there")
+    if unreachable:
+        warnings.append("users file entries no login can use: " + ", ".join(
+            f"{stored!r} ({reason})" for stored, reason in unreachable))
+    for name, stored in sorted(ambiguous.items()):
+        warnings.append(f"users file entries sharing the login name {name!r}: "
+                        f"{', '.join(repr(n) for n in stored)}; only {index[name]!r} "
+                        f"can log in")
+    return warnings

@@ -112,6 +112,8 @@ class ISASLContext(Interface):
 
     def normaliseUsername(raw):
         """
+        Apply the server's one user-name rule (L{securepop.auth.usernames}).
+
         @return: the normalised user name (str), or raise ValueError.
         """
 

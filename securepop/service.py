@@ -67,9 +67,11 @@ def build_credential_source(settings, reactor, run_blocking=None):
     auth = settings.auth
     if auth.source == "file":
         from securepop.auth.userfile import FileCredentialSource, HashParameters
+        from securepop.auth.usernames import for_settings
 
         return FileCredentialSource(settings.resolve(auth.file.path), run_blocking,
-                                    params=HashParameters.from_settings(auth.file))
+                                    params=HashParameters.from_settings(auth.file),
+                                    normalise=for_settings(settings))
     if auth.source == "ldap":
         from securepop.auth.ldap import LDAPCredentialSource
 
@@ -293,7 +295,9 @@ class SecurePOPService(service.MultiService):
             cfg = f" --config {self.settings.path}" if self.settings.path else ""
             events.emit("users.none", "warn",
                         message=f"no users yet; add one with: securepop{cfg} --data-dir "
-                                f"{self.settings.server.data_dir} user add NAME")
+                                f"{self.settings.server.data_dir} user add NAME"
+                                + ("" if cfg else " (with --config FILE once the daemon runs"
+                                   " with one: auth.mechanisms decide the secrets stored)"))
 
     def stopService(self):
         d = defer.maybeDeferred(super().stopService)

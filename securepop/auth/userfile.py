@@ -322,20 +322,28 @@ class FileCredentialSource:
     C{run_blocking}, off the reactor thread.  A hash made with parameters
     other than C{params} is rewritten after a successful login, through
     C{run_blocking} too, without delaying the login.
+
+    Lookups take a normalised name (L{securepop.auth.usernames}) and find
+    the entry whose name normalises to it, so an entry written before the
+    rule applied to the CLI (C{Eve}) serves the login C{eve}; an entry no
+    login can reach serves nothing.  C{normalise} is that rule for one name
+    (default: names are used as written).
     """
 
     name = "file"
 
-    def __init__(self, path, run_blocking=None, params=None):
+    def __init__(self, path, run_blocking=None, params=None, normalise=None):
         """
         @param run_blocking: C{f(callable, *args) -> Deferred}, running the
             callable off the reactor thread.
         @param params: L{HashParameters} for the dummy hash and rehashes;
             the defaults when None.
+        @param normalise: the user-name rule for one name, or None.
         """
         self.file = UsersFile(path)
         self.file.check_permissions()
         self._run = run_blocking or (lambda f, *a: defer.maybeDeferred(f, *a))
+        self._normalise = normalise
         self._hasher = hasher_for(params)
         self._dummy = None
         self._dummy_lock = threading.Lock()
@@ -343,6 +351,7 @@ class FileCredentialSource:
         self._rehash_off = False
         self._stamp = None
         self._users = {}
+        self._index = {}
         self.reload()
 
     def capabilities(self):
@@ -352,7 +361,26 @@ class FileCredentialSource:
         stamp = file_stamp(self.file.path)
         if stamp != self._stamp:
             self._users = self.file.load()
+            self._index = self._build_index(self._users)
             self._stamp = stamp
+
+    def _build_index(self, users):
+        """Normalised name -> the stored name that serves it."""
+        if self._normalise is None:
+            return {name: name for name in users}
+        from securepop.auth.usernames import index_names
+
+        index, unreachable, ambiguous = index_names(users, self._normalise)
+        for normalised, stored in sorted(ambiguous.items()):
+            events.emit("auth.users_ambiguous", "warn", user=normalised,
+                        entries=",".join(stored), serves=index[normalised])
+        return index
+
+    def _entry(self, username):
+        """The entry a normalised login name reaches, or None."""
+        users = self._current()
+        stored = self._index.get(username)
+        return users.get(stored) if stored is not None else None
 
     def _current(self):
         try:
@@ -372,7 +400,7 @@ class FileCredentialSource:
         and only then: the auth cache keys include it, so one user's change
         does not flush the others' cached logins.
         """
-        entry = self._current().get(username)
+        entry = self._entry(username)
         if entry is None:
             return ""
         return hashlib.sha256(entry.line().encode("utf-8", "surrogatepass")).hexdigest()
@@ -393,7 +421,7 @@ class FileCredentialSource:
             return self._dummy
 
     def verifyPassword(self, username, password):
-        entry = self._current().get(username)
+        entry = self._entry(username)
         stamp = self._stamp
         hasher = self._hasher
 
@@ -446,7 +474,7 @@ class FileCredentialSource:
         d.addBoth(lambda _: self._rehashing.discard(entry.name))
 
     def lookupSecret(self, username, kind):
-        entry = self._current().get(username)
+        entry = self._entry(username)
         if entry is None:
             return defer.fail(UnauthorizedLogin("no-such-user"))
         field_name = FIELD_FOR_KIND.get(kind)
@@ -465,7 +493,7 @@ class FileCredentialSource:
         return defer.succeed((UserRecord(username), secret))
 
     def lookupUser(self, username):
-        if username in self._current():
+        if self._entry(username) is not None:
             return defer.succeed(UserRecord(username))
         return defer.fail(UnauthorizedLogin("no-such-user"))
 

@@ -2,7 +2,8 @@
 The C{securepop} command: user, deliver, check-config, cert, test-auth, audit.
 
 Every subcommand accepts C{--config FILE} and C{--data-dir DIR}, so it acts
-on the same data the daemon uses.
+on the same data the daemon uses.  Options may come before the command,
+between the command and its action, or after the arguments.
 """
 
 from __future__ import annotations
@@ -18,12 +19,49 @@ from securepop.errors import ConfigError
 
 EX_USAGE, EX_DATAERR, EX_NOUSER, EX_CONFIG = 64, 65, 67, 78
 
+#: What each users-file field is, and the password hash's mechanisms.
+_FIELD_TEXT = {"nt": "NT hash", "scram": "SCRAM-SHA-256 keys",
+               "secret": "password-equivalent secret"}
+_HASH_MECHANISMS = ("USER/PASS", "PLAIN", "LOGIN")
+
+
+class _Parser(argparse.ArgumentParser):
+    """
+    A command with no sub-commands parses its options and positionals in any
+    order (argparse's intermixed parsing): C{deliver NAME --data-dir D FILE}
+    and C{user add --data-dir D NAME} work as C{--data-dir D user add NAME}
+    does.  Plain C{parse_known_args} would fill an optional positional with
+    nothing at the first option and leave the rest "unrecognized".
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
 
 def _common(parser):
     parser.add_argument("--config", "-c", default=argparse.SUPPRESS,
                         help="configuration file (TOML)")
     parser.add_argument("--data-dir", "-d", default=argparse.SUPPRESS,
                         help="data directory (overrides server.data_dir)")
+
+
+def _common_everywhere(parser):
+    """C{--config} and C{--data-dir} on every parser below C{parser}."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in action.choices.values():
+            if "--data-dir" not in child._option_string_actions:
+                _common(child)
+            _common_everywhere(child)
 
 
 def load_settings(args):
@@ -43,6 +81,20 @@ def read_password(prompt="Password: ", confirm=True):
     return first
 
 
+def login_name(settings, raw):
+    """
+    The name logins use for C{raw} (L{securepop.auth.usernames}).
+
+    @raise ValueError: naming C{raw}, for a name no login can use.
+    """
+    from securepop.auth.usernames import for_settings
+
+    try:
+        return for_settings(settings)(raw)
+    except ValueError as e:
+        raise ValueError(f"user name {raw!r}: {e}") from None
+
+
 # -- user --------------------------------------------------------------------------
 
 def _users_path(settings):
@@ -52,30 +104,97 @@ def _users_path(settings):
     return settings.resolve(settings.auth.file.path)
 
 
+def describe_secrets(entry, settings, name):
+    """
+    Lines saying what C{user add/passwd} stored for C{name} and which
+    mechanisms will not work for that user, because the configuration the
+    command ran with did not enable them when the password was set.
+    """
+    from securepop.auth.userfile import FIELD_FOR_KIND, MECHANISMS_FOR_KIND
+
+    scheme = entry.password_hash.split("$")[1] if entry.password_hash.count("$") > 1 \
+        else "password"
+    stored = [f"{scheme} hash ({', '.join(_HASH_MECHANISMS)})"]
+    missing = []
+    for kind, field_name in FIELD_FOR_KIND.items():
+        mechanisms = MECHANISMS_FOR_KIND[kind]
+        if field_name in entry.extras:
+            stored.append(f"{_FIELD_TEXT.get(field_name, field_name)} "
+                          f"({', '.join(mechanisms)})")
+        else:
+            missing += mechanisms
+    order = list(config.ALL_MECHANISMS) + ["APOP"]
+    missing.sort(key=lambda m: order.index(m) if m in order else len(order))
+    lines = [f"  stored: {'; '.join(stored)}"]
+    if not missing:
+        lines.append(f"  every mechanism has its secret for {name}")
+        return lines
+    enabled = ", ".join(list(settings.auth.mechanisms) + (["APOP"] if settings.auth.apop else []))
+    if settings.path:
+        lines.append(f"  will not work for {name}: {', '.join(missing)} (no secret stored: "
+                     f"{settings.path} enables only {enabled})")
+        lines.append(f"  to store them: enable them there (auth.mechanisms, auth.apop), "
+                     f"then run securepop --config {settings.path} user passwd {name}")
+    else:
+        lines.append(f"  will not work for {name}: {', '.join(missing)} (no secret stored: "
+                     f"without --config the embedded default enables only {enabled})")
+        lines.append(f"  to store them: securepop --config FILE user passwd {name}, with "
+                     f"the daemon's configuration FILE naming them")
+    return lines
+
+
 def cmd_user(args):
     from securepop.auth import userfile
+    from securepop.auth.usernames import for_settings, index_names
 
     settings = load_settings(args)
     path = _users_path(settings)
     settings.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    users = userfile.UsersFile(path).load()
+    index, unreachable, _ = index_names(users, for_settings(settings))
     if args.action == "list":
-        for name in sorted(userfile.UsersFile(path).load()):
-            print(name)
+        serves = {stored: normalised for normalised, stored in index.items()}
+        why = dict(unreachable)
+        for stored in sorted(users):
+            if stored in why:
+                print(f"{stored}  (no login can use this name: {why[stored]})")
+            elif stored not in serves:
+                print(f"{stored}  (unused: another entry serves the same login name)")
+            elif serves[stored] != stored:
+                print(f"{stored}  (logs in as {serves[stored]})")
+            else:
+                print(stored)
         return 0
-    if not args.name:
-        print("securepop user: a user name is needed", file=sys.stderr)
-        return EX_USAGE
+    name = login_name(settings, args.name)
+    if name != args.name:
+        print(f"user name {args.name!r} is {name!r} for every login "
+              f"(auth.username_case = {settings.auth.username_case!r}, "
+              f"auth.strip_domain = {str(settings.auth.strip_domain).lower()})")
+    existing = index.get(name)
+    if args.action == "add":
+        if existing is not None:
+            raise KeyError(f"user {name} already exists"
+                           + (f" (as {existing!r})" if existing != name else ""))
+        target = name
+    else:
+        if existing is None:
+            raise KeyError(f"no such user: {name}")
+        target = existing       # an entry written before the rule keeps its spelling
     if args.action == "del":
-        userfile.delete_user(path, args.name)
-        print(f"deleted user {args.name}")
+        userfile.delete_user(path, target)
+        print(f"deleted user {target}")
         return 0
     password = read_password()
     if not password:
         print("securepop user: empty password refused", file=sys.stderr)
         return EX_DATAERR
     kinds = userfile.kinds_for_mechanisms(settings.auth.mechanisms, settings.auth.apop)
-    userfile.set_password(path, args.name, password, kinds, create=args.action == "add")
-    print(f"{'added' if args.action == 'add' else 'updated'} user {args.name}")
+    entry = userfile.set_password(path, target, password, kinds,
+                                  create=args.action == "add")
+    print(f"{'added' if args.action == 'add' else 'updated'} user {target}"
+          + (f" (logs in as {name})" if target != name else ""))
+    for line in describe_secrets(entry, settings, name):
+        print(line)
     return 0
 
 
@@ -86,7 +205,8 @@ def cmd_deliver(args):
     from securepop.mailstore.paths import mailbox_path
 
     settings = load_settings(args)
-    path = mailbox_path(settings.mail.root, str(settings.data_path), args.name)
+    path = mailbox_path(settings.mail.root, str(settings.data_path),
+                        login_name(settings, args.name))
     if args.file:
         with open(args.file, "rb") as f:
             name = deliver(path, f)
@@ -109,25 +229,28 @@ def cmd_check_config(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="securepop", description=__doc__.strip().split("\n")[0])
+    parser = _Parser(prog="securepop", description=__doc__.strip().split("\n")[0])
     _common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("user", help="manage the local users file")
-    _common(p)
-    p.add_argument("action", choices=["add", "passwd", "del", "list"])
-    p.add_argument("name", nargs="?")
-    p.set_defaults(func=cmd_user)
+    user = sub.add_parser("user", help="manage the local users file")
+    actions = user.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    for action, helpText in (("add", "add a user (asks for the password)"),
+                             ("passwd", "set a user's password and secrets again"),
+                             ("del", "delete a user")):
+        p = actions.add_parser(action, help=helpText)
+        p.add_argument("name")
+        p.set_defaults(func=cmd_user)
+    actions.add_parser("list", help="list the users").set_defaults(func=cmd_user)
 
     p = sub.add_parser("deliver", help="deliver a message into a user's Maildir")
-    _common(p)
     p.add_argument("name")
     p.add_argument("file", nargs="?", help="the message (default: standard input)")
     p.set_defaults(func=cmd_deliver)
 
     p = sub.add_parser("check-config", help="print the effective configuration and warnings")
-    _common(p)
     p.set_defaults(func=cmd_check_config)
 
     for module in ("securepop.cli.cert", "securepop.cli.test_auth", "securepop.cli.audit"):
@@ -136,9 +259,7 @@ def build_parser():
         except ImportError:
             continue
         mod.add_parser(sub)
-        for action in sub.choices.values():
-            if "--data-dir" not in action._option_string_actions:
-                _common(action)
+    _common_everywhere(parser)
     return parser
 
 

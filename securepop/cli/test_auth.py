@@ -73,17 +73,27 @@ def ntHashOf(password):
         return md4(password.decode("utf-8").encode("utf-16-le"))
 
 
-async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None):
+async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None,
+                   normalise=None):
     """
     Run one login and describe it.
 
+    @param user: the name as a client would send it.
+    @param normalise: the server's user-name rule for one name
+        (L{securepop.auth.usernames.for_settings}), applied as a login
+        applies it: to C{user}, or to the name the DC verified for NTLM.
     @return: a dict with at least C{result} (C{ok}, C{refused},
         C{unavailable}) and C{seconds}.
     """
     started = clock()
     report = {"user": user, "mechanism": mechanism,
               "source": getattr(source, "name", "?")}
+    normalise = normalise or (lambda name: name)
     try:
+        if not (mechanism == "ntlm" and ntlmVerifier is not None):
+            user = normalise(user)      # NTLM sends the name as given; the DC's is normalised
+            if user != report["user"]:
+                report["login_name"] = user
         if hasattr(source, "explain") and mechanism in ("plain", "lookup"):
             report.update(await source.explain(
                 user, password if mechanism == "plain" else None))
@@ -95,7 +105,7 @@ async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None):
             report.update(result="ok", username=record.username, **record.info)
         elif mechanism == "ntlm" and ntlmVerifier is not None:
             report.update(await _ntlmThroughVerifier(
-                source, ntlmVerifier, user, password))
+                source, ntlmVerifier, user, password, normalise))
         elif mechanism == "ntlm":
             record, stored = await source.lookupSecret(user, NT_HASH)
             ok = hmac.compare_digest(stored, ntHashOf(password))
@@ -120,7 +130,7 @@ async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None):
     return report
 
 
-async def _ntlmThroughVerifier(source, verifier, user, password):
+async def _ntlmThroughVerifier(source, verifier, user, password, normalise=lambda n: n):
     import spnego
 
     client = spnego.client(user, password.decode("utf-8"), hostname="localhost",
@@ -129,6 +139,7 @@ async def _ntlmThroughVerifier(source, verifier, user, password):
     challenge = await exchange.negotiate(client.step())
     verified = await exchange.authenticate(client.step(challenge))
     report = {"verified_by_dc": verified}
+    verified = normalise(verified)
     if hasattr(source, "explain"):
         report.update(await source.explain(verified, None))
     else:
@@ -141,7 +152,7 @@ def formatReport(report):
     """
     @return: the report as aligned "key: value" lines.
     """
-    order = ["result", "user", "mechanism", "source", "server", "dn",
+    order = ["result", "user", "login_name", "mechanism", "source", "server", "dn",
              "groups", "account", "bind", "verified_by_dc", "username",
              "mailbox", "attributes", "reason", "seconds"]
     keys = [key for key in order if key in report] + sorted(
@@ -170,6 +181,7 @@ def run(args, out=None):
 
     async def main(reactor):
         from securepop import config, service
+        from securepop.auth.usernames import for_settings
 
         settings = config.load(getattr(args, "config", None),
                                getattr(args, "data_dir", None))
@@ -179,7 +191,7 @@ def run(args, out=None):
         if args.mechanism == "ntlm" and builder is not None:
             verifier = builder(settings, reactor)
         report = await tryLogin(source, args.user, args.mechanism, password,
-                                time.monotonic, verifier)
+                                time.monotonic, verifier, for_settings(settings))
         out.write(formatReport(report) + "\n")
         exitCode.append({"ok": 0, "refused": 1}.get(report.get("result"), 2))
 

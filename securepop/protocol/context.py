@@ -139,19 +139,9 @@ class ServerContext:
         return caps
 
     def normalise(self, raw):
-        """User name rules shared by every mechanism (see README)."""
-        name = raw.strip() if isinstance(raw, str) else raw.decode("utf-8").strip()
-        if self.settings.auth.strip_domain:
-            if "\\" in name:
-                name = name.split("\\", 1)[1]
-            elif "@" in name:
-                name = name.split("@", 1)[0]
-        if self.settings.auth.username_case == "lower":
-            name = name.lower()
-        if not name or len(name.encode("utf-8")) > 255 or any(
-                ord(c) < 0x20 or c == "\x7f" for c in name):
-            raise ValueError("unacceptable user name")
-        return name
+        """User name rules shared by every entry point (L{securepop.auth.usernames})."""
+        from securepop.auth.usernames import normalise_username
+        return normalise_username(raw, self.settings.auth, self.hostname)
 
     def apop_timestamp(self):
         """RFC 1939 timestamp: unguessable, fresh per connection."""

@@ -25,14 +25,17 @@ class VerifiedCredentials:
 def normalise(context, raw):
     """
     Normalise a user name through the context, turning its ValueError into
-    the SASLError every mechanism raises for bad input.
+    the SASLError every mechanism raises for bad input (its C{reason}, e.g.
+    C{foreign-domain}, goes to the failure log).
     """
     from securepop.errors import SASLError
 
     try:
         username = context.normaliseUsername(raw)
     except ValueError as e:
-        raise SASLError(f"unacceptable user name: {e}") from None
+        error = SASLError(f"unacceptable user name: {e}")
+        error.reason = getattr(e, "reason", "malformed")
+        raise error from None
     if not username:
         raise SASLError("empty user name")
     return username

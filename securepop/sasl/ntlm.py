@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from twisted.internet.defer import maybeDeferred
 from zope.interface import Interface, implementer
 
+from securepop.auth.usernames import server_names
 from securepop.errors import SASLError
 from securepop.interfaces import (
     NT_HASH, NTLM_DELEGATE, ISASLExchange, ISASLMechanism,
@@ -278,18 +279,15 @@ def check_authenticate_policy(message, context, check_timestamp=True):
             raise NTLMRefused("timestamp-outside-window")
 
 
-def _message_username(message, context=None):
+def _message_username(message):
     """
-    The user name as the client gave it; a domain that is the server's own
-    (the target name our CHALLENGE announced, NetBIOS or DNS form) means a
-    local user, which is what fetchmail and Outlook send back.
+    The user name as the client gave it: C{DOMAIN\\user} when the message
+    names a domain.  The one user-name rule (L{securepop.auth.usernames})
+    then decides: the server's own NetBIOS domain, DNS domain or host name
+    (what fetchmail and Outlook send back from our CHALLENGE, what curl
+    sends for C{-u 'EXAMPLE\\alice'}) means the local user, any other
+    domain is refused unless C{strip_domain} is on.
     """
-    if message.domain and context is not None:
-        _, nb_domain, dns_computer, dns_domain = _names(context)
-        own = {nb_domain.upper(), dns_domain.upper(), dns_computer.upper(),
-               dns_computer.split(".")[0].upper()}
-        if message.domain.upper() in own:
-            return message.user
     if message.domain:
         return f"{message.domain}\\{message.user}"
     return message.user
@@ -297,12 +295,7 @@ def _message_username(message, context=None):
 
 def _names(context):
     """(NetBIOS computer, NetBIOS domain, DNS computer, DNS domain)."""
-    hostname = context.hostname.rstrip(".")
-    first, _, rest = hostname.partition(".")
-    nb_computer = first.upper()[:15] or "SECUREPOP"
-    nb_domain = (_settings(context, "netbios_domain", "") or nb_computer)
-    dns_domain = _settings(context, "dns_domain", "") or rest or hostname
-    return nb_computer, nb_domain.upper()[:15], hostname, dns_domain
+    return server_names(context.settings, context.hostname)
 
 
 def challenge_flags(client_flags, domain_target=True):
@@ -381,7 +374,9 @@ class _NTLMExchange:
         message = msgs.parse_authenticate(token)
         self.username = message.user or None        # for the failure log line
         check_authenticate_policy(message, self._context)
-        username = normalise(self._context, _message_username(message, self._context))
+        qualified = _message_username(message)
+        self.username = qualified or None       # a refused name is logged as sent
+        username = normalise(self._context, qualified)
         return NTLMCredentials(
             username=username,
             message=message,

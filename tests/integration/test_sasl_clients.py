@@ -521,7 +521,8 @@ def test_ntlm_user_in_another_domain_is_refused(sasl_daemon):
     with SourcePOP3(sasl_daemon, IMPLICIT) as conn:
         reply, _ = ntlm_login(conn, "OTHER\\alice", ALICE_PASSWORD)
         assert reply == b"-ERR [AUTH] Authentication failed"
-    assert cursor.wait("auth.failure", mechanism="NTLM", user="other\\alice"), \
+    assert cursor.wait("auth.failure", mechanism="NTLM", user="OTHER\\alice",
+                       reason="foreign-domain"), \
         cursor.text()[-1000:]
     assert not cursor.events("auth.success")
 

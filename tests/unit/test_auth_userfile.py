@@ -404,3 +404,65 @@ def test_rehash_that_cannot_write_is_reported_once_and_login_still_works(path, m
     assert len(errors) == 1 and errors[0]["sp_outcome"] == "error"
     assert "right" not in repr(errors)
     assert params_of(path, "alice") == OLD
+# -- lookups by the normalised name (securepop.auth.usernames) --------------------------
+
+def _rule(name):
+    from securepop.auth.usernames import normalise_username
+    from securepop.config import AuthSettings
+
+    return normalise_username(name, AuthSettings(), "pop.example.com")
+
+
+def _write_mixed_case(path):
+    """A users file written before the CLI normalised names: 'Eve' as typed."""
+    userfile.set_password(path, "Eve", "pw", {NT_HASH}, create=True)
+    userfile.set_password(path, "dave@other.org", "pw", set(), create=True)
+
+
+def test_source_finds_an_entry_under_its_normalised_name(path):
+    _write_mixed_case(path)
+    source = userfile.FileCredentialSource(path, normalise=_rule)
+    assert result_of(source.verifyPassword("eve", b"pw")).username == "eve"
+    assert result_of(source.verifyPassword("eve", b"wrong")).check(UnauthorizedLogin)
+    record, nt = result_of(source.lookupSecret("eve", NT_HASH))
+    assert (record.username, nt) == ("eve", derive.nt_hash("pw"))
+    assert result_of(source.lookupUser("eve")).username == "eve"
+    # lookups take the normalised name only, and a name no login can send
+    # serves nothing
+    for name in ("Eve", "dave@other.org", "dave"):
+        assert result_of(source.lookupUser(name)).check(UnauthorizedLogin)
+        assert result_of(source.verifyPassword(name, b"pw")).check(UnauthorizedLogin)
+
+
+def test_source_without_the_rule_uses_names_as_written(path):
+    _write_mixed_case(path)
+    source = userfile.FileCredentialSource(path)
+    assert result_of(source.lookupUser("eve")).check(UnauthorizedLogin)
+    assert result_of(source.lookupUser("Eve")).username == "Eve"
+
+
+def test_source_index_follows_the_file(path):
+    userfile.set_password(path, "alice", "pw", set(), create=True)
+    source = userfile.FileCredentialSource(path, normalise=_rule)
+    assert result_of(source.lookupUser("carol")).check(UnauthorizedLogin)
+    userfile.set_password(path, "Carol", "pw", set(), create=True)
+    assert result_of(source.lookupUser("carol")).username == "carol"
+
+
+def test_source_logs_entries_sharing_a_login_name(path):
+    from twisted.logger import globalLogPublisher
+
+    userfile.set_password(path, "Eve", "one", set(), create=True)
+    userfile.set_password(path, "eve", "two", set(), create=True)
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        source = userfile.FileCredentialSource(path, normalise=_rule)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    texts = [e.get("securepop_text", "") for e in seen]
+    assert any("auth.users_ambiguous" in t and "entries=Eve,eve" in t and "serves=eve" in t
+               for t in texts), texts
+    # the entry written as logins send the name wins
+    assert result_of(source.verifyPassword("eve", b"two")).username == "eve"
+    assert result_of(source.verifyPassword("eve", b"one")).check(UnauthorizedLogin)

@@ -142,3 +142,57 @@ def test_formatReportNeverShowsThePassword():
     assert lines[0].startswith("result:") and lines[0].endswith("ok")
     assert "groups:         (none)" in lines
     assert lines[-1].startswith("zzz:")
+
+
+def _rule(name):
+    from securepop.auth.usernames import normalise_username
+    from securepop.config import AuthSettings
+
+    return normalise_username(name, AuthSettings(netbios_domain="EXAMPLE"), "pop.example.com")
+
+
+def _tryWithRule(source, user, mechanism, password, verifier=None):
+    results = []
+    ensureDeferred(test_auth.tryLogin(source, user, mechanism, password, Ticks(),
+                                      verifier, normalise=_rule)).addBoth(results.append)
+    return results[0]
+
+
+def test_theUserNameIsNormalisedAsALoginWouldBe():
+    """test-auth Carol tries what a login as Carol tries: carol."""
+    for mechanism, call in (("plain", ("verify", "carol", b"pw")), ("lookup", ("lookup", "carol")),
+                            ("ntlm", ("secret", "carol", NT_HASH))):
+        source = FakeSource()
+        report = _tryWithRule(source, "EXAMPLE\\Carol", mechanism, b"pw")
+        assert source.calls == [call]
+        assert report["user"] == "EXAMPLE\\Carol" and report["login_name"] == "carol"
+        assert "login_name:     carol" in test_auth.formatReport(report)
+
+
+def test_aNameNoLoginCanUseIsRefusedWithoutALookup():
+    source = FakeSource()
+    report = _tryWithRule(source, "OTHER\\carol", "plain", b"pw")
+    assert report["result"] == "refused" and "domain" in report["reason"]
+    assert source.calls == []
+
+
+def test_theNameTheDCVerifiedIsNormalised(monkeypatch):
+    class Verifier:
+        def newExchange(self):
+            return self
+
+        def negotiate(self, token):
+            return succeed(b"challenge")
+
+        def authenticate(self, token):
+            return succeed("EXAMPLE\\Carol")
+
+    class Client:
+        def step(self, token=None):
+            return b"token"
+
+    monkeypatch.setattr("spnego.client", lambda *a, **k: Client())
+    source = FakeSource()
+    report = _tryWithRule(source, "EXAMPLE\\Carol", "ntlm", b"pw", Verifier())
+    assert report["verified_by_dc"] == "EXAMPLE\\Carol"
+    assert source.calls == [("lookup", "carol")] and report["result"] == "ok"

@@ -489,3 +489,83 @@ def test_delegate_hostile_negotiate_refused_before_the_dc_is_asked():
     with pytest.raises(SASLError):
         NTLM_DELEGATED.newExchange(Context(delegate=dc)).step(b"junk")
     assert dc.calls == []
+
+
+# -- user names: the server's own domains (securepop.auth.usernames) -----------
+
+class RuleContext(Context):
+    """A context applying the server's real user-name rule."""
+
+    hostname = "pop.example.com"
+
+    def __init__(self, delegate=None, **settings):
+        from securepop.config import AuthSettings
+
+        super().__init__(delegate)
+        self.settings = AuthSettings(**{"netbios_domain": "EXAMPLE", **settings})
+
+    def normaliseUsername(self, raw):
+        from securepop.auth.usernames import normalise_username
+
+        return normalise_username(raw, self.settings, self.hostname)
+
+
+@pytest.mark.parametrize("user", [
+    "EXAMPLE\\alice", "example\\Alice", "alice@example.com", "Alice@Example.COM",
+    "pop.example.com\\alice", "alice@pop.example.com", "POP\\alice", "alice",
+])
+def test_the_servers_own_domain_is_the_local_user(user):
+    _, creds = run_exchange(RuleContext(), user=user)
+    assert creds.username == "alice"
+    assert creds.checkSecret(nt_hash("secret")) is True
+
+
+@pytest.mark.parametrize("user,logged", [
+    ("OTHER\\alice", "OTHER\\alice"), ("alice@other.org", "alice@other.org"),
+    ("example.com.evil\\alice", "example.com.evil\\alice"),
+])
+def test_another_domain_is_refused_and_logged_as_sent(user, logged):
+    with pytest.raises(SASLError) as e:
+        run_exchange(RuleContext(), user=user)
+    assert e.value.reason == "foreign-domain"
+    exchange = NTLM.newExchange(RuleContext())
+    client = spnego_client(user)
+    exchange.step(None)
+    challenge = exchange.step(client.step())
+    with pytest.raises(SASLError):
+        exchange.step(client.step(challenge.data))
+    assert exchange.username == logged
+
+
+def test_strip_domain_takes_any_domain():
+    _, creds = run_exchange(RuleContext(strip_domain=True), user="OTHER\\alice")
+    assert creds.username == "alice"
+
+
+def test_the_announced_domain_is_accepted_back():
+    """What a client copies from our CHALLENGE (fetchmail, Outlook) is own."""
+    context = RuleContext(netbios_domain="")
+    exchange = NTLM.newExchange(context)
+    exchange.step(None)
+    challenge = m.parse_challenge(exchange.step(m.build_negotiate(
+        m.NEGOTIATE_UNICODE | m.NEGOTIATE_NTLM)).data)
+    announced = dict(m.parse_av_pairs(challenge.target_info))
+    for av in (m.AV_NB_DOMAIN_NAME, m.AV_NB_COMPUTER_NAME, m.AV_DNS_DOMAIN_NAME,
+               m.AV_DNS_COMPUTER_NAME):
+        domain = announced[av].decode("utf-16-le")
+        assert context.normaliseUsername(f"{domain}\\alice") == "alice", domain
+
+
+def test_delegated_name_follows_the_same_rule():
+    dc = FakeDomainController({"alice": nt_hash("secret")})
+    _, creds = run_exchange(RuleContext(delegate=dc), mechanism=NTLM_DELEGATED)
+    assert creds.username == "alice"        # the DC said EXAMPLE\alice
+
+    class ForeignDC(FakeDomainController):
+        def authenticate(self, token):
+            d = super().authenticate(token)
+            return d.addCallback(lambda name: name.replace("EXAMPLE", "OTHER"))
+
+    with pytest.raises(SASLError):
+        run_exchange(RuleContext(delegate=ForeignDC({"alice": nt_hash("secret")})),
+                     mechanism=NTLM_DELEGATED)

@@ -1,5 +1,7 @@
 """makeService: listeners from the settings, reload that keeps the old on error."""
 
+import dataclasses
+
 import pytest
 from argon2 import PasswordHasher
 from twisted.application.service import IService
@@ -245,3 +247,35 @@ def test_reload_forgets_every_cached_login(setup):
     assert new is not old and new.cache is not old.cache
     assert len(new.cache) == 0
     assert new.cache.keyFor("alice", b"pw", "") != old.cache.keyFor("alice", b"pw", "")
+def _users_none(svc):
+    from twisted.logger import globalLogPublisher
+
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        svc.startService()
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+        svc.stopService()
+    return [e["securepop_text"] for e in seen if e.get("securepop_event") == "users.none"]
+
+
+def test_no_users_hint_names_the_configuration(setup):
+    """The hint names --config: the file decides which secrets user add stores."""
+    lines = _users_none(service.makeService(config.load(setup), MemoryReactorClock()))
+    assert len(lines) == 1 and f"securepop --config {setup} --data-dir " in lines[0], lines
+
+
+def test_no_users_hint_without_a_file_still_names_config(tmp_path):
+    settings = config.load(None, str(tmp_path / "data"))
+    settings = dataclasses.replace(settings, listen=())
+    lines = _users_none(service.makeService(settings, MemoryReactorClock()))
+    assert len(lines) == 1, lines
+    assert f"securepop --data-dir {tmp_path / 'data'} user add NAME" in lines[0]
+    assert "--config FILE" in lines[0] and "auth.mechanisms" in lines[0]
+
+
+def test_no_users_hint_absent_once_a_user_exists(setup):
+    settings = config.load(setup)
+    userfile.set_password(settings.resolve("users"), "alice", "pw", set(), create=True)
+    assert _users_none(service.makeService(settings, MemoryReactorClock())) == []
