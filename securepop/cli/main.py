@@ -190,7 +190,8 @@ def cmd_user(args):
         return EX_DATAERR
     kinds = userfile.kinds_for_mechanisms(settings.auth.mechanisms, settings.auth.apop)
     entry = userfile.set_password(path, target, password, kinds,
-                                  create=args.action == "add")
+                                  create=args.action == "add",
+                                  params=userfile.HashParameters.from_settings(settings.auth.file))
     print(f"{'added' if args.action == 'add' else 'updated'} user {target}"
           + (f" (logs in as {name})" if target != name else ""))
     for line in describe_secrets(entry, settings, name):

@@ -261,3 +261,20 @@ def test_user_add_with_config_stores_what_it_names(run, tmp_path):
     assert (f"will not work for alice: SCRAM-SHA-256, SCRAM-SHA-256-PLUS, CRAM-MD5, APOP "
             f"(no secret stored: {conf} enables only PLAIN, NTLM)") in out
     assert f"securepop --config {conf} user passwd alice" in out
+
+
+def test_user_add_hashes_with_the_configured_parameters(tmp_path, monkeypatch):
+    """[auth.file] argon2 parameters reach the hashes `securepop user add` makes."""
+    from argon2 import extract_parameters
+
+    from securepop.auth.userfile import UsersFile
+    from securepop.cli import main as climain
+
+    cfg = tmp_path / "securepop.toml"
+    cfg.write_text(f'[server]\ndata_dir = "{tmp_path / "data"}"\n'
+                   "[auth.file]\nargon2_memory_kib = 8192\nargon2_time_cost = 3\n")
+    monkeypatch.setattr(climain, "read_password", lambda: "Pw-123456")
+    assert climain.main(["--config", str(cfg), "user", "add", "carol"]) == 0
+    entry = UsersFile(tmp_path / "data" / "users").load()["carol"]
+    p = extract_parameters(entry.password_hash)
+    assert (p.memory_cost, p.time_cost) == (8192, 3)
