@@ -101,8 +101,15 @@ def build_tls(settings, clock):
     if tls.certificate:
         cert, key = str(settings.resolve(tls.certificate)), str(settings.resolve(tls.key))
     else:
-        cert, key = certificates.ensure_selfsigned(str(settings.data_path),
-                                                   settings.server.hostname)
+        made = certificates.ensure_default_certificate(str(settings.data_path),
+                                                       settings.server.hostname)
+        cert, key = made.certificate, made.key
+        events.emit("tls.default_certificate", path=cert, action=made.action,
+                    message="covers " + (", ".join(made.names) or "no subjectAltName"))
+        if made.missing:
+            reason = made.problem or "it was not made by securepop, which leaves it alone"
+            events.emit("tls.certificate_warning", "warn", path=cert,
+                        message=f"it does not cover {', '.join(made.missing)}: {reason}")
     try:
         policy = TLSPolicy(profile=tls.profile, min_cipher_bits=tls.min_cipher_bits)
     except ValueError as e:
