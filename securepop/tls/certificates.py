@@ -76,10 +76,13 @@ def read_file(path, key):
         raise ConfigError(path, key, f"cannot read the file: {e.strerror or e}")
 
 
-def check_key_file_mode(path, key="tls.key"):
+def check_key_file_mode(path, key="tls.key", what="the private key"):
     """
-    Refuse a private key that group or others may read or write.
+    Refuse a private key (or another secret file) that group or others may
+    read or write.
 
+    @param what: the file's name in the message, e.g. C{"the bind password
+        file"}.
     @raise ConfigError: with the C{chmod} that fixes it.
     """
     try:
@@ -90,7 +93,7 @@ def check_key_file_mode(path, key="tls.key"):
         raise ConfigError(
             path,
             key,
-            f"the private key is accessible by group or others (mode "
+            f"{what} is accessible by group or others (mode "
             f"{stat.S_IMODE(mode):04o}); run: chmod 600 {path}",
         )
 

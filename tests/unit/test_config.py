@@ -126,3 +126,58 @@ def test_every_setting_is_documented_in_the_sample():
         for f in dataclasses.fields(cls):
             if f.name not in nested:
                 assert re.search(rf"^# ?{f.name} = ", text, re.M), (cls.__name__, f.name)
+
+
+# -- auth.ad.ntlm_auth ------------------------------------------------------------
+
+
+def _ad(ntlm_auth, mechanisms='["PLAIN", "NTLM"]', helpers=4):
+    return ('[auth]\nsource = "ad"\nmechanisms = ' + mechanisms + '\n'
+            '[auth.ad]\nurls = ["ldaps://dc1.example.test"]\nbase_dn = "DC=example,DC=test"\n'
+            f'helpers = {helpers}\nntlm_auth = "{ntlm_auth}"\n')
+
+
+@pytest.fixture
+def helper(tmp_path):
+    """An executable file standing in for Samba's ntlm_auth."""
+    path = tmp_path / "ntlm_auth"
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_ntlm_auth_executable_file_accepted(helper):
+    s = config.parse(_ad(helper), "/etc/securepop.toml")
+    assert s.auth.ad.ntlm_auth == str(helper)
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("{helper} --configfile=/etc/samba/smb.conf",
+     "does not exist; it must be the program's path alone (here '{helper}'), with the "
+     "smb.conf in auth.ad.ntlm_auth_config"),
+    ("{tmp}/no-such-ntlm_auth", "does not exist (Samba winbind provides it"),
+    ("{plain}", "is not an executable file"),
+    ("{tmp}", "is not an executable file"),
+    ("ntlm_auth", "is not an absolute path to an executable file"),
+])
+def test_broken_ntlm_auth_refused_naming_the_key(helper, tmp_path, value, reason):
+    plain = tmp_path / "not-executable"
+    plain.write_text("#!/bin/sh\n")
+    plain.chmod(0o644)
+    fill = dict(helper=helper, tmp=tmp_path, plain=plain)
+    with pytest.raises(ConfigError) as e:
+        config.parse(_ad(value.format(**fill)), "/etc/securepop.toml")
+    assert e.value.key == "auth.ad.ntlm_auth"
+    assert reason.format(**fill) in e.value.reason
+    assert e.value.line == 8
+    assert str(e.value).startswith("/etc/securepop.toml:8: auth.ad.ntlm_auth: ")
+
+
+def test_ntlm_auth_not_checked_when_ntlm_is_not_used(tmp_path):
+    # PLAIN-only AD (or no helpers) never runs ntlm_auth: a machine without
+    # winbind may serve it.
+    missing = tmp_path / "no-such-ntlm_auth"
+    config.parse(_ad(missing, mechanisms='["PLAIN"]'), "f")
+    config.parse(_ad(missing, helpers=0), "f")
+    with pytest.raises(ConfigError):
+        config.parse(_ad(missing), "f")
