@@ -39,7 +39,9 @@ TOOL_PACKAGES = {
     "ip": "iproute2",
     "ldbsearch": "ldb-tools",
     "logrotate": "logrotate",
+    "mpop": "mpop",
     "mutt": "mutt",
+    "neomutt": "neomutt",
     "ntlm_auth": "winbind",
     "openssl": "openssl",
     "samba": "samba",
@@ -60,7 +62,9 @@ ESSENTIAL = {"bsdutils", "util-linux"}
 #: Tools installed by pip: from the [test] extra, or into a virtualenv of their own.
 PIP_TOOLS = {"getmail": "getmail6", "sslyze": "sslyze"}
 
-LOOKUPS = {"which"}   # shutil.which; helpers that pass a parameter to it are added
+#: shutil.which; the helpers that pass one of their parameters on to a lookup
+#: are added as found: (module, function) -> index of the argument naming the tool.
+LOOKUPS = {("shutil", "which"): 0}
 
 
 # -- reading .ci/run -----------------------------------------------------------------
@@ -128,11 +132,36 @@ def _module_constants(tree):
     return constants
 
 
+def _parametrized(function, name):
+    """
+    The literal strings C{@pytest.mark.parametrize} gives parameter C{name}
+    of C{function}, or L{None}.
+    """
+    for decorator in function.decorator_list:
+        if not (isinstance(decorator, ast.Call) and _called_name(decorator) == "parametrize"
+                and len(decorator.args) >= 2 and isinstance(decorator.args[0], ast.Constant)):
+            continue
+        names = [n.strip() for n in str(decorator.args[0].value).split(",")]
+        if name not in names or not isinstance(decorator.args[1], (ast.List, ast.Tuple)):
+            continue
+        index, values = names.index(name), []
+        for case in decorator.args[1].elts:
+            if isinstance(case, ast.Call) and _called_name(case) == "param":
+                case = ast.Tuple(elts=case.args) if len(names) > 1 else case.args[0]
+            item = case.elts[index] if len(names) > 1 and isinstance(
+                case, (ast.Tuple, ast.List)) else case
+            if not (isinstance(item, ast.Constant) and isinstance(item.value, str)):
+                return None
+            values.append(item.value)
+        return values
+    return None
+
+
 def _resolve(arg, call, parents, constants):
     """
-    @return: C{("tools", [names])}, C{("helper", function_name)} when the
-        argument is a parameter of the enclosing function, or
-        C{("unknown", None)}.
+    @return: C{("tools", [names])}, C{("helper", (function_name, index))}
+        when the argument is parameter C{index} of the enclosing function
+        (its callers say which tool), or C{("unknown", None)}.
     """
     if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
         return "tools", [arg.value]
@@ -153,10 +182,15 @@ def _resolve(arg, call, parents, constants):
                 if found is not None:
                     return found
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            params = [a.arg for a in node.args.args + node.args.kwonlyargs]
-            if arg.id in params:
-                return "helper", node.name
-            return "unknown", None
+            params = [a.arg for a in node.args.posonlyargs + node.args.args]
+            if arg.id not in params:
+                return "unknown", None
+            values = _parametrized(node, arg.id)
+            if values is not None:
+                return "tools", values
+            if node.name.startswith("test_"):
+                return "unknown", None   # a fixture's value: cannot be told here
+            return "helper", (node.name, params.index(arg.id))
     return "unknown", None
 
 
@@ -169,41 +203,89 @@ def _resolve_in_generator(arg, generator, constants):
     return None
 
 
+def _module_name(path):
+    return path[:-3].replace("/", ".") if path.endswith(".py") else path
+
+
+def _bindings(module, tree):
+    """
+    What the names of a module refer to: C{{local: (module, function)}} for
+    functions it defines or imports, C{{alias: module}} for modules.
+    """
+    functions, modules = {}, {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            functions[node.name] = (module, node.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                local = alias.asname or alias.name
+                functions.setdefault(local, (node.module, alias.name))
+                modules.setdefault(local, f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                modules[alias.asname or alias.name] = alias.name
+    return functions, modules
+
+
+def _target(call, functions, modules):
+    """The (module, function) a call reaches, or C{("", name)} when unknown."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        return functions.get(func.id, ("", func.id))
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+        return modules.get(func.value.id, ""), func.attr
+    return "", _called_name(call)
+
+
+def _lookup_calls(modules, lookups):
+    """
+    Every call of a lookup: (path, call, the argument naming the tool,
+    parents, constants).  C{lookups} maps (module, function) to the index of
+    that argument; C{shutil.which} is C{("shutil", "which")}.
+    """
+    for path, tree, parents, constants, functions, aliases in modules:
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+            index = lookups.get(_target(call, functions, aliases))
+            if index is None:
+                continue
+            if index < len(call.args) and not isinstance(call.args[index], ast.Starred):
+                yield path, call, call.args[index], parents, constants
+
+
 def find_lookups(sources):
     """
-    Every tool looked up in C{sources} ({name: python source}).
+    Every tool looked up in C{sources} ({path: python source}).
 
     @return: C{(tools, unresolved)}: C{{tool: [where, ...]}} and a list of
         the places whose tool name could not be told.
     """
     modules = []
-    for name, text in sources.items():
-        tree = ast.parse(text, name)
-        modules.append((name, tree, _parents(tree), _module_constants(tree)))
-    lookups = set(LOOKUPS)
+    for path, text in sources.items():
+        tree = ast.parse(text, path)
+        functions, aliases = _bindings(_module_name(path), tree)
+        modules.append((path, tree, _parents(tree), _module_constants(tree), functions,
+                        aliases))
+    lookups = dict(LOOKUPS)
     while True:   # helpers of helpers, until nothing new
-        found = set(lookups)
-        for name, tree, parents, constants in modules:
-            for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
-                if _called_name(call) in lookups and call.args:
-                    kind, value = _resolve(call.args[0], call, parents, constants)
-                    if kind == "helper":
-                        found.add(value)
+        found = dict(lookups)
+        for path, call, arg, parents, constants in _lookup_calls(modules, lookups):
+            kind, value = _resolve(arg, call, parents, constants)
+            if kind == "helper":
+                name, index = value
+                found.setdefault((_module_name(path), name), index)
         if found == lookups:
             break
         lookups = found
     tools, unresolved = {}, []
-    for name, tree, parents, constants in modules:
-        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
-            if _called_name(call) not in lookups or not call.args:
-                continue
-            where = f"{name}:{call.lineno}"
-            kind, value = _resolve(call.args[0], call, parents, constants)
-            if kind == "tools":
-                for tool in value:
-                    tools.setdefault(tool, []).append(where)
-            elif kind == "unknown":
-                unresolved.append(f"{where}: {ast.unparse(call)}")
+    for path, call, arg, parents, constants in _lookup_calls(modules, lookups):
+        where = f"{path}:{call.lineno}"
+        kind, value = _resolve(arg, call, parents, constants)
+        if kind == "tools":
+            for tool in value:
+                tools.setdefault(tool, []).append(where)
+        elif kind == "unknown":
+            unresolved.append(f"{where}: {ast.unparse(call)}")
     return tools, unresolved
 
 
@@ -256,6 +338,9 @@ def test_logrotate_is_installed_by_ci_run():
 
 MADE_UP = '''
 import shutil
+
+import pytest
+
 from tests.integration.daemon import require_tool
 
 TOOLS = ("alpha", "beta")
@@ -279,21 +364,40 @@ def uses():
     require_tool("delta")
     strict("epsilon")
     return shutil.which("zeta") or "/usr/sbin/zeta"
+
+def run(daemon, program):
+    return require_tool(program)
+
+@pytest.mark.parametrize("mode, program", [("a", "eta"), pytest.param("b", "theta")])
+def test_programs(mode, program):
+    run(None, program)
+'''
+
+#: Another module with a function of the same name and another signature.
+OTHER = '''
+def run(daemon, password):
+    return daemon
+
+def test_other():
+    run(None, "not-a-tool")
 '''
 
 
 def test_scanner_finds_every_form_of_lookup():
     daemon = (SUITE / "integration" / "daemon.py").read_text()
-    tools, unresolved = find_lookups({"made_up.py": MADE_UP, "daemon.py": daemon})
+    tools, unresolved = find_lookups({"tests/made_up.py": MADE_UP, "tests/other.py": OTHER,
+                                      "tests/integration/daemon.py": daemon})
     assert unresolved == []
-    assert set(tools) == {"alpha", "beta", "gamma", "gamma.sh", "delta", "epsilon", "zeta"}
-    assert tools["epsilon"] == ["made_up.py:24"]
+    assert set(tools) == {"alpha", "beta", "gamma", "gamma.sh", "delta", "epsilon", "zeta",
+                          "eta", "theta"}
+    assert tools["epsilon"] == ["tests/made_up.py:27"]
 
 
 def test_scanner_reports_a_lookup_it_cannot_resolve():
-    source = "import shutil, os\nshutil.which(os.environ['TOOL'])\n"
+    source = ("import shutil, os\nshutil.which(os.environ['TOOL'])\n"
+              "def test_fixture(tool):\n    shutil.which(tool)\n")
     assert find_lookups({"x.py": source})[1] == [
-        "x.py:2: shutil.which(os.environ['TOOL'])"]
+        "x.py:2: shutil.which(os.environ['TOOL'])", "x.py:4: shutil.which(tool)"]
 
 
 def test_checker_fails_when_ci_run_lacks_the_package():

@@ -181,3 +181,48 @@ def test_ntlm_auth_not_checked_when_ntlm_is_not_used(tmp_path):
     config.parse(_ad(missing, helpers=0), "f")
     with pytest.raises(ConfigError):
         config.parse(_ad(missing), "f")
+
+
+# -- auth.netbios_domain / dns_domain: the sample says what the code does ---------------
+
+
+def _target_names(auth, hostname="mail.example.test"):
+    """NetBIOS and DNS domain of the NTLM CHALLENGE the server sends with C{auth}."""
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    from securepop.sasl import ntlm_messages as m
+    from securepop.sasl.ntlm import NTLMMechanism
+
+    context = SimpleNamespace(hostname=hostname, settings=auth, clock=Clock(), secure=True)
+    exchange = NTLMMechanism(challenge_factory=lambda: b"C" * 8).newExchange(context)
+    exchange.step(None)
+    raw = exchange.step(m.build_negotiate(m.NEGOTIATE_UNICODE | m.NEGOTIATE_NTLM)).data
+    pairs = dict(m.parse_av_pairs(m.parse_challenge(raw).target_info))
+    return (pairs[m.AV_NB_DOMAIN_NAME].decode("utf-16-le"),
+            pairs[m.AV_DNS_DOMAIN_NAME].decode("utf-16-le"))
+
+
+def test_netbios_domain_default_is_what_the_sample_says():
+    from dataclasses import replace
+
+    auth = config.AuthSettings()
+    # the server hands the mechanism its [auth] settings
+    assert _target_names(auth) == ("SECUREPOP", "example.test")
+    assert _target_names(replace(auth, netbios_domain="")) == ("MAIL", "example.test")
+    assert _target_names(replace(auth, netbios_domain=""), "averyveryverylonghostname") == (
+        "AVERYVERYVERYLO", "averyveryverylonghostname")
+    text = SAMPLE.read_text()
+    assert '# netbios_domain = "SECUREPOP"' in text
+    assert ('netbios_domain is "SECUREPOP" unless set; set to\n# "", it is the first label '
+            'of server.hostname (upper case, 15 characters at\n# most).') in text
+    assert ('dns_domain "" is server.hostname without its first label (the host\n'
+            '# name itself when it has no dot).') in text
+
+
+def test_sample_warns_about_scram_plus_with_gnu_sasl():
+    text = SAMPLE.read_text()
+    assert "SCRAM-SHA-256-PLUS" in text
+    assert ("offering it makes\n# mutt and neomutt (GNU SASL without tls-exporter) choose it "
+            "and abort the\n# login instead of falling back to SCRAM-SHA-256") in text
