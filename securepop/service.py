@@ -106,10 +106,14 @@ def build_tls(settings, clock):
         cert, key = made.certificate, made.key
         events.emit("tls.default_certificate", path=cert, action=made.action,
                     message="covers " + (", ".join(made.names) or "no subjectAltName"))
-        if made.missing:
-            reason = made.problem or "it was not made by securepop, which leaves it alone"
+        if made.problem:
+            # securepop's own certificate lacks a name of this machine and
+            # could not be re-made; one that is not its own is the
+            # administrator's choice (ServerTLS warns if it misses
+            # server.hostname).
             events.emit("tls.certificate_warning", "warn", path=cert,
-                        message=f"it does not cover {', '.join(made.missing)}: {reason}")
+                        message=f"it does not cover {', '.join(made.missing)}: "
+                                f"{made.problem}")
     try:
         policy = TLSPolicy(profile=tls.profile, min_cipher_bits=tls.min_cipher_bits)
     except ValueError as e:

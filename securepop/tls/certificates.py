@@ -738,7 +738,7 @@ class DefaultCertificate:
         own lacked a name of this machine; the key was kept), C{kept}
         (it covers every name, or it is not securepop's own).
     @ivar names: the certificate's subjectAltNames (C{DNS:...}, C{IP:...}).
-    @ivar missing: names of this machine it does not cover (only when kept
+    @ivar missing: names of this machine it does not cover (when kept
         because it is not securepop's own, or could not be re-made).
     @ivar problem: why a re-make failed, or C{""}.
     """
