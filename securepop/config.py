@@ -362,6 +362,37 @@ def _check(reader, settings):
                     f"{url} is cleartext LDAP: use ldaps://, start_tls = true, "
                     "or insecure_cleartext = true",
                 )
+    if settings.auth.source == "ad":
+        reason = ntlm_auth_problem(settings.auth)
+        if reason:
+            raise reader.error("auth.ad.ntlm_auth", reason)
+
+
+def ntlm_auth_problem(auth):
+    """
+    Why C{auth.ad.ntlm_auth} cannot verify NTLM, or C{""}.
+
+    Checked only when NTLM is enabled with helpers: every NTLM login would
+    otherwise fail at run time while the start and C{check-config} said
+    nothing.  The value is a path alone; arguments belong elsewhere (the
+    smb.conf in C{auth.ad.ntlm_auth_config}).
+    """
+    ad = auth.ad
+    if "NTLM" not in auth.mechanisms or ad.helpers <= 0 or not ad.ntlm_auth:
+        return ""
+    path = ad.ntlm_auth
+    hint = ""
+    if path != path.strip() or any(c.isspace() for c in path):
+        program = path.split()[0] if path.split() else path
+        hint = (f"; it must be the program's path alone (here {program!r}), with "
+                f"the smb.conf in auth.ad.ntlm_auth_config")
+    if not os.path.isabs(path):
+        return f"{path!r} is not an absolute path to an executable file{hint}"
+    if not os.path.exists(path):
+        return (f"{path!r} does not exist{hint or ' (Samba winbind provides it: apt-get install winbind)'}")
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        return f"{path!r} is not an executable file{hint}"
+    return ""
 
 
 def parse(text, path="<string>", data_dir=None):

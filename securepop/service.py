@@ -118,8 +118,19 @@ def build_tls(settings, clock):
     if tls.certificate:
         cert, key = str(settings.resolve(tls.certificate)), str(settings.resolve(tls.key))
     else:
-        cert, key = certificates.ensure_selfsigned(str(settings.data_path),
-                                                   settings.server.hostname)
+        made = certificates.ensure_default_certificate(str(settings.data_path),
+                                                       settings.server.hostname)
+        cert, key = made.certificate, made.key
+        events.emit("tls.default_certificate", path=cert, action=made.action,
+                    message="covers " + (", ".join(made.names) or "no subjectAltName"))
+        if made.problem:
+            # securepop's own certificate lacks a name of this machine and
+            # could not be re-made; one that is not its own is the
+            # administrator's choice (ServerTLS warns if it misses
+            # server.hostname).
+            events.emit("tls.certificate_warning", "warn", path=cert,
+                        message=f"it does not cover {', '.join(made.missing)}: "
+                                f"{made.problem}")
     try:
         policy = TLSPolicy(profile=tls.profile, min_cipher_bits=tls.min_cipher_bits)
     except ValueError as e:

@@ -77,7 +77,8 @@ def check_secret_files(settings):
             secret = getattr(settings.auth, section).bind_password_file
             if secret:
                 check_key_file_mode(str(settings.resolve(secret)),
-                                    f"auth.{section}.bind_password_file")
+                                    f"auth.{section}.bind_password_file",
+                                    "the bind password file")
 
 
 def check_data_dir(settings, identity: Identity):

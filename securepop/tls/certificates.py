@@ -11,6 +11,7 @@ import fcntl
 import ipaddress
 import os
 import re
+import socket
 import stat
 import tempfile
 import warnings
@@ -75,10 +76,13 @@ def read_file(path, key):
         raise ConfigError(path, key, f"cannot read the file: {e.strerror or e}")
 
 
-def check_key_file_mode(path, key="tls.key"):
+def check_key_file_mode(path, key="tls.key", what="the private key"):
     """
-    Refuse a private key that group or others may read or write.
+    Refuse a private key (or another secret file) that group or others may
+    read or write.
 
+    @param what: the file's name in the message, e.g. C{"the bind password
+        file"}.
     @raise ConfigError: with the C{chmod} that fixes it.
     """
     try:
@@ -89,7 +93,7 @@ def check_key_file_mode(path, key="tls.key"):
         raise ConfigError(
             path,
             key,
-            f"the private key is accessible by group or others (mode "
+            f"{what} is accessible by group or others (mode "
             f"{stat.S_IMODE(mode):04o}); run: chmod 600 {path}",
         )
 
@@ -506,7 +510,13 @@ def _general_names(names):
             out.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
             out.append(x509.DNSName(name.lower().rstrip(".")))
-    return out
+    return _unique(out)
+
+
+def _name_strings(names):
+    """C{names} in the form L{subject_alt_names} gives: C{DNS:x}, C{IP:a}."""
+    return [f"DNS:{g.value}" if isinstance(g, x509.DNSName) else f"IP:{g.value}"
+            for g in _general_names(names)]
 
 
 def _unique(items):
@@ -562,13 +572,17 @@ def build_csr(privateKey, common_name, sans=(), **attributes):
     return builder.sign(privateKey, hashes.SHA256())
 
 
-def make_selfsigned(privateKey, hostname, sans=(), days=SELFSIGNED_DAYS, now=None):
+def make_selfsigned(privateKey, hostname, sans=(), days=SELFSIGNED_DAYS, now=None,
+                    subject=None):
     """
     A self-signed server certificate for C{hostname} (and C{sans}).
+
+    @param subject: the subject (and issuer) L{x509.Name}; C{CN=hostname}
+        when L{None}.
     """
     if now is None:
         now = datetime.datetime.now(datetime.timezone.utc)
-    name = build_name(hostname)
+    name = subject if subject is not None else build_name(hostname)
     names = _general_names(_unique([hostname, *sans]))
     publicKey = privateKey.public_key()
     builder = (
@@ -626,20 +640,140 @@ def pending_paths(data_dir):
     return os.path.join(base, "pending-key.pem"), os.path.join(base, "request.csr")
 
 
-def ensure_selfsigned(data_dir, hostname, key_type=DEFAULT_KEY_TYPE):
+# The subject the embedded default's certificate carries: it marks the
+# certificate as securepop's own, which it may re-make; a certificate an
+# administrator made or installed never carries it and is never touched.
+DEFAULT_CERT_ORGANIZATION = "securepop"
+DEFAULT_CERT_UNIT = "embedded default self-signed certificate"
+
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
+def _usable_dns_name(name):
+    """A name a certificate may carry as a DNS subjectAltName (ASCII, LDH labels)."""
+    name = name.lower().rstrip(".")
+    if not name or len(name) > 253:
+        return None
+    if not all(_DNS_LABEL.match(label) for label in name.split(".")):
+        return None
+    return name
+
+
+def local_names(hostname=None, gethostname=socket.gethostname, getfqdn=socket.getfqdn):
     """
-    Make the self-signed certificate of the embedded default, once.
+    Every name a client on this machine may use to reach it.
+
+    C{server.hostname}, C{gethostname()}, C{getfqdn()}, C{localhost},
+    C{127.0.0.1} and C{::1}: on a host whose /etc/hosts maps 127.0.0.1 to
+    C{localhost} first, C{getfqdn()} is C{localhost} while C{hostname -f}
+    and clients use the short name, so no single one of them is enough.
+    Names a certificate cannot carry (empty, non-ASCII, bad labels) are left
+    out.
+
+    @return: list of C{"DNS:name"} and C{"IP:address"}, without duplicates,
+        C{hostname} first.
+    """
+    out = []
+    for source in (lambda: hostname, gethostname, getfqdn, lambda: "localhost"):
+        try:
+            name = source()
+        except OSError:
+            continue
+        if not name:
+            continue
+        try:
+            out.append(f"IP:{ipaddress.ip_address(name)}")
+            continue
+        except ValueError:
+            pass
+        name = _usable_dns_name(name)
+        if name:
+            out.append(f"DNS:{name}")
+    out += ["IP:127.0.0.1", "IP:::1"]
+    return _unique(out)
+
+
+def _is_default_certificate(certificate, hostname):
+    """
+    Did securepop's embedded default make this certificate?
+
+    Those made now carry L{DEFAULT_CERT_UNIT} in their subject.  Those made
+    before carry no mark, but a fixed shape: self-issued, the subject only
+    C{CN=hostname}, one DNS name equal to it, ECDSA P-256, valid 365 days
+    and 5 minutes.
+    """
+    if not is_self_issued(certificate):
+        return False
+    units = certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if any(a.value == DEFAULT_CERT_UNIT for a in units):
+        return True
+    if not hostname:
+        return False
+    name = _usable_dns_name(hostname)
+    attributes = list(certificate.subject)
+    publicKey = certificate.public_key()
+    return (
+        len(attributes) == 1
+        and attributes[0].oid == NameOID.COMMON_NAME
+        and attributes[0].value == hostname
+        and subject_alt_names(certificate) == [f"DNS:{name}"]
+        and isinstance(publicKey, ec.EllipticCurvePublicKey)
+        and publicKey.curve.name == "secp256r1"
+        and certificate.not_valid_after_utc - certificate.not_valid_before_utc
+        == datetime.timedelta(days=SELFSIGNED_DAYS, minutes=5)
+    )
+
+
+def _missing_names(certificate, names):
+    have = set(subject_alt_names(certificate))
+    return [n for n in names if n not in have]
+
+
+@dataclass(frozen=True)
+class DefaultCertificate:
+    """
+    What L{ensure_default_certificate} found or did.
+
+    @ivar action: C{made} (no certificate was there), C{remade} (securepop's
+        own lacked a name of this machine; the key was kept), C{kept}
+        (it covers every name, or it is not securepop's own).
+    @ivar names: the certificate's subjectAltNames (C{DNS:...}, C{IP:...}).
+    @ivar missing: names of this machine it does not cover (when kept
+        because it is not securepop's own, or could not be re-made).
+    @ivar problem: why a re-make failed, or C{""}.
+    """
+
+    certificate: str
+    key: str
+    action: str
+    names: tuple
+    missing: tuple = ()
+    problem: str = ""
+
+
+def ensure_default_certificate(data_dir, hostname, key_type=DEFAULT_KEY_TYPE, names=None):
+    """
+    Make, or bring up to date, the self-signed certificate of the embedded
+    default.
 
     Creates C{data_dir/tls/key.pem} (mode 0600, ECDSA P-256) and
-    C{data_dir/tls/cert.pem} (SAN C{DNS:hostname}, 365 days) when either is
-    missing; does nothing when both exist.  Blocking: call it before the
-    reactor runs or in a thread.
+    C{data_dir/tls/cert.pem} (365 days) when either is missing.  The
+    certificate names this machine every way a local client may
+    (L{local_names}).  A certificate securepop made itself that lacks one of
+    those names (made by an older version, or before the host was renamed)
+    is re-made for the same key; any other certificate in that place (from
+    C{cert selfsigned}, C{cert install} or an administrator) is left alone.
+    Blocking: call it before the reactor runs or in a thread.
 
-    @return: C{(certificate_path, key_path)}.
+    @param names: the names to cover; L{local_names}C{(hostname)} when
+        L{None}.
+    @rtype: L{DefaultCertificate}
     """
+    names = _name_strings(local_names(hostname) if names is None else names)
     certPath, keyPath = default_paths(data_dir)
-    if os.path.exists(certPath) and os.path.exists(keyPath):
-        return certPath, keyPath
+    current = _current_default(certPath, keyPath, hostname, names)
+    if current is not None:
+        return current
     os.makedirs(os.path.dirname(certPath), mode=0o700, exist_ok=True)
     # Several processes may start at once (workers): one creates, the others
     # wait and find both files.  Unserialised, two creators could leave one's
@@ -648,14 +782,68 @@ def ensure_selfsigned(data_dir, hostname, key_type=DEFAULT_KEY_TYPE):
                      os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(lockFd, fcntl.LOCK_EX)
+        current = _current_default(certPath, keyPath, hostname, names)
+        if current is not None:
+            return current
+        cn = hostname or next(n[4:] for n in names if n.startswith("DNS:"))
         if os.path.exists(certPath) and os.path.exists(keyPath):
-            return certPath, keyPath
-        privateKey = generate_private_key(key_type)
-        write_private_key(keyPath, privateKey)
-        write_certificates(certPath, [make_selfsigned(privateKey, hostname)])
+            # securepop's own certificate, lacking a name: same key, new names.
+            try:
+                privateKey = load_private_key(keyPath)
+                if not key_matches(load_chain(certPath)[0], privateKey):
+                    raise ConfigError(keyPath, "tls.key",
+                                      "the key does not match the certificate")
+                write_certificates(certPath, [_make_default(privateKey, cn, names)])
+            except (ConfigError, OSError, ValueError) as e:
+                leaf = load_chain(certPath)[0]
+                return DefaultCertificate(
+                    certPath, keyPath, "kept", tuple(subject_alt_names(leaf)),
+                    tuple(_missing_names(leaf, names)), f"cannot re-make it: {e}")
+            action = "remade"
+        else:
+            privateKey = generate_private_key(key_type)
+            write_private_key(keyPath, privateKey)
+            write_certificates(certPath, [_make_default(privateKey, cn, names)])
+            action = "made"
     finally:
         os.close(lockFd)  # drops the flock
-    return certPath, keyPath
+    return DefaultCertificate(certPath, keyPath, action,
+                              tuple(subject_alt_names(load_chain(certPath)[0])))
+
+
+def _make_default(privateKey, hostname, names):
+    """The default's certificate: its subject carries securepop's mark."""
+    subject = build_name(hostname, O=DEFAULT_CERT_ORGANIZATION, OU=DEFAULT_CERT_UNIT)
+    return make_selfsigned(privateKey, hostname, names, subject=subject)
+
+
+def _current_default(certPath, keyPath, hostname, names):
+    """
+    The L{DefaultCertificate} to use as it is, or L{None} when it must be
+    made or re-made.
+    """
+    if not (os.path.exists(certPath) and os.path.exists(keyPath)):
+        return None
+    try:
+        leaf = load_chain(certPath)[0]
+    except ConfigError:
+        # Not securepop's to replace: loading it at start names the problem.
+        return DefaultCertificate(certPath, keyPath, "kept", ())
+    missing = _missing_names(leaf, names)
+    if missing and _is_default_certificate(leaf, hostname):
+        return None
+    return DefaultCertificate(certPath, keyPath, "kept", tuple(subject_alt_names(leaf)),
+                              tuple(missing))
+
+
+def ensure_selfsigned(data_dir, hostname, key_type=DEFAULT_KEY_TYPE, names=None):
+    """
+    L{ensure_default_certificate}, returning only the paths.
+
+    @return: C{(certificate_path, key_path)}.
+    """
+    result = ensure_default_certificate(data_dir, hostname, key_type, names)
+    return result.certificate, result.key
 
 
 def assemble_chain(cert_file, chain_file=None):

@@ -9,12 +9,14 @@ import poplib
 import re
 import ssl
 import subprocess
+import sys
 import time
 
 import pytest
 from cryptography import x509
 
-from tests.integration.daemon import DEFAULT_CONFIG
+from securepop.tls import certificates
+from tests.integration.daemon import DEFAULT_CONFIG, Daemon, require_tool
 from tests.integration.fixtures_tls import (  # noqa: F401 (fixtures)
     PASSWORD,
     openssl_ca,
@@ -187,3 +189,142 @@ def test_broken_replacement_keeps_serving_old_certificate(
     assert leaf_cn(d.pop3s_port) == f"CN={name}-v1"
     verified_login(d.pop3s_port, openssl_ca.root).quit()
     assert d.wait_log("does not match", timeout=10), d.log()[-2000:]
+
+
+# -- the embedded default on a host whose getfqdn() is "localhost" --------------------
+#
+# On a host whose /etc/hosts maps 127.0.0.1 to "localhost" first and to the
+# host's own name on a later line (as this test machine's does),
+# socket.getfqdn() answers "localhost" while `hostname -f` says HOST, and the
+# README's `curl ... pop3://$(hostname -f):1110/1` met a certificate for
+# "localhost" only.  The daemon runs in its own UTS and mount namespace, with
+# that host name and that /etc/hosts bind-mounted, so its resolver answers as
+# on such a host whatever this machine's own /etc/hosts says.
+
+HOST = "popbox"
+DEBIAN_HOSTS = f"127.0.0.1\tlocalhost\n127.0.0.1\t{HOST}\n::1\tlocalhost ip6-localhost\n"
+EMBEDDED_DEFAULT = """
+[server]
+data_dir = "{data_dir}"
+[[listen]]
+endpoint = "tcp:{pop3_port}:interface=127.0.0.1"
+tls = "starttls"
+[[listen]]
+endpoint = "tcp:{pop3s_port}:interface=127.0.0.1"
+tls = "implicit"
+[[listen]]
+endpoint = "tcp6:{port3}:interface=\\\\:\\\\:1"
+tls = "starttls"
+"""
+MESSAGE = b"Subject: first fetch\r\n\r\nhello from the first hour\r\n"
+
+
+def debian_host(tmp_path):
+    """
+    The command prefix that runs a program as on a host named L{HOST} whose
+    /etc/hosts maps 127.0.0.1 to localhost first, then to L{HOST}.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("a UTS and mount namespace needs root (CI runs as root)")
+    unshare = require_tool("unshare")
+    hosts = tmp_path / "hosts"
+    hosts.write_text(DEBIAN_HOSTS)
+    return [unshare, "--uts", "--mount", "--propagation", "private", "sh", "-c",
+            f'hostname {HOST} && mount --bind {hosts} /etc/hosts && exec "$@"', "sh"]
+
+
+def curl_fetch(d, host, port, extra=()):
+    """curl with STLS required and the data directory's certificate as the only CA."""
+    address = "::1" if port == d.ports["port3"] else "127.0.0.1"
+    url_host = f"[{host}]" if ":" in host else host
+    return subprocess.run(
+        [require_tool("curl"), "-sS", "--max-time", "60", "--ssl-reqd",
+         "--cacert", d.ca_file, "--resolve", f"{HOST}:{port}:{address}",
+         "--resolve", f"mail.example.test:{port}:{address}",
+         "--user", f"alice:{PASSWORD}", *extra, f"pop3://{url_host}:{port}/1"],
+        capture_output=True, timeout=90)
+
+
+def start_as_debian_host(tmp_path, prepare=None):
+    wrapper = debian_host(tmp_path)
+    probe = subprocess.run(
+        wrapper + ["sh", "-c", f"hostname -f; {sys.executable} -c "
+                   "'import socket; print(socket.gethostname(), socket.getfqdn())'"],
+        capture_output=True, text=True, check=True)
+    # the premise: this resolver is the one that broke the README's fetch
+    assert probe.stdout.split() == [HOST, HOST, "localhost"], probe
+    d = Daemon(tmp_path, EMBEDDED_DEFAULT, name="debian-host", wrapper=wrapper)
+    d.add_user("alice", PASSWORD)
+    d.deliver("alice", MESSAGE)
+    if prepare is not None:
+        prepare(d)
+    d.start()
+    return d
+
+
+def old_default_certificate(d):
+    """The certificate the embedded default made before: CN=localhost, one name."""
+    certPath, keyPath = certificates.default_paths(str(d.data_dir))
+    os.makedirs(os.path.dirname(certPath), mode=0o700, exist_ok=True)
+    key = certificates.generate_private_key()
+    certificates.write_private_key(keyPath, key)
+    certificates.write_certificates(certPath,
+                                    [certificates.make_selfsigned(key, "localhost")])
+
+
+def test_first_fetch_by_host_name_when_getfqdn_is_localhost(tmp_path):
+    d = start_as_debian_host(tmp_path)
+    try:
+        for host, port in [(HOST, d.pop3_port), ("localhost", d.pop3_port),
+                           ("127.0.0.1", d.pop3_port), ("::1", d.ports["port3"])]:
+            result = curl_fetch(d, host, port)
+            assert result.returncode == 0, (host, result.stderr)
+            assert result.stdout == MESSAGE, host
+        # a name the certificate does not carry is refused by the client
+        wrong = curl_fetch(d, "mail.example.test", d.pop3_port)
+        assert wrong.returncode == 60, wrong.stderr
+        assert d.wait_log("tls.default_certificate")
+        line = next(x for x in d.log().splitlines() if "tls.default_certificate" in x)
+        assert "action=made" in line
+        assert f"covers DNS:localhost, DNS:{HOST}, IP:127.0.0.1, IP:::1" in line
+    finally:
+        d.stop()
+
+
+def test_old_default_certificate_is_remade_for_every_name(tmp_path):
+    made = {}
+
+    def prepare(d):
+        old_default_certificate(d)
+        made["key"] = (d.data_dir / "tls" / "key.pem").read_bytes()
+
+    d = start_as_debian_host(tmp_path, prepare=prepare)
+    try:
+        result = curl_fetch(d, HOST, d.pop3_port)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == MESSAGE
+        assert d.wait_log("action=remade"), d.log()
+        # the same key, a certificate with every name
+        assert (d.data_dir / "tls" / "key.pem").read_bytes() == made["key"]
+    finally:
+        d.stop()
+
+
+def test_administrators_certificate_is_never_remade(tmp_path):
+    def cert_selfsigned(d):
+        # `securepop cert selfsigned`: the administrator chose these names
+        d.cli("cert", "selfsigned", "--host", "localhost", "--san", "mail.example.test")
+
+    d = start_as_debian_host(tmp_path, prepare=cert_selfsigned)
+    try:
+        before = open(d.ca_file, "rb").read()
+        assert curl_fetch(d, "mail.example.test", d.pop3_port).stdout == MESSAGE
+        refused = curl_fetch(d, HOST, d.pop3_port)
+        assert refused.returncode == 60, refused.stderr
+        assert open(d.ca_file, "rb").read() == before
+        assert d.wait_log("action=kept -- covers DNS:localhost, DNS:mail.example.test"), \
+            d.log()
+        # the administrator chose the names: no warning about the machine's others
+        assert "does not cover" not in d.log()
+    finally:
+        d.stop()

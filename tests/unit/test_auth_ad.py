@@ -205,6 +205,9 @@ def test_fromSettingsBuildsTheWinbindVerifier(tmp_path):
     from securepop import config
 
     (tmp_path / "pw").write_bytes(b"svcpw\n")
+    helper = tmp_path / "ntlm_auth"   # an executable stands in for Samba's
+    helper.write_text("#!/bin/sh\n")
+    helper.chmod(0o755)
     path = tmp_path / "securepop.toml"
     path.write_text(
         '[auth]\nsource = "ad"\nmechanisms = ["PLAIN", "NTLM"]\n'
@@ -212,7 +215,7 @@ def test_fromSettingsBuildsTheWinbindVerifier(tmp_path):
         '[auth.ad]\nurls = ["ldaps://dc1.example.test"]\n'
         'base_dn = "DC=example,DC=test"\nbind_dn = "svc@example.test"\n'
         'bind_password_file = "pw"\ndomain = "EXAMPLE"\nhelpers = 3\n'
-        'ntlm_auth_config = "/etc/samba/smb.conf"\n')
+        f'ntlm_auth = "{helper}"\nntlm_auth_config = "/etc/samba/smb.conf"\n')
     settings = config.load(str(path), str(tmp_path))
     source = ADCredentialSource.fromSettings(settings.auth.ad,
                                              MemoryReactorClock(), settings)

@@ -176,3 +176,101 @@ def test_bad_cache_settings_name_the_key(text, key, reason):
         config.parse(f"[auth]\n{text}\n", "/etc/securepop.toml")
     assert (e.value.key, e.value.line) == (key, 2)
     assert reason in e.value.reason
+# -- auth.ad.ntlm_auth ------------------------------------------------------------
+
+
+def _ad(ntlm_auth, mechanisms='["PLAIN", "NTLM"]', helpers=4):
+    return ('[auth]\nsource = "ad"\nmechanisms = ' + mechanisms + '\n'
+            '[auth.ad]\nurls = ["ldaps://dc1.example.test"]\nbase_dn = "DC=example,DC=test"\n'
+            f'helpers = {helpers}\nntlm_auth = "{ntlm_auth}"\n')
+
+
+@pytest.fixture
+def helper(tmp_path):
+    """An executable file standing in for Samba's ntlm_auth."""
+    path = tmp_path / "ntlm_auth"
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_ntlm_auth_executable_file_accepted(helper):
+    s = config.parse(_ad(helper), "/etc/securepop.toml")
+    assert s.auth.ad.ntlm_auth == str(helper)
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("{helper} --configfile=/etc/samba/smb.conf",
+     "does not exist; it must be the program's path alone (here '{helper}'), with the "
+     "smb.conf in auth.ad.ntlm_auth_config"),
+    ("{tmp}/no-such-ntlm_auth", "does not exist (Samba winbind provides it"),
+    ("{plain}", "is not an executable file"),
+    ("{tmp}", "is not an executable file"),
+    ("ntlm_auth", "is not an absolute path to an executable file"),
+])
+def test_broken_ntlm_auth_refused_naming_the_key(helper, tmp_path, value, reason):
+    plain = tmp_path / "not-executable"
+    plain.write_text("#!/bin/sh\n")
+    plain.chmod(0o644)
+    fill = dict(helper=helper, tmp=tmp_path, plain=plain)
+    with pytest.raises(ConfigError) as e:
+        config.parse(_ad(value.format(**fill)), "/etc/securepop.toml")
+    assert e.value.key == "auth.ad.ntlm_auth"
+    assert reason.format(**fill) in e.value.reason
+    assert e.value.line == 8
+    assert str(e.value).startswith("/etc/securepop.toml:8: auth.ad.ntlm_auth: ")
+
+
+def test_ntlm_auth_not_checked_when_ntlm_is_not_used(tmp_path):
+    # PLAIN-only AD (or no helpers) never runs ntlm_auth: a machine without
+    # winbind may serve it.
+    missing = tmp_path / "no-such-ntlm_auth"
+    config.parse(_ad(missing, mechanisms='["PLAIN"]'), "f")
+    config.parse(_ad(missing, helpers=0), "f")
+    with pytest.raises(ConfigError):
+        config.parse(_ad(missing), "f")
+
+
+# -- auth.netbios_domain / dns_domain: the sample says what the code does ---------------
+
+
+def _target_names(auth, hostname="mail.example.test"):
+    """NetBIOS and DNS domain of the NTLM CHALLENGE the server sends with C{auth}."""
+    from types import SimpleNamespace
+
+    from twisted.internet.task import Clock
+
+    from securepop.sasl import ntlm_messages as m
+    from securepop.sasl.ntlm import NTLMMechanism
+
+    context = SimpleNamespace(hostname=hostname, settings=auth, clock=Clock(), secure=True)
+    exchange = NTLMMechanism(challenge_factory=lambda: b"C" * 8).newExchange(context)
+    exchange.step(None)
+    raw = exchange.step(m.build_negotiate(m.NEGOTIATE_UNICODE | m.NEGOTIATE_NTLM)).data
+    pairs = dict(m.parse_av_pairs(m.parse_challenge(raw).target_info))
+    return (pairs[m.AV_NB_DOMAIN_NAME].decode("utf-16-le"),
+            pairs[m.AV_DNS_DOMAIN_NAME].decode("utf-16-le"))
+
+
+def test_netbios_domain_default_is_what_the_sample_says():
+    from dataclasses import replace
+
+    auth = config.AuthSettings()
+    # the server hands the mechanism its [auth] settings
+    assert _target_names(auth) == ("SECUREPOP", "example.test")
+    assert _target_names(replace(auth, netbios_domain="")) == ("MAIL", "example.test")
+    assert _target_names(replace(auth, netbios_domain=""), "averyveryverylonghostname") == (
+        "AVERYVERYVERYLO", "averyveryverylonghostname")
+    text = SAMPLE.read_text()
+    assert '# netbios_domain = "SECUREPOP"' in text
+    assert ('netbios_domain is "SECUREPOP" unless set; set to\n# "", it is the first label '
+            'of server.hostname (upper case, 15 characters at\n# most).') in text
+    assert ('dns_domain "" is server.hostname without its first label (the host\n'
+            '# name itself when it has no dot).') in text
+
+
+def test_sample_warns_about_scram_plus_with_gnu_sasl():
+    text = SAMPLE.read_text()
+    assert "SCRAM-SHA-256-PLUS" in text
+    assert ("offering it makes\n# mutt and neomutt (GNU SASL without tls-exporter) choose it "
+            "and abort the\n# login instead of falling back to SCRAM-SHA-256") in text

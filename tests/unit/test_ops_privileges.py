@@ -52,6 +52,24 @@ def test_key_readable_by_others_refused(tmp_path):
     privileges.check_secret_files(s)
 
 
+def test_bind_password_file_readable_by_others_refused_naming_it(tmp_path):
+    secret = tmp_path / "ldap-password"
+    secret.write_text("pw\n")
+    secret.chmod(0o644)
+    s = config.parse('[auth]\nsource = "ldap"\nmechanisms = ["PLAIN"]\n'
+                     '[auth.ldap]\nurls = ["ldaps://ldap.example.test"]\n'
+                     f'base_dn = "dc=example"\nbind_password_file = "{secret}"\n',
+                     "f.toml", str(tmp_path))
+    with pytest.raises(ConfigError) as e:
+        privileges.check_secret_files(s)
+    assert e.value.key == "auth.ldap.bind_password_file"
+    assert e.value.reason.startswith("the bind password file is accessible by group or "
+                                     "others (mode 0644); run: chmod 600 ")
+    assert "private key" not in str(e.value)
+    secret.chmod(0o600)
+    privileges.check_secret_files(s)
+
+
 def test_data_dir_must_belong_to_target(tmp_path):
     s = settings_for(tmp_path)
     nobody = privileges.resolve("nobody")

@@ -279,3 +279,52 @@ def test_no_users_hint_absent_once_a_user_exists(setup):
     settings = config.load(setup)
     userfile.set_password(settings.resolve("users"), "alice", "pw", set(), create=True)
     assert _users_none(service.makeService(settings, MemoryReactorClock())) == []
+def _tls_events(settings):
+    """The tls.* events build_tls logs (a start that then fails still logs them)."""
+    import time
+
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    clock = Clock()
+    clock.advance(time.time())
+    seen, error = [], None
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        service.build_tls(settings, clock)
+    except ConfigError as e:
+        error = e
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    return [e for e in seen if str(e.get("securepop_event", "")).startswith("tls.")], error
+
+
+def test_build_tls_logs_the_names_of_the_default_certificate(setup, tmp_path):
+    settings = config.load(setup)
+    first, error = _tls_events(settings)
+    assert error is None
+    made = [e for e in first if e["securepop_event"] == "tls.default_certificate"]
+    assert len(made) == 1 and made[0]["sp_action"] == "made"
+    text = made[0]["securepop_text"]
+    assert "covers DNS:localhost" in text and "IP:127.0.0.1, IP:::1" in text
+    assert not [e for e in first if e["securepop_event"] == "tls.certificate_warning"]
+    again, error = _tls_events(settings)
+    assert error is None
+    assert [e["sp_action"] for e in again
+            if e["securepop_event"] == "tls.default_certificate"] == ["kept"]
+
+
+def test_build_tls_warns_when_its_own_certificate_cannot_be_remade(setup, tmp_path):
+    from securepop.tls import certificates as certs
+
+    settings = config.load(setup)
+    certPath, keyPath = certs.default_paths(str(settings.data_path))
+    (tmp_path / "data" / "tls").mkdir(parents=True, mode=0o700)
+    key = certs.generate_private_key()
+    certs.write_private_key(keyPath, certs.generate_private_key())   # not the cert's key
+    certs.write_certificates(certPath, [certs.make_selfsigned(key, "localhost")])
+    events, error = _tls_events(settings)
+    assert "does not match" in str(error)    # the start then stops, naming the key
+    warnings = [e for e in events if e["securepop_event"] == "tls.certificate_warning"]
+    assert any("cannot re-make it" in e["securepop_text"] and "does not cover" in
+               e["securepop_text"] for e in warnings), warnings

@@ -101,8 +101,11 @@ def test_make_selfsigned_covers_host_and_is_short_lived():
     assert certs.is_self_issued(cert)
 
 
+LOCAL = ["DNS:mail.example.test", "DNS:popbox", "DNS:localhost", "IP:127.0.0.1", "IP:::1"]
+
+
 def test_ensure_selfsigned_creates_once(tmp_path):
-    certPath, keyPath = ensure_selfsigned(str(tmp_path), "mail.example.test")
+    certPath, keyPath = ensure_selfsigned(str(tmp_path), "mail.example.test", names=LOCAL)
     assert certPath == str(tmp_path / "tls" / "cert.pem")
     assert keyPath == str(tmp_path / "tls" / "key.pem")
     assert mode(keyPath) == 0o600
@@ -110,11 +113,119 @@ def test_ensure_selfsigned_creates_once(tmp_path):
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert key.curve.name == "secp256r1"
     chain = certs.load_chain(certPath)
-    assert certs.subject_alt_names(chain[0]) == ["DNS:mail.example.test"]
+    assert certs.subject_alt_names(chain[0]) == LOCAL
     assert certs.key_matches(chain[0], key)
     before = open(certPath, "rb").read(), open(keyPath, "rb").read()
-    assert ensure_selfsigned(str(tmp_path), "other.test") == (certPath, keyPath)
+    assert ensure_selfsigned(str(tmp_path), "mail.example.test", names=LOCAL) == (
+        certPath, keyPath)
     assert (open(certPath, "rb").read(), open(keyPath, "rb").read()) == before
+
+
+# -- the names of this machine ---------------------------------------------------
+
+
+def _debian_host(hostname="popbox"):
+    """The resolver of a host whose /etc/hosts reads '127.0.0.1 localhost popbox'."""
+    return dict(gethostname=lambda: hostname, getfqdn=lambda: "localhost")
+
+
+def test_local_names_on_a_host_whose_fqdn_is_localhost():
+    # getfqdn() alone would give a certificate for "localhost" only, and
+    # `curl pop3://$(hostname -f)` (popbox) would fail with exit 60.
+    names = certs.local_names("localhost", **_debian_host())
+    assert names == ["DNS:localhost", "DNS:popbox", "IP:127.0.0.1", "IP:::1"]
+
+
+def test_local_names_server_hostname_first_and_no_duplicates():
+    names = certs.local_names("Mail.Example.Test.", gethostname=lambda: "mail",
+                              getfqdn=lambda: "mail.example.test")
+    assert names == ["DNS:mail.example.test", "DNS:mail", "DNS:localhost",
+                     "IP:127.0.0.1", "IP:::1"]
+
+
+def test_local_names_leave_out_what_a_certificate_cannot_carry():
+    def broken():
+        raise OSError("resolver down")
+
+    names = certs.local_names("", gethostname=lambda: "my_host\u00e9", getfqdn=broken)
+    assert names == ["DNS:localhost", "IP:127.0.0.1", "IP:::1"]
+    assert certs.local_names("192.0.2.7", gethostname=lambda: "-bad-",
+                             getfqdn=lambda: "a..b")[0] == "IP:192.0.2.7"
+
+
+def test_default_certificate_covers_every_local_name(tmp_path):
+    names = certs.local_names("localhost", **_debian_host())
+    made = certs.ensure_default_certificate(str(tmp_path), "localhost", names=names)
+    assert made.action == "made" and made.missing == ()
+    leaf = certs.load_chain(made.certificate)[0]
+    for name in ("popbox", "localhost", "127.0.0.1", "::1"):
+        assert certs.covers_hostname(leaf, name), name
+    assert not certs.covers_hostname(leaf, "other.example.test")
+    assert made.names == tuple(certs.subject_alt_names(leaf))
+    assert "OU=" + certs.DEFAULT_CERT_UNIT in leaf.subject.rfc4514_string()
+
+
+def _old_default(tmp_path, hostname):
+    """The certificate the embedded default made before: CN and one DNS name."""
+    certPath, keyPath = certs.default_paths(str(tmp_path))
+    key = certs.generate_private_key()
+    certs.write_private_key(keyPath, key)
+    certs.write_certificates(certPath, [certs.make_selfsigned(key, hostname)])
+    return certPath, keyPath
+
+
+def test_old_default_certificate_lacking_names_is_remade_for_the_same_key(tmp_path):
+    certPath, keyPath = _old_default(tmp_path, "localhost")
+    keyBytes = open(keyPath, "rb").read()
+    names = certs.local_names("localhost", **_debian_host())
+    made = certs.ensure_default_certificate(str(tmp_path), "localhost", names=names)
+    assert made.action == "remade"
+    assert open(keyPath, "rb").read() == keyBytes
+    leaf = certs.load_chain(certPath)[0]
+    assert certs.covers_hostname(leaf, "popbox")
+    assert certs.key_matches(leaf, certs.load_private_key(keyPath))
+    # and the next start keeps it
+    again = certs.ensure_default_certificate(str(tmp_path), "localhost", names=names)
+    assert again.action == "kept" and again.missing == ()
+
+
+def test_own_certificate_remade_when_the_host_is_renamed(tmp_path):
+    certs.ensure_default_certificate(str(tmp_path), "localhost",
+                                     names=certs.local_names("localhost", **_debian_host()))
+    renamed = certs.local_names("localhost", **_debian_host("newname"))
+    made = certs.ensure_default_certificate(str(tmp_path), "localhost", names=renamed)
+    assert made.action == "remade" and "DNS:newname" in made.names
+
+
+@pytest.mark.parametrize("how", ["cert-selfsigned-with-san", "other-name", "ca-issued",
+                                 "rsa"])
+def test_certificate_not_made_by_securepop_is_never_replaced(tmp_path, how):
+    certPath, keyPath = certs.default_paths(str(tmp_path))
+    if how == "ca-issued":
+        leaf, key = CA.issue(["localhost"])
+    else:
+        key = certs.generate_private_key("rsa-2048" if how == "rsa" else "ec-p256")
+        leaf = certs.make_selfsigned(
+            key, "pop.example.test" if how == "other-name" else "localhost",
+            ["pop.example.test"] if how == "cert-selfsigned-with-san" else ())
+    certs.write_private_key(keyPath, key)
+    certs.write_certificates(certPath, [leaf])
+    before = open(certPath, "rb").read(), open(keyPath, "rb").read()
+    made = certs.ensure_default_certificate(
+        str(tmp_path), "localhost", names=certs.local_names("localhost", **_debian_host()))
+    assert made.action == "kept"
+    assert "DNS:popbox" in made.missing and "IP:127.0.0.1" in made.missing
+    assert (open(certPath, "rb").read(), open(keyPath, "rb").read()) == before
+
+
+def test_own_certificate_with_a_foreign_key_is_left_and_reported(tmp_path):
+    certPath, keyPath = _old_default(tmp_path, "localhost")
+    certs.write_private_key(keyPath, certs.generate_private_key())
+    before = open(certPath, "rb").read()
+    made = certs.ensure_default_certificate(
+        str(tmp_path), "localhost", names=certs.local_names("localhost", **_debian_host()))
+    assert made.action == "kept" and "does not match" in made.problem
+    assert open(certPath, "rb").read() == before
 
 
 def test_ensure_selfsigned_from_many_processes_at_once_gives_one_pair(tmp_path):
