@@ -632,8 +632,8 @@ class POP3Session(Protocol):
         self._buffer = b""
         self._discarding = False
         self._bad = 0
-        # The APOP timestamp stays: it is the server's own value from the
-        # greeting, and the digest will travel inside TLS.
+        # A greeting sent in clear carried no APOP timestamp (it would invite
+        # the digest before TLS), so APOP stays unavailable after STLS.
         self._stopProducingReplies()
         startTLS(self.transport, self.ctx.tls)
         self._produceReplies()

@@ -13,8 +13,9 @@ response.
 
 Settings read from C{context.settings} (each optional):
 C{insecure_allow_ntlmv1} (bool, False), C{ntlm_timestamp_window} (seconds,
-300), C{netbios_domain} (str, from the host name), C{dns_domain} (str, from
-the host name).
+300), C{netbios_domain} (str; the configuration's default is "SECUREPOP";
+when empty, the host name's first label), C{dns_domain} (str; when empty,
+the host name without its first label).
 """
 
 import hashlib
