@@ -79,7 +79,11 @@ class Target:
 
     def stop(self):
         self.proc.terminate()
-        self.proc.wait(20)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:       # still hashing a flood's backlog
+            self.proc.kill()
+            self.proc.wait()
         self.logf.close()
 
     def connect(self, source, timeout=60):
