@@ -56,10 +56,13 @@ class AuthCache:
     @ivar negative_ttl: seconds a refusal is remembered (0 disables it).
     @ivar max_entries: the cache never holds more entries than this; the
         least recently used entry goes first.
+    @ivar refresh_after: the share of C{ttl} after which a positive entry
+        is due for renewal (L{due}): its checker verifies again in the
+        background while the cached answer still serves the login.
     """
 
     def __init__(self, clock, ttl=3600.0, negative_ttl=5.0, max_entries=50000,
-                 key=None):
+                 key=None, refresh_after=0.75):
         """
         @param clock: L{twisted.internet.interfaces.IReactorTime}.
         @param key: HMAC key (bytes); a fresh random one when L{None}.
@@ -72,6 +75,7 @@ class AuthCache:
         self.ttl = float(ttl)
         self.negative_ttl = float(negative_ttl)
         self.max_entries = int(max_entries)
+        self.refresh_after = float(refresh_after)
         self._key = key if key is not None else secrets.token_bytes(32)
         # key -> (expires_at, value)
         self._entries = OrderedDict()
@@ -109,6 +113,17 @@ class AuthCache:
             return MISS
         self._entries.move_to_end(key)
         return value
+
+    def due(self, key):
+        """
+        @return: True when C{key} holds a live positive entry older than
+            C{refresh_after * ttl}: time to verify again, off the login.
+        """
+        entry = self._entries.get(key)
+        if entry is None or entry[1] is NEGATIVE:
+            return False
+        remaining = entry[0] - self._clock.seconds()
+        return 0 < remaining <= self.ttl * (1.0 - self.refresh_after)
 
     def putPositive(self, key, value):
         """

@@ -13,6 +13,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from zope.interface import implementer
 
+from securepop.auth.verifyqueue import ALIVE
 from securepop.interfaces import ISecretCredentials, IVerifiedCredentials
 
 
@@ -28,8 +29,15 @@ class PasswordChecker:
     user's entry), so C{securepop user passwd}/C{del} takes effect at the
     next login while other users' entries stay.  A source without it (LDAP,
     AD) is trusted for the TTL.  Only the source's own answer is cached: a
-    hit never extends an entry, and a refusal replaces nothing but the key
-    it was for.
+    hit never extends an entry by itself, and a refusal replaces nothing but
+    the key it was for.
+
+    A hit on an entry due for renewal (L{AuthCache.due}: the last quarter
+    of its TTL) is answered from the cache at once while the source checks
+    the same credentials again in the background: a success renews the
+    entry, a refusal drops it.  A client polling every few minutes then
+    never meets a cold login, and a password changed in a directory still
+    stops working at most one TTL after the change.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -37,6 +45,7 @@ class PasswordChecker:
     def __init__(self, source, cache=None):
         self.source = source
         self.cache = cache
+        self._renewing = set()      # keys with a background check in flight
 
     def requestAvatarId(self, credentials):
         username, password = credentials.username, credentials.password
@@ -57,6 +66,8 @@ class PasswordChecker:
         if hit is NEGATIVE:
             return defer.fail(UnauthorizedLogin("bad-password-cached"))
         if hit is not MISS:
+            if self.cache.due(key) and key not in self._renewing:
+                self._renew(key, username, password)
             return defer.succeed(hit)
         d = defer.maybeDeferred(self.source.verifyPassword, username, password)
 
@@ -70,6 +81,26 @@ class PasswordChecker:
             return failure
 
         return d.addCallbacks(remember, refused)
+
+    def _renew(self, key, username, password):
+        """Verify again in the background; the login that asked does not wait."""
+        self._renewing.add(key)
+        token = ALIVE.set(None)         # runs even if that client hangs up meanwhile
+        try:
+            d = defer.maybeDeferred(self.source.verifyPassword, username, password)
+        finally:
+            ALIVE.reset(token)
+
+        def renewed(record):
+            self.cache.putPositive(key, record)
+
+        def refused(failure):
+            if failure.check(UnauthorizedLogin):
+                self.cache.discard(key)             # the answer changed: ask again
+            # An outage or a full queue is no answer: the entry stays until its TTL.
+
+        d.addCallbacks(renewed, refused)
+        d.addBoth(lambda _: self._renewing.discard(key))
 
 
 @implementer(ICredentialsChecker)

@@ -149,13 +149,76 @@ def filecache(tmp_path):
 def test_cache_serves_polling_logins_for_the_ttl(filecache):
     path, clock, run, checker, login = filecache
     assert login("alice", b"pw-alice").username == "alice"
-    for _ in range(11):               # a client polling every 5 minutes for an hour
+    for _ in range(8):                # a client polling every 5 minutes: 40 minutes
         clock.advance(300)
         assert login("alice", b"pw-alice").username == "alice"
     assert run.calls == 1
-    clock.advance(300)                # past the hour: verified again
-    assert login("alice", b"pw-alice").username == "alice"
-    assert run.calls == 2
+
+
+class HeldSource(MemorySource):
+    """A source whose verifications wait until the test answers them."""
+
+    def __init__(self, users):
+        super().__init__(users)
+        self.pending = []
+
+    def verifyPassword(self, username, password):
+        self.calls += 1
+        d = defer.Deferred()
+        self.pending.append((d, username, password))
+        return d
+
+    def answer_all(self):
+        while self.pending:
+            d, username, password = self.pending.pop(0)
+            if self.users.get(username) == password:
+                d.callback(UserRecord(username))
+            else:
+                d.errback(UnauthorizedLogin("bad-password"))
+
+
+def test_polling_client_never_meets_a_cold_login():
+    """In the last quarter of the TTL a hit renews the entry in the background."""
+    clock = Clock()
+    source = HeldSource({"alice": b"pw"})
+    checker = PasswordChecker(source, AuthCache(clock, ttl=3600, negative_ttl=5))
+    first = checker.requestAvatarId(UsernamePassword("alice", b"pw"))
+    source.answer_all()
+    assert outcome(first).username == "alice"
+    for _ in range(36):               # every 5 minutes for 3 hours
+        clock.advance(300)
+        # Answered at once from the cache, even while a renewal is pending.
+        assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"pw"))).username
+        source.answer_all()
+    assert 1 < source.calls <= 1 + 36 // 9 + 1      # one renewal per ~45 minutes
+
+
+def test_renewal_drops_an_entry_whose_password_changed():
+    clock = Clock()
+    directory = MemorySource({"alice": b"old"})
+    checker = PasswordChecker(directory, AuthCache(clock, ttl=3600, negative_ttl=5))
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"old"))).username
+    directory.users["alice"] = b"new"
+    clock.advance(2700)               # due: served, and checked again behind it
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"old"))).username
+    clock.advance(1)                  # the renewal was refused: the old password is out
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"old"))).check(
+        UnauthorizedLogin)
+
+
+def test_renewal_during_an_outage_keeps_the_entry_until_its_ttl():
+    clock = Clock()
+    directory = MemorySource({"alice": b"pw"})
+    checker = PasswordChecker(directory, AuthCache(clock, ttl=3600, negative_ttl=5))
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"pw"))).username
+    directory.down = True
+    clock.advance(2700)
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"pw"))).username
+    clock.advance(600)                # an outage is no answer: still served
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"pw"))).username
+    clock.advance(300)                # the TTL is over: no cached answer in an outage
+    assert outcome(checker.requestAvatarId(UsernamePassword("alice", b"pw"))).check(
+        SourceUnavailable)
 
 
 def test_passwd_invalidates_only_that_user(filecache):
