@@ -27,6 +27,7 @@ import asyncio
 import json
 import math
 import os
+import random
 import resource
 import ssl
 import sys
@@ -91,7 +92,9 @@ class Client:
         self.ok = 0
         self.errors = {}
         self.latencies = []
+        self.login_latencies = []   # connect to the +OK after PASS
         self.starts = []
+        self.busy_skips = 0         # --poisson: the drawn user was still in a session
         self.bytes = 0
 
     def error(self, exc):
@@ -135,8 +138,12 @@ class Client:
                 reader, writer = await self.open()
             else:
                 reader, writer = await self.open(user)
+                logged_in = time.perf_counter() - started
                 writer.write(b"STAT\r\n")
                 count, size = parse_stat(await reader.readline())
+            if self.args.scenario == "poll":
+                pass    # a poll that finds nothing new: login, STAT, QUIT
+            elif self.args.scenario != "floor":
                 if count < 1:
                     raise SessionError("mailbox is empty")
                 writer.write(b"RETR 1\r\n")
@@ -149,6 +156,8 @@ class Client:
             writer.write(b"QUIT\r\n")
             await self._reply(reader)
             self.latencies.append(time.perf_counter() - started)
+            if self.args.scenario != "floor":
+                self.login_latencies.append(logged_in)
             self.starts.append(started)
             self.ok += 1
         finally:
@@ -211,6 +220,46 @@ class Client:
         if tasks:
             await asyncio.gather(*tasks)
 
+    async def poisson_loop(self):
+        """
+        Polling clients: Poisson arrivals at C{--rate}/s in all (each of the
+        users polls on average every len(users)/rate seconds), each arrival
+        a user drawn at random (C{--seed}); a user still in its previous
+        session skips this poll (counted as C{busy_skips}, not an error).
+        """
+        a = self.args
+        rng = random.Random(a.seed)
+        users = a.user_list
+        busy = set()
+        tasks = set()
+        begin = time.monotonic()
+        due, n = 0.0, 0
+        while n < a.max_sessions:
+            due += rng.expovariate(a.rate)
+            if due >= a.duration:
+                break
+            delay = begin + due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            n += 1
+            user = users[rng.randrange(len(users))]
+            if user in busy:
+                self.busy_skips += 1
+                continue
+            busy.add(user)
+
+            async def one(u=user):
+                try:
+                    await self.bounded(u)
+                finally:
+                    busy.discard(u)
+
+            t = asyncio.ensure_future(one())
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+
     async def idle(self):
         """Log in C{--idle} sessions (C{--concurrency} at a time) and hold them."""
         a = self.args
@@ -251,11 +300,13 @@ class Client:
 
 def summary(client, elapsed, args):
     lat = sorted(client.latencies)
+    login = sorted(client.login_latencies)
     if args.dump_latencies:
         with open(args.dump_latencies, "w") as out:
             t0 = min(client.starts, default=0.0)
-            out.writelines(f"{s - t0:.4f} {v * 1000:.3f}\n"
-                           for s, v in zip(client.starts, client.latencies))
+            logins = client.login_latencies or [0.0] * len(client.latencies)
+            out.writelines(f"{s - t0:.4f} {v * 1000:.3f} {g * 1000:.3f}\n"
+                           for s, v, g in zip(client.starts, client.latencies, logins))
     ms = lambda v: None if v is None else round(v * 1000, 3)  # noqa: E731
     return {
         "scenario": args.scenario, "tls": args.tls, "port": args.port,
@@ -267,6 +318,8 @@ def summary(client, elapsed, args):
         "mb_per_s": round(client.bytes / elapsed / 1e6, 2) if elapsed else 0,
         "p50_ms": ms(percentile(lat, 50)), "p90_ms": ms(percentile(lat, 90)),
         "p99_ms": ms(percentile(lat, 99)),
+        "login_p50_ms": ms(percentile(login, 50)), "login_p99_ms": ms(percentile(login, 99)),
+        "busy_skips": client.busy_skips,
         "client_cpu_s": round(sum(os.times()[:2]) - getattr(client, "cpu_at_start", 0.0), 3),
     }
 
@@ -277,7 +330,7 @@ def parse_args(argv=None):
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--bind", default="127.0.0.2", help="client address ('' = any)")
     p.add_argument("--tls", choices=("implicit", "stls"), default="implicit")
-    p.add_argument("--scenario", choices=("session", "retr", "floor", "idle"),
+    p.add_argument("--scenario", choices=("session", "retr", "floor", "idle", "poll"),
                    default="session")
     p.add_argument("--users", default="u0000:u0049")
     p.add_argument("--dump-latencies", default="", help="file: start time and ms per session")
@@ -286,6 +339,9 @@ def parse_args(argv=None):
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--max-sessions", type=int, default=1_000_000)
     p.add_argument("--rate", type=float, default=0.0, help="open-loop arrivals/s")
+    p.add_argument("--poisson", action="store_true",
+                   help="with --rate: Poisson arrivals, a random user each")
+    p.add_argument("--seed", type=int, default=1)
     p.add_argument("--session-timeout", type=float, default=60.0)
     p.add_argument("--idle", type=int, default=0)
     p.add_argument("--hold", type=float, default=120.0)
@@ -301,6 +357,8 @@ async def run(args):
     t0 = time.perf_counter()
     if args.scenario == "idle":
         await client.idle()
+    elif args.rate > 0 and args.poisson:
+        await client.poisson_loop()
     elif args.rate > 0:
         await client.open_loop()
     else:

@@ -146,7 +146,8 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.results = {"runs": {}, "latency": {}, "idle": {}, "meta": {}}
-        self.testbed = Testbed(args.work, sessions=50, retr=4, idle=args.idle).build()
+        self.testbed = Testbed(args.work, sessions=args.session_users, retr=4, idle=args.idle,
+                               poll=args.users if args.polling else 0).build()
 
     def servers(self, cache=True):
         tb = self.testbed
@@ -278,6 +279,25 @@ class Bench:
             "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
             "args": sys.argv[1:],
         }
+
+    def logins_only(self):
+        """C{--logins}, C{--polling}, C{--ab}, C{--concurrency-check}: those lines only."""
+        from bench import logins
+        t0 = time.monotonic()
+        self.meta()
+        self.results["meta"]["ab_checkout"] = self.args.ab
+        if self.args.ab:
+            logins.ab(self)
+        if self.args.logins:
+            logins.logins(self)
+        if self.args.concurrency_check:
+            logins.concurrency_check(self)
+            logins.handshake_check(self)
+        if self.args.polling:
+            logins.polling(self)
+        self.results["meta"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+        self.results["meta"]["seconds"] = round(time.monotonic() - t0)
+        return self.results
 
     def run(self):
         t0 = time.monotonic()
@@ -506,7 +526,26 @@ def parse_args(argv=None):
     p.add_argument("--results", default=str(HERE / "results.json"))
     p.add_argument("--report", default=str(HERE / "RESULTS.md"))
     p.add_argument("--chart", default=str(HERE / "results.png"))
+    p.add_argument("--logins", action="store_true",
+                   help="only: cold/warm logins vs Dovecot {ARGON2ID} and {SHA512-CRYPT}")
+    p.add_argument("--polling", action="store_true",
+                   help="only: N users polling every 5 min (compressed), 1 h auth cache")
+    p.add_argument("--users", type=int, default=10000, help="--polling: users")
+    p.add_argument("--time-scale", type=float, default=60.0,
+                   help="--polling: time compression (interval and TTL divided by it)")
+    p.add_argument("--polling-duration", type=float, default=0.0,
+                   help="--polling: seconds (default 2.5 compressed TTLs)")
+    p.add_argument("--ab", default="", help="only: warm sessions of this checkout (A) "
+                   "against --checkout (B), e.g. /work/main")
+    p.add_argument("--ab-runs", type=int, default=6)
+    p.add_argument("--concurrency-check", action="store_true",
+                   help="only: securepop and Dovecot reuse, warm, at 50 and 16 sessions")
+    p.add_argument("--session-users", type=int, default=50,
+                   help="users with a 10 KB message (the --concurrency-check uses them all)")
     args = p.parse_args(argv)
+    args.only_logins = bool(args.logins or args.polling or args.ab or args.concurrency_check)
+    if args.only_logins and args.results == str(HERE / "results.json"):
+        args.results = str(HERE / "results-logins.json")
     if args.quick:
         args.duration, args.cold_duration, args.latency_duration = 1.5, 2.0, 3.0
         args.idle = args.idle or 1000
@@ -527,10 +566,20 @@ def main(argv=None):
         sys.exit("run as root: Dovecot drops privileges to its own users")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # servers inherit it
+    if args.only_logins:
+        from bench import logins
+        results = Bench(args).logins_only()
+        Path(args.results).write_text(json.dumps(results, indent=1))
+        logins.write_report(results, Path(args.report))
+        print(logins.tables(results))
+        return
     results = Bench(args).run()
     Path(args.results).write_text(json.dumps(results, indent=1))
     write_report(results, Path(args.report))
-    chart(results, Path(args.chart))
+    try:
+        chart(results, Path(args.chart))
+    except ImportError:
+        print("no matplotlib: chart not drawn", file=sys.stderr)
     print(tables(results)[0])
 
 

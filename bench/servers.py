@@ -73,6 +73,19 @@ def idle_users(n):
     return [f"i{i:05d}" for i in range(n)]
 
 
+def poll_users(n):
+    return [f"p{i:05d}" for i in range(n)]
+
+
+def sha512_crypt(password):
+    """A C{$6$} (SHA512-CRYPT, glibc's default 5000 rounds) hash with its own salt."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    return crypt.crypt(password, crypt.mksalt(crypt.METHOD_SHA512))
+
+
 def message(size, seed=0):
     """An RFC 5322 message of C{size} bytes with CRLF lines and dotted lines."""
     head = (f"From: bench@example.com\r\nTo: user@example.com\r\n"
@@ -87,13 +100,14 @@ class Testbed:
     """Certificate, hashes and Maildirs shared by every server."""
 
     def __init__(self, root, sessions=64, retr=4, idle=0, small=10 * 1024,
-                 large=10 * 1024 * 1024):
+                 large=10 * 1024 * 1024, poll=0):
         self.root = Path(root)
-        self.sessions, self.retr, self.idle = sessions, retr, idle
+        self.sessions, self.retr, self.idle, self.poll = sessions, retr, idle, poll
         self.small, self.large = small, large
         self.cert = self.root / "cert.pem"
         self.key = self.root / "key.pem"
         self.hashes = {}
+        self.crypt_hashes = {}   # SHA512-CRYPT of the same password (Dovecot's other line)
 
     def build(self):
         self.root.mkdir(parents=True, exist_ok=True)
@@ -118,7 +132,22 @@ class Testbed:
         wanted += [(u, cheap) for u in idle_users(self.idle)]
         for name, hasher in wanted:
             self.hashes[name] = known.get(name) or hasher.hash(PASSWORD)
+        # Polling users: thousands of them, so one argon2id hash (the same
+        # parameters, so the same cost per verification) shared by all.
+        shared = None
+        for name in poll_users(self.poll):
+            shared = shared or known.get(name) or dear.hash(PASSWORD)
+            self.hashes[name] = known.get(name) or shared
         hashfile.write_text("".join(f"{n}:{h}\n" for n, h in self.hashes.items()))
+        cryptfile = self.root / "crypt-hashes"
+        known = {}
+        if cryptfile.exists():
+            for line in cryptfile.read_text().splitlines():
+                name, _, h = line.partition(":")
+                known[name] = h
+        for name in session_users(self.sessions) + retr_users(self.retr):
+            self.crypt_hashes[name] = known.get(name) or sha512_crypt(PASSWORD)
+        cryptfile.write_text("".join(f"{n}:{h}\n" for n, h in self.crypt_hashes.items()))
         # Maildirs: one message each; the files are shared by hard links.
         mail = self.root / "mail"
         small = message(self.small, 1)
@@ -129,7 +158,9 @@ class Testbed:
                 continue
             for sub in ("cur", "new", "tmp"):
                 (md / sub).mkdir(parents=True, exist_ok=True)
-            if not name.startswith("i"):
+            if name.startswith("p"):
+                (md / "cur" / f"1700000000.{name}.bench:2,S").write_bytes(message(2048, 3))
+            elif not name.startswith("i"):
                 body = large if name.startswith("r") else small
                 (md / "cur" / f"1700000000.{name}.bench:2,S").write_bytes(body)
         return self
@@ -197,12 +228,12 @@ mechanisms = ["PLAIN"]
 cache_ttl = {cache_ttl}
 failure_delay = 0.1
 failure_delay_max = 0.5
-[access]
+{per_ip}[access]
 reverse_dns = false
 max_connections = 20000
 max_connections_per_ip = 20000
 max_connections_per_user = 4
-{directory}"""
+{directory}{metrics}"""
 
 
 class SecurePOP(Server):
@@ -211,9 +242,12 @@ class SecurePOP(Server):
     name = "securepop"
 
     def __init__(self, testbed, cache=True, workers=1, checkout=None, tag="securepop",
-                 directory=None):
+                 directory=None, metrics=False):
         self.testbed = testbed
+        # True: one hour; False: off (cold); a number: that TTL in seconds.
         self.cache = cache
+        self.metrics = metrics          # serve [metrics] on metrics_port
+        self.metrics_port = None
         self.directory = directory  # a bench.directory.BenchDirectory: users in slapd
         self.workers = workers
         self.checkout = Path(checkout) if checkout else HERE.parent
@@ -232,10 +266,28 @@ class SecurePOP(Server):
         self.testbed.copy_mail(self.data / "mail")
         self.stls_port, self.implicit_port = free_port(), free_port()
         conf = self.dir / "securepop.toml"
-        conf.write_text(SECUREPOP_CONFIG.format(
+        if self.cache is True:
+            ttl = 3600.0
+        elif self.cache is False:
+            ttl = 0
+        else:
+            ttl = float(self.cache)
+        metrics = ""
+        if self.metrics:
+            self.metrics_port = free_port()
+            metrics = (f'[metrics]\nendpoint = "tcp:{self.metrics_port}'
+                       ':interface=127.0.0.1"\n')
+        # The load generator is one address standing for many clients: a
+        # checkout with the per-address verification bound gets it lifted
+        # to the server-wide queue (256), else 50 concurrent cold logins
+        # from 127.0.0.2 would mostly be refused [SYS/TEMP].
+        per_ip = ""
+        if "max_verifications_per_ip" in (self.checkout / "securepop" / "config.py").read_text():
+            per_ip = "max_verifications_per_ip = 256\n"
+        conf.write_text(SECUREPOP_CONFIG.format(metrics=metrics, per_ip=per_ip,
             data=self.data, workers=self.workers, stls=self.stls_port,
             implicit=self.implicit_port, cert=self.dir / "cert.pem",
-            key=self.dir / "key.pem", cache_ttl=3600.0 if self.cache else 0,
+            key=self.dir / "key.pem", cache_ttl=ttl,
             source="ldap" if self.directory else "file",
             directory=self.directory.securepop_auth() if self.directory else ""))
         self.log = open(self.dir / "twistd.log", "ab")
@@ -251,6 +303,21 @@ class SecurePOP(Server):
 
     def pids(self):
         return session_pids(self.proc.pid)
+
+    def scrape(self):
+        """The daemon's Prometheus counters: {sample name with labels: value}."""
+        import urllib.request
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                try:
+                    values[name] = float(value)
+                except ValueError:
+                    pass
+        return values
 
 
 class FloorServer(Server):
@@ -274,6 +341,10 @@ class FloorServer(Server):
 
 
 #: Dovecot modes, as in the issue.  N = 1: the server has one core.
+#: "best": issue 23's best configuration, pop3-login and pop3 both reused
+#: (service_count = 0), process_min_avail = the cores the server may use
+#: (C{BEST_CORES}), login client_limit covering every concurrent session.
+BEST_CORES = 1
 DOVECOT_MODES = {
     "default": "",
     "hp": ("service pop3-login {\n  service_count = 0\n  process_min_avail = 1\n"
@@ -281,7 +352,18 @@ DOVECOT_MODES = {
     "hp+reuse": ("service pop3-login {\n  service_count = 0\n  process_min_avail = 1\n"
                  "  client_limit = 10000\n  vsz_limit = 1G\n}\n"
                  "service pop3 {\n  service_count = 0\n  process_min_avail = 1\n}\n"),
+    "best": ("service pop3-login {{\n  service_count = 0\n  process_min_avail = {cores}\n"
+             "  client_limit = 1000\n  vsz_limit = 1G\n}}\n"
+             "service pop3 {{\n  service_count = 0\n  process_min_avail = {cores}\n"
+             "  client_limit = 1\n}}\n"),
 }
+
+
+def dovecot_mode_text(mode, cores=None):
+    """The service blocks of a mode (C{best} with its core count)."""
+    text = DOVECOT_MODES[mode]
+    return text.format(cores=cores or BEST_CORES) if mode == "best" else text
+
 
 DOVECOT_CONFIG = """\
 # written by bench/servers.py
@@ -359,13 +441,19 @@ class Dovecot(Server):
 
     name = "dovecot"
 
-    def __init__(self, testbed, mode="hp", cache=True, directory=None):
+    def __init__(self, testbed, mode="hp", cache=True, directory=None, scheme=None,
+                 cores=None):
         self.testbed = testbed
         self.mode = mode
         self.cache = cache
         self.directory = directory
-        self.name = f"dovecot-{mode}"
-        self.dir = testbed.root / f"dovecot-{mode.replace('+', '-')}"
+        # None: argon2id cold, {SHA1} warm (see stored()); else "argon2id" or
+        # "sha512-crypt" whatever the cache.
+        self.scheme = scheme
+        self.cores = cores
+        suffix = f"-{scheme}" if scheme else ""
+        self.name = f"dovecot-{mode}{suffix}"
+        self.dir = testbed.root / f"dovecot-{mode.replace('+', '-')}{suffix}"
 
     def start(self):
         d = self.dir
@@ -375,7 +463,8 @@ class Dovecot(Server):
         shutil.copy(self.testbed.cert, d / "cert.pem")
         shutil.copy(self.testbed.key, d / "key.pem")
         (d / "passwd").write_text("".join(
-            f"{n}:{self.stored(h)}::::::\n" for n, h in sorted(self.testbed.hashes.items())))
+            f"{n}:{self.stored(h, n)}::::::\n"
+            for n, h in sorted(self.testbed.hashes.items())))
         nobody = pwd.getpwnam("nobody")
         self.testbed.copy_mail(d / "mail", (nobody.pw_uid, nobody.pw_gid))
         self.stls_port, self.implicit_port = free_port(), free_port()
@@ -386,9 +475,10 @@ class Dovecot(Server):
         else:
             passdb = PASSWD_FILE_PASSDB.format(d=d)
         conf.write_text(DOVECOT_CONFIG.format(passdb=passdb,
-            d=d, mode=self.mode.replace("+", "-"), uid=nobody.pw_uid, gid=nobody.pw_gid,
+            d=d, mode=self.dir.name.removeprefix("dovecot-"), uid=nobody.pw_uid, gid=nobody.pw_gid,
             stls=self.stls_port, implicit=self.implicit_port,
-            cache_size="64M" if self.cache else "0", extra=DOVECOT_MODES[self.mode]))
+            cache_size="64M" if self.cache else "0",
+            extra=dovecot_mode_text(self.mode, self.cores)))
         self.proc = subprocess.Popen(
             ["taskset", "-c", str(SERVER_CPU), DOVECOT, "-F", "-c", str(conf)],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
@@ -397,7 +487,7 @@ class Dovecot(Server):
         time.sleep(0.5)   # process_min_avail processes
         return self
 
-    def stored(self, argon2_hash):
+    def stored(self, argon2_hash, name=None):
         """
         The passwd-file field.  Cold: the shared argon2id hash.  Warm: what
         Dovecot's auth cache would verify against ({SHA1} of the password,
@@ -405,7 +495,9 @@ class Dovecot(Server):
         these passwd-file logins from its cache (auth_debug shows a passdb
         lookup and an argon2 verify on every login, auth_cache_size = 64M).
         """
-        if not self.cache:
+        if self.scheme == "sha512-crypt" and name in self.testbed.crypt_hashes:
+            return "{SHA512-CRYPT}" + self.testbed.crypt_hashes[name]
+        if self.scheme is not None or not self.cache:
             return "{ARGON2ID}" + argon2_hash
         import base64
         import hashlib

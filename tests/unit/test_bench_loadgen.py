@@ -82,7 +82,7 @@ def _drive(tmp_path, tls, password="pw", message=MESSAGE, scenario="session", us
                 "--users", users, "--password", password, "--concurrency", "2",
                 "--scenario", scenario, "--max-sessions", "6", "--duration", "30"]
         for k, v in extra.items():
-            argv += [f"--{k}", str(v)]
+            argv += [f"--{k}"] + ([str(v)] if v != "" else [])
         try:
             return await loadgen.run(loadgen.parse_args(argv))
         finally:
@@ -204,3 +204,30 @@ def test_report_header_names_the_openssl_of_each_side(tmp_path):
     assert "pyOpenSSL 26.4.0 on OpenSSL 4.0.3 (securepop, floor)" in head
     assert "Dovecot 2.3 on the system's OpenSSL 3.0.22" in head
     assert "load generator on Python's ssl with OpenSSL 3.0.9" in head
+
+
+def test_poll_scenario_logs_in_and_quits_without_retr(tmp_path):
+    result = _drive(tmp_path, "implicit", scenario="poll")
+    assert (result["sessions"], result["errors"], result["bytes"]) == (6, 0, 0)
+    assert result["login_p50_ms"] is not None
+    assert result["login_p50_ms"] <= result["p99_ms"]
+
+
+def test_poisson_arrivals_skip_a_user_still_in_session(tmp_path):
+    # One user, arrivals far faster than a TLS session: most draws find it busy.
+    dump = tmp_path / "lat.txt"
+    result = _drive(tmp_path, "implicit", users="a", rate=2000, poisson="",
+                    **{"dump-latencies": dump})
+    assert result["errors"] == 0
+    assert result["busy_skips"] > 0
+    assert result["sessions"] + result["busy_skips"] == 6
+    rows = [line.split() for line in dump.read_text().splitlines()]
+    assert len(rows) == result["sessions"] and all(len(r) == 3 for r in rows)
+    # start, session ms, login ms: a login ends before its session does
+    assert all(float(r[2]) <= float(r[1]) for r in rows)
+
+
+def test_poisson_needs_the_flag(tmp_path):
+    # Without --poisson the same rate is the fixed-interval loop: no skips counted.
+    result = _drive(tmp_path, "implicit", users="a,b,c,d,e,f", rate=5)
+    assert result["busy_skips"] == 0 and result["sessions"] == 6
