@@ -2,8 +2,8 @@
 Password hashing on its own bounded pool, fair across clients.
 
 An argon2 verification costs tens of milliseconds of CPU and megabytes of
-memory.  Sharing the pool that opens mailboxes and runs QUIT deletions let
-one address queue hundreds of checks and stall every login and every QUIT.
+memory.  On the pool that opens mailboxes and runs QUIT deletions, one
+address could queue hundreds of checks and stall every login and every QUIT.
 Here hashing has its own threads (sized to the cores), the line is
 bounded in all and per client, clients take turns (round robin over their
 addresses: the client served least recently goes next, so a flood from
@@ -15,8 +15,8 @@ counts (a client cannot abandon a guess to dodge the penalty), and when the line
 full the answer is C{[SYS/TEMP]} at once instead of a timeout.
 
 The client a verification is for comes from L{CLIENT}, a context variable
-the session sets around its call into the portal: the credential source's
-C{run_blocking(f, *args)} signature stays what it was.
+the session sets around its call into the portal, so the credential
+source's C{run_blocking(f, *args)} signature needs no client argument.
 """
 
 from __future__ import annotations

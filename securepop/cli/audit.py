@@ -1,8 +1,8 @@
 """
 C{securepop audit URL}: run the audit against any POP3 server.
 
-The lead's C{securepop.cli.main} calls L{add_parser} on its sub-parsers and
-then C{args.func(args)}; the return value is the exit status (1 when any
+C{securepop.cli.main} calls L{add_parser} on its sub-parsers and then
+C{args.func(args)}; the return value is the exit status (1 when any
 check FAILs, 3 when the server declined the connection, 64 for bad usage).
 """
 

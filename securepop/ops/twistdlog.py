@@ -10,8 +10,8 @@ logging; securepop always answers, so that:
     per-event formatting: a securepop event is already one line of text
     (L{securepop.events.emit}), so only a time stamp is added, made once per
     second.  Every other event goes through Twisted's own formatter.
-    Twisted's formatting was ~50 us per line, three lines per session:
-    6% of a session's CPU.
+    Twisted's per-event formatting is a measurable share of a session's
+    CPU (three lines per session; the figure is in C{bench/RESULTS.md}).
   - C{format = "json"} writes one JSON object per line
     (L{securepop.ops.jsonlog}).
 

@@ -3,15 +3,15 @@ Secure communication: TLS policy (profiles, minimum cipher bits), server
 certificates with SNI and reload, per-session TLS facts, and the certificate
 tools behind C{securepop cert}.
 
-Wiring (the lead's service)::
+Wiring (as the service does it)::
 
     policy = TLSPolicy(profile=settings.tls.profile,
                        min_cipher_bits=settings.tls.min_cipher_bits)
     serverTLS = ServerTLS(policy, certificate, key, sni=[...],
                           hostname=settings.server.hostname, clock=reactor)
     for problem in serverTLS.warnings(): log.warn(str(problem))
-    # implicit TLS: TLSMemoryBIOFactory(serverTLS, False, pop3Factory)
-    # STLS:         transport.startTLS(serverTLS)
+    # implicit TLS: securepop.tls.transport.ServerTLSFactory(serverTLS, pop3Factory)
+    # STLS:         securepop.tls.transport.startTLS(session.transport, serverTLS)
     # SIGHUP:       serverTLS.reload()
 """
 
