@@ -13,7 +13,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from zope.interface import implementer
 
-from securepop.auth.verifyqueue import ALIVE
+from securepop.auth.verifyqueue import ALIVE, PURPOSE
 from securepop.interfaces import ISecretCredentials, IVerifiedCredentials
 
 
@@ -85,11 +85,13 @@ class PasswordChecker:
     def _renew(self, key, username, password):
         """Verify again in the background; the login that asked does not wait."""
         self._renewing.add(key)
-        token = ALIVE.set(None)         # runs even if that client hangs up meanwhile
+        # It runs even if that client hangs up meanwhile, and is no login's wait.
+        alive, purpose = ALIVE.set(None), PURPOSE.set("renewal")
         try:
             d = defer.maybeDeferred(self.source.verifyPassword, username, password)
         finally:
-            ALIVE.reset(token)
+            ALIVE.reset(alive)
+            PURPOSE.reset(purpose)
 
         def renewed(record):
             self.cache.putPositive(key, record)

@@ -34,6 +34,9 @@ from securepop.errors import VerificationBusy
 CLIENT = contextvars.ContextVar("securepop_verification_client", default="-")
 #: A callable telling whether the client still waits for the answer.
 ALIVE = contextvars.ContextVar("securepop_verification_alive", default=None)
+#: "login" (a client waits for it) or "renewal" (an auth-cache entry renewed
+#: in the background): only a login's wait is a login's latency.
+PURPOSE = contextvars.ContextVar("securepop_verification_purpose", default="login")
 
 DEFAULT_MAX_QUEUED = 256
 DEFAULT_MAX_PER_CLIENT = 16
@@ -45,11 +48,12 @@ def default_threads():
 
 
 class _Job:
-    __slots__ = ("f", "args", "key", "alive", "deferred", "queued_at", "state")
+    __slots__ = ("f", "args", "key", "alive", "purpose", "deferred", "queued_at", "state")
 
     def __init__(self, f, args, key, alive, queued_at):
         self.f, self.args, self.key, self.queued_at = f, args, key, queued_at
         self.alive = alive
+        self.purpose = PURPOSE.get()
         self.deferred = None
         self.state = "queued"     # queued | running | done | cancelled
 
@@ -134,8 +138,11 @@ class VerificationQueue:
             self._running += 1
             job.state = "running"
             if self.metrics is not None:
-                self.metrics.verification_wait.observe(
-                    max(0.0, self.reactor.seconds() - job.queued_at))
+                if job.purpose == "login":
+                    self.metrics.verification_wait.observe(
+                        max(0.0, self.reactor.seconds() - job.queued_at))
+                else:
+                    self.metrics.verification_renewals.inc()
             d = threads.deferToThreadPool(self.reactor, self.pool, job.f, *job.args)
             d.addBoth(self._finished, job)
         self._report()

@@ -64,6 +64,10 @@ class Metrics:
             "securepop_verification_wait_seconds",
             "Time a password verification waited for a hashing thread",
             buckets=LATENCY_BUCKETS, registry=r)
+        self.verification_renewals = Counter(
+            "securepop_verification_renewals",
+            "Password verifications renewing an auth-cache entry in the background",
+            registry=r)
         self.other = Counter("securepop_events", "Other counted events", ["event"],
                              registry=r)
 

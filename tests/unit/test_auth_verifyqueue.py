@@ -103,3 +103,44 @@ def test_errors_reach_the_caller(queue):
         raise ValueError("bad hash")
     with pytest.raises(ValueError):
         yield submit(queue, "a", boom)
+
+
+class Metered:
+    """The two metrics the queue reports to, as counters a test can read."""
+
+    def __init__(self):
+        self.waits, self.renewals, self.depth = [], 0, None
+
+        class Wait:
+            @staticmethod
+            def observe(value):
+                self.waits.append(value)
+
+        class Renewals:
+            @staticmethod
+            def inc():
+                self.renewals += 1
+
+        class Depth:
+            @staticmethod
+            def set(value):
+                self.depth = value
+
+        self.verification_wait = Wait()
+        self.verification_renewals = Renewals()
+        self.verification_queue = Depth()
+
+
+@defer.inlineCallbacks
+def test_only_a_logins_wait_is_a_login_latency(queue):
+    from securepop.auth.verifyqueue import PURPOSE
+
+    metrics = queue.metrics = Metered()
+    yield submit(queue, "a", lambda: 1)
+    token = PURPOSE.set("renewal")
+    try:
+        d = submit(queue, "a", lambda: 2)
+    finally:
+        PURPOSE.reset(token)
+    yield d
+    assert len(metrics.waits) == 1 and metrics.renewals == 1
