@@ -20,10 +20,10 @@ L{run}C{(args, settings)} with a L{CertSettings}.
 
 import argparse
 import os
-import socket
 import sys
 from dataclasses import dataclass
 
+from securepop import config
 from securepop.errors import ConfigError
 from securepop.tls import certificates as _certs
 
@@ -41,7 +41,6 @@ The certificate wizard:
   selfsigned  a self-signed certificate, for tests and first starts
   show/check  subject, names, issuer, validity, key and every problem;
               exit status 1 when there is a problem, 2 on an error"""
-DEFAULT_DATA_DIR = "./securepop-data"
 
 
 @dataclass(frozen=True)
@@ -88,18 +87,9 @@ class CertSettings:
 
 
 def load_settings(args):
-    """
-    Read the configuration file (C{--config}, C{--data-dir}) through
-    C{securepop.config.load}; without that module, fall back to the host's
-    name and the default data directory.
-    """
-    dataDir = getattr(args, "data_dir", None)
-    try:
-        from securepop import config
-        load = config.load
-    except (ImportError, AttributeError):
-        return CertSettings(socket.getfqdn(), dataDir or DEFAULT_DATA_DIR)
-    return CertSettings.from_settings(load(getattr(args, "config", None), dataDir))
+    """Read the configuration file (C{--config}, C{--data-dir}: optional options)."""
+    return CertSettings.from_settings(config.load(getattr(args, "config", None),
+                                                  getattr(args, "data_dir", None)))
 
 
 # -- argument parsing --------------------------------------------------------------

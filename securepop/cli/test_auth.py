@@ -16,9 +16,13 @@ import sys
 import time
 
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, task
 
+from securepop import config
+from securepop.auth.usernames import for_settings
 from securepop.errors import SourceUnavailable
 from securepop.interfaces import CLEARTEXT_SECRET, NT_HASH
+from securepop.schemes import nt_hash
 
 MECHANISMS = ("plain", "ntlm", "cram-md5", "apop", "lookup")
 
@@ -61,18 +65,6 @@ def readPassword(args, stdin=None, prompt=getpass.getpass):
     return prompt(f"Password for {args.user}: ").encode("utf-8")
 
 
-def ntHashOf(password):
-    """MD4(UTF-16LE(password)), without relying on OpenSSL's legacy MD4."""
-    import hashlib
-
-    try:
-        return hashlib.new("md4", password.decode("utf-8").encode("utf-16-le")).digest()
-    except ValueError:
-        from spnego._ntlm_raw.md4 import md4
-
-        return md4(password.decode("utf-8").encode("utf-16-le"))
-
-
 async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None,
                    normalise=None):
     """
@@ -86,8 +78,7 @@ async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None,
         C{unavailable}) and C{seconds}.
     """
     started = clock()
-    report = {"user": user, "mechanism": mechanism,
-              "source": getattr(source, "name", "?")}
+    report = {"user": user, "mechanism": mechanism, "source": source.name}
     normalise = normalise or (lambda name: name)
     try:
         if not (mechanism == "ntlm" and ntlmVerifier is not None):
@@ -108,7 +99,7 @@ async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None,
                 source, ntlmVerifier, user, password, normalise))
         elif mechanism == "ntlm":
             record, stored = await source.lookupSecret(user, NT_HASH)
-            ok = hmac.compare_digest(stored, ntHashOf(password))
+            ok = hmac.compare_digest(stored, nt_hash(password))
             report.update(result="ok" if ok else "refused",
                           username=record.username, **record.info)
             if not ok:
@@ -175,21 +166,18 @@ def run(args, out=None):
     out = out or sys.stdout
     password = b"" if args.mechanism == "lookup" else readPassword(args)
 
-    from twisted.internet import defer, task
-
     exitCode = []
 
     async def main(reactor):
-        from securepop import config, service
-        from securepop.auth.usernames import for_settings
+        # The whole server, imported only when test-auth runs: the securepop
+        # command imports this module for its parser on every call.
+        from securepop import service
 
         settings = config.load(getattr(args, "config", None),
                                getattr(args, "data_dir", None))
         source = service.build_credential_source(settings, reactor)
-        verifier = None
-        builder = getattr(service, "build_ntlm_verifier", None)
-        if args.mechanism == "ntlm" and builder is not None:
-            verifier = builder(settings, reactor)
+        # Active Directory: NTLM is the domain controller's to verify.
+        verifier = service.ntlm_verifier_of(source) if args.mechanism == "ntlm" else None
         report = await tryLogin(source, args.user, args.mechanism, password,
                                 time.monotonic, verifier, for_settings(settings))
         out.write(formatReport(report) + "\n")
