@@ -87,9 +87,10 @@ class CertSettings:
 
 
 def load_settings(args):
-    """Read the configuration file (C{--config}, C{--data-dir}: optional options)."""
-    return CertSettings.from_settings(config.load(getattr(args, "config", None),
-                                                  getattr(args, "data_dir", None)))
+    """Read the configuration file (C{--config}, C{--data-dir}: absent when not given)."""
+    options = vars(args)
+    return CertSettings.from_settings(config.load(options.get("config"),
+                                                  options.get("data_dir")))
 
 
 # -- argument parsing --------------------------------------------------------------
@@ -220,8 +221,7 @@ class _IO:
         print(text, file=self.stderr)
 
     def interactive(self):
-        isatty = getattr(self.stdin, "isatty", None)
-        return bool(isatty and isatty())
+        return self.stdin is not None and self.stdin.isatty()
 
     def ask(self, question, default=""):
         shown = f" [{default}]" if default else ""
@@ -247,7 +247,7 @@ _PROMPTS = (
 
 def cmd_request(args, settings, io):
     commonName = args.cn or settings.hostname
-    attributes = {short: getattr(args, short, None) for short, _ in _PROMPTS}
+    attributes = {short: vars(args)[short] for short, _ in _PROMPTS}
     if io.interactive() and not args.no_prompt:
         commonName = io.ask("Common name (the host name clients use)", commonName)
         for short, question in _PROMPTS:
@@ -281,7 +281,7 @@ def _trust_roots(args):
     The system's roots plus C{--ca-file}.
     """
     roots = _certs.load_trust_roots()
-    if getattr(args, "ca_file", None):
+    if args.ca_file:
         roots = roots + _certs.load_chain(args.ca_file, "--ca-file")
     return roots
 

@@ -69,7 +69,9 @@ def _common_everywhere(parser):
 
 
 def load_settings(args):
-    return config.load(getattr(args, "config", None), getattr(args, "data_dir", None))
+    """C{--config} and C{--data-dir} are absent from C{args} when not given (SUPPRESS)."""
+    options = vars(args)
+    return config.load(options.get("config"), options.get("data_dir"))
 
 
 def read_password(prompt="Password: ", confirm=True):

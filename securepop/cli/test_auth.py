@@ -80,13 +80,16 @@ async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None,
     started = clock()
     report = {"user": user, "mechanism": mechanism, "source": source.name}
     normalise = normalise or (lambda name: name)
+    # Directory sources explain a login step by step (server, DN, groups,
+    # account state); the others only answer it.
+    explain = getattr(source, "explain", None)
     try:
         if not (mechanism == "ntlm" and ntlmVerifier is not None):
             user = normalise(user)      # NTLM sends the name as given; the DC's is normalised
             if user != report["user"]:
                 report["login_name"] = user
-        if hasattr(source, "explain") and mechanism in ("plain", "lookup"):
-            report.update(await source.explain(
+        if explain is not None and mechanism in ("plain", "lookup"):
+            report.update(await explain(
                 user, password if mechanism == "plain" else None))
         elif mechanism == "plain":
             record = await source.verifyPassword(user, password)
@@ -96,7 +99,7 @@ async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None,
             report.update(result="ok", username=record.username, **record.info)
         elif mechanism == "ntlm" and ntlmVerifier is not None:
             report.update(await _ntlmThroughVerifier(
-                source, ntlmVerifier, user, password, normalise))
+                source, ntlmVerifier, user, password, normalise, explain))
         elif mechanism == "ntlm":
             record, stored = await source.lookupSecret(user, NT_HASH)
             ok = hmac.compare_digest(stored, nt_hash(password))
@@ -121,7 +124,8 @@ async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None,
     return report
 
 
-async def _ntlmThroughVerifier(source, verifier, user, password, normalise=lambda n: n):
+async def _ntlmThroughVerifier(source, verifier, user, password, normalise=lambda n: n,
+                               explain=None):
     import spnego
 
     client = spnego.client(user, password.decode("utf-8"), hostname="localhost",
@@ -131,8 +135,8 @@ async def _ntlmThroughVerifier(source, verifier, user, password, normalise=lambd
     verified = await exchange.authenticate(client.step(challenge))
     report = {"verified_by_dc": verified}
     verified = normalise(verified)
-    if hasattr(source, "explain"):
-        report.update(await source.explain(verified, None))
+    if explain is not None:
+        report.update(await explain(verified, None))
     else:
         record = await source.lookupUser(verified)
         report.update(result="ok", username=record.username)
@@ -173,8 +177,8 @@ def run(args, out=None):
         # command imports this module for its parser on every call.
         from securepop import service
 
-        settings = config.load(getattr(args, "config", None),
-                               getattr(args, "data_dir", None))
+        options = vars(args)          # --config, --data-dir: absent when not given
+        settings = config.load(options.get("config"), options.get("data_dir"))
         source = service.build_credential_source(settings, reactor)
         # Active Directory: NTLM is the domain controller's to verify.
         verifier = service.ntlm_verifier_of(source) if args.mechanism == "ntlm" else None
