@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from argon2 import PasswordHasher  # noqa: E402
 
+from securepop import schemes  # noqa: E402
 from securepop.auth import userfile  # noqa: E402
 from tests.integration.daemon import DEFAULT_CONFIG, Daemon  # noqa: E402
 
@@ -41,7 +42,7 @@ def start(base, workers, cold=False):
     d = Daemon(base, config, name=f"workers{workers}-{time.time_ns()}")
     d.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     # The benchmark's hash cost (argon2id m=19 MiB, t=2, p=1), one hash for all.
-    userfile._hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+    schemes._hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
     entry = userfile.make_entry("u0000", PASSWORD, set())
     users = {f"u{i:04d}": userfile.UserEntry(f"u{i:04d}", entry.password_hash, {})
              for i in range(USERS)}

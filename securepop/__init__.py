@@ -24,12 +24,12 @@ from securepop.interfaces import (
 
 
 def __getattr__(name):
-    # The service pulls in the whole server; the CLI and twistd --help should
-    # not pay for it just by importing the package.
+    # The service pulls in the whole server (and imports this package): the
+    # CLI and twistd --help should not pay for it just by importing securepop.
     if name in ("SecurePOPService", "makeService"):
         from securepop import service
 
-        return getattr(service, name)
+        return service.SecurePOPService if name == "SecurePOPService" else service.makeService
     raise AttributeError(name)
 
 __version__ = "0.1.0"

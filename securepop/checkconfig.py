@@ -4,7 +4,14 @@ securepop check-config: the effective configuration and every warning.
 
 from __future__ import annotations
 
-import stat
+import os
+
+from securepop import schemes
+from securepop.access.rules import parseRules
+from securepop.auth.userfile import UsersFile
+from securepop.auth.usernames import for_settings, index_names
+from securepop.mailstore.paths import mailbox_path
+from securepop.tls import certificates
 
 
 def report(settings):
@@ -38,8 +45,6 @@ def report(settings):
         warnings.append("auth.insecure_allow_ntlmv1: NTLMv1 responses can be cracked")
     lines.append(f"access.mode = {s.access.mode}")
     try:
-        from securepop.access.rules import parseRules
-
         for number, rule in enumerate(parseRules(s.access.rules), 1):
             lines.append(f"  rule {number}: {rule.text!r} -> {rule.describe()}")
         if not s.access.rules:
@@ -56,14 +61,10 @@ def report(settings):
                  f"per-user={s.access.max_connections_per_user}")
     # Certificate.
     try:
-        from securepop.tls import certificates
-
         if s.tls.certificate:
             cert, key = str(s.resolve(s.tls.certificate)), str(s.resolve(s.tls.key))
         else:
             cert, key = certificates.default_paths(str(s.data_path))
-        import os
-
         if os.path.exists(cert):
             rep = certificates.inspect(cert, hostname=s.server.hostname, key_path=key)
             for line in rep.lines():
@@ -76,8 +77,6 @@ def report(settings):
         problems += 1
         lines.append(f"ERROR certificate: {e}")
     if s.auth.source == "file":
-        from securepop.auth.userfile import UsersFile
-
         path = s.resolve(s.auth.file.path)
         try:
             users = UsersFile(path).load()
@@ -110,12 +109,10 @@ SLOW_VERIFICATION = 0.25   # seconds per cold login worth a warning
 
 def _hashing(s, users, warnings):
     """The argon2id parameters, what one verification costs here, and old hashes."""
-    from securepop.auth.userfile import HashParameters, hasher_for, measure_verification
-
-    params = HashParameters.from_settings(s.auth.file)
+    params = schemes.HashParameters.from_settings(s.auth.file)
     lines = []
     try:
-        cost = measure_verification(params)
+        cost = schemes.measure_verification(params)
         lines.append(f"auth.file: {params.describe()}; one verification on this machine: "
                      f"{cost.wall * 1000:.1f} ms ({cost.cpu * 1000:.1f} ms of CPU)")
         if max(cost.wall, cost.cpu) > SLOW_VERIFICATION:
@@ -127,7 +124,7 @@ def _hashing(s, users, warnings):
     if params.below_owasp_minimum():
         warnings.append(f"{params.describe()} is weaker than OWASP's recommended minimum "
                         f"(e.g. m=19456 KiB, t=2)")
-    hasher = hasher_for(params)
+    hasher = schemes.hasher_for(params)
     old = 0
     for entry in users.values():
         try:
@@ -147,9 +144,6 @@ def _user_name_warnings(settings, users):
     but their old Maildir may be elsewhere), unusable by any login, or
     sharing a login name with another entry.
     """
-    from securepop.auth.usernames import for_settings, index_names
-    from securepop.mailstore.paths import mailbox_path
-
     index, unreachable, ambiguous = index_names(users, for_settings(settings))
     warnings = []
     renamed = sorted((stored, name) for name, stored in index.items() if stored != name)

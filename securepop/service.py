@@ -4,15 +4,18 @@ for embedding in another Twisted application.
 
 Everything is built here from the frozen settings: credential source,
 portal, mechanisms, TLS, access policy, limits, penalty; then one listener
-per C{[[listen]]}.  C{reload()} rebuilds them from the file and swaps them
-into the shared L{ServerContext}: open sessions are untouched.
+per C{[[listen]]}.  C{reload()} rebuilds them from the file and hands them
+to the shared L{ServerContext} (L{ServerContext.replace_from}): open
+sessions are untouched.
+
+L{compose_server} puts around that server what one serving process runs
+(L{ServerRoot}: metrics, protocol log, graceful stop); it is what a worker
+process runs, and what L{securepop.assembly} runs when there is one process.
 """
 
 from __future__ import annotations
 
-import os
 import stat
-from pathlib import Path
 
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
@@ -22,12 +25,36 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from securepop import config as configmodule
-from securepop import events
+from securepop import events, serversecret
+from securepop.access.dns import AccessResolver, makeTwistedResolver
+from securepop.access.limits import ConnectionLimits
+from securepop.access.policy import AccessPolicy
+from securepop.access.proxy import ProxyProtocolFactory, parseTrustedProxies
+from securepop.access.rules import DomainRule, HostRule, RuleError, parseRules
+from securepop.auth.ad import ADCredentialSource
+from securepop.auth.cache import AuthCache
+from securepop.auth.gate import PenaltyGate
+from securepop.auth.ldap import LDAPCredentialSource
+from securepop.auth.penalty import FailurePenalty, UserLockout
+from securepop.auth.portal import MaildirRealm, build_portal
+from securepop.auth.userfile import FileCredentialSource
+from securepop.auth.usernames import for_settings
 from securepop.auth.verifyqueue import VerificationQueue
 from securepop.errors import ConfigError
 from securepop.interfaces import PLAINTEXT
+from securepop.mailstore.maildir import MaildirStore
+from securepop.ops import limits as ops_limits
+from securepop.ops import metrics as ops_metrics
+from securepop.ops.protolog import ProtocolLog
+from securepop.ops.shutdown import add_graceful_shutdown
 from securepop.protocol.context import ServerContext
 from securepop.protocol.server import POP3Factory
+from securepop.sasl.registry import check_pairings, mechanism_for
+from securepop.sasl.scram import ScramSHA256Mechanism
+from securepop.schemes import HashParameters
+from securepop.tls import certificates
+from securepop.tls.contextfactory import ServerTLS
+from securepop.tls.profiles import TLSPolicy
 from securepop.tls.transport import ServerTLSFactory
 
 
@@ -66,19 +93,23 @@ def build_credential_source(settings, reactor, run_blocking=None):
     """
     auth = settings.auth
     if auth.source == "file":
-        from securepop.auth.userfile import FileCredentialSource, HashParameters
-        from securepop.auth.usernames import for_settings
-
         return FileCredentialSource(settings.resolve(auth.file.path), run_blocking,
                                     params=HashParameters.from_settings(auth.file),
                                     normalise=for_settings(settings))
     if auth.source == "ldap":
-        from securepop.auth.ldap import LDAPCredentialSource
-
         return LDAPCredentialSource.fromSettings(auth.ldap, reactor, settings)
-    from securepop.auth.ad import ADCredentialSource
-
     return ADCredentialSource.fromSettings(auth.ad, reactor, settings)
+
+
+def ntlm_verifier_of(source):
+    """
+    The winbind verifier that checks NTLM with the domain controller for an
+    Active Directory source, or None (other sources, or AD without
+    C{ntlm_auth}).
+    """
+    if isinstance(source, ADCredentialSource):
+        return source.ntlmVerifier
+    return None
 
 
 def build_mechanisms(settings, source, server_secret=None):
@@ -88,32 +119,24 @@ def build_mechanisms(settings, source, server_secret=None):
     key something by the server secret (SCRAM's made-up salts) get it: the
     data directory's one unless C{server_secret} is given.
     """
-    from securepop import serversecret
-    from securepop.sasl import registry
-
     capabilities = source.capabilities()
     wanted = list(settings.auth.mechanisms)
     try:
-        registry.check_pairings(wanted + (["APOP"] if settings.auth.apop else []),
-                                capabilities)
+        check_pairings(wanted + (["APOP"] if settings.auth.apop else []), capabilities)
     except ValueError as e:
         raise ConfigError(settings.path or "(defaults)", "auth.mechanisms", str(e))
-    mechanisms = {name: registry.mechanism_for(name, capabilities) for name in wanted}
-    if any(hasattr(m, "withServerSecret") for m in mechanisms.values()):
+    mechanisms = {name: mechanism_for(name, capabilities) for name in wanted}
+    keyed = [name for name, m in mechanisms.items() if isinstance(m, ScramSHA256Mechanism)]
+    if keyed:
         if server_secret is None:
             server_secret = serversecret.for_settings(settings)
-        mechanisms = {name: m.withServerSecret(server_secret)
-                      if hasattr(m, "withServerSecret") else m
-                      for name, m in mechanisms.items()}
+        for name in keyed:
+            mechanisms[name] = mechanisms[name].withServerSecret(server_secret)
     return mechanisms
 
 
 def build_tls(settings, clock):
     """The shared TLS server creator (profiles, certificates, SNI, reload)."""
-    from securepop.tls import certificates
-    from securepop.tls.contextfactory import ServerTLS
-    from securepop.tls.profiles import TLSPolicy
-
     tls = settings.tls
     if tls.certificate:
         cert, key = str(settings.resolve(tls.certificate)), str(settings.resolve(tls.key))
@@ -146,12 +169,7 @@ def build_tls(settings, clock):
 
 
 def build_access(settings, reactor):
-    from securepop.access.limits import ConnectionLimits
-    from securepop.access.policy import AccessPolicy
-
-    from securepop.access import dns as accessdns
-    from securepop.access.rules import DomainRule, HostRule, parseRules
-
+    """The access policy (rules, DNS) and the connection limits."""
     a = settings.access
     try:
         rules = parseRules(a.rules)
@@ -159,13 +177,13 @@ def build_access(settings, reactor):
         needs_dns = any(isinstance(r, HostRule) for r in rules) or (
             a.reverse_dns and any(isinstance(r, DomainRule) for r in rules))
         if needs_dns:
-            resolver = accessdns.AccessResolver(
-                accessdns.makeTwistedResolver(reactor, a.dns_servers), reactor,
+            resolver = AccessResolver(
+                makeTwistedResolver(reactor, a.dns_servers), reactor,
                 timeout=a.dns_timeout, maxConcurrentLookups=a.max_concurrent_lookups)
         policy = AccessPolicy(rules, a.mode, resolver, reactor, reverse_dns=a.reverse_dns,
                               dns_failure=a.dns_failure)
     except ValueError as e:
-        index = getattr(e, "index", None)
+        index = e.index if isinstance(e, RuleError) else None
         key = "access.rules" if index is None else f"access.rules[{index}]"
         raise ConfigError(settings.path or "(defaults)", key, str(e))
     limits = ConnectionLimits(a.max_connections, a.max_connections_per_ip,
@@ -175,9 +193,6 @@ def build_access(settings, reactor):
 
 def build_penalty(settings, clock):
     """The failure penalty, the gate in front of every verification, the lockout."""
-    from securepop.auth.gate import PenaltyGate
-    from securepop.auth.penalty import FailurePenalty, UserLockout
-
     a = settings.auth
     penalty = FailurePenalty(clock, base=a.failure_delay, maximum=a.failure_delay_max)
     gate = PenaltyGate(clock, penalty, max_per_address=a.max_verifications_per_ip)
@@ -197,8 +212,6 @@ def build_verifications(settings, reactor):
 
 def build_context(settings, reactor, pool, verifications=None):
     """Everything a session needs, from the settings."""
-    from securepop import serversecret
-
     prepare_data_dir(settings)
     secret = serversecret.for_settings(settings)
     source = build_credential_source(settings, reactor, verifications or pool)
@@ -206,9 +219,6 @@ def build_context(settings, reactor, pool, verifications=None):
     if settings.auth.user_pass and PLAINTEXT not in source.capabilities():
         raise ConfigError(settings.path or "(defaults)", "auth.user_pass",
                           f"the {source.name} source cannot verify passwords")
-    from securepop.auth.portal import MaildirRealm, build_portal
-    from securepop.mailstore.maildir import MaildirStore
-
     trash = settings.mail.trash_folder if settings.mail.on_delete == "trash" else None
     store = MaildirStore(settings.mail.root, str(settings.data_path), trash=trash,
                          reactor=reactor, threadpool=pool.pool if pool else None,
@@ -218,8 +228,6 @@ def build_context(settings, reactor, pool, verifications=None):
     realm = MaildirRealm(store)
     cache = None
     if settings.auth.cache_ttl > 0:
-        from securepop.auth.cache import AuthCache
-
         # A fresh cache (and HMAC key) for every context: a reload forgets
         # every cached login.
         cache = AuthCache(reactor, ttl=settings.auth.cache_ttl,
@@ -229,7 +237,8 @@ def build_context(settings, reactor, pool, verifications=None):
     tls = build_tls(settings, reactor)
     policy, limits = build_access(settings, reactor)
     penalty, gate, lockout = build_penalty(settings, reactor)
-    delegate = getattr(source, "ntlmDelegateFactory", None)
+    verifier = ntlm_verifier_of(source)
+    delegate = verifier.newExchange if verifier is not None else None
     return ServerContext(settings, reactor, portal, source, mechanisms, tls=tls,
                          policy=policy, limits=limits, penalty=penalty, gate=gate,
                          lockout=lockout, ntlm_delegate=delegate,
@@ -242,6 +251,10 @@ class SecurePOPService(service.MultiService):
 
     C{reload()} re-reads the configuration file; an invalid file is logged
     and the settings in force stay.
+
+    @ivar listeners: the listener services, in C{[[listen]]} order; each has
+        C{listener} (its L{securepop.config.ListenSettings}) and C{proxy}
+        (the L{ProxyProtocolFactory} in front of it).
     """
 
     def __init__(self, settings, reactor):
@@ -251,10 +264,11 @@ class SecurePOPService(service.MultiService):
         self.pool = BlockingPool(reactor, "securepop-blocking")
         self.verifications = build_verifications(settings, reactor)
         self.context = build_context(settings, reactor, self.pool, self.verifications)
+        self.listeners = []
         for listener in settings.listen:
-            self._addListener(listener)
+            self._add_listener(listener)
 
-    def _addListener(self, listener):
+    def _add_listener(self, listener):
         factory = POP3Factory(self.context, listener)
         if listener.tls == "implicit":
             factory = ServerTLSFactory(CurrentTLS(self.context), factory)
@@ -262,47 +276,30 @@ class SecurePOPService(service.MultiService):
         # see the real client before the greeting.  Every listener has the
         # PROXY factory, so a reload can switch trusted_proxies on, change
         # it or switch it off; with an empty list it adds nothing.
-        from securepop.access.proxy import ProxyProtocolFactory
-
-        proxy = ProxyProtocolFactory(factory, self._trustedProxies(self.settings),
-                                     self.reactor)
-        factory = proxy
+        proxy = ProxyProtocolFactory(factory, trusted_proxies(self.settings), self.reactor)
         try:
             endpoint = endpoints.serverFromString(self.reactor, listener.endpoint)
         except (ValueError, TypeError, KeyError) as e:
             raise ConfigError(self.settings.path or "(defaults)", "listen.endpoint",
                               f"{listener.endpoint!r}: {e}")
-        svc = StreamServerEndpointService(endpoint, factory)
+        svc = StreamServerEndpointService(endpoint, proxy)
         svc._raiseSynchronously = True
         svc.setName(f"listen:{listener.endpoint}")
         svc.listener = listener
         svc.proxy = proxy
         svc.setServiceParent(self)
-
-    @staticmethod
-    def _trustedProxies(settings):
-        """C{access.trusted_proxies} as networks; a bad entry is a L{ConfigError}."""
-        from securepop.access.proxy import parseTrustedProxies
-
-        try:
-            return parseTrustedProxies(settings.access.trusted_proxies)
-        except ValueError as e:
-            raise ConfigError(settings.path or "(defaults)", "access.trusted_proxies",
-                              str(e))
+        self.listeners.append(svc)
 
     def startService(self):
-        from securepop.ops.limits import raise_open_files_limit
-
-        raise_open_files_limit(self.settings)
+        ops_limits.raise_open_files_limit(self.settings)
         self.pool.start()
         self.verifications.start()
         self.context.policy.start()
         super().startService()
-        for svc in self:
-            if getattr(svc, "listener", None) is not None:
-                events.emit("listen", endpoint=svc.listener.endpoint, tls=svc.listener.tls)
+        for svc in self.listeners:
+            events.emit("listen", endpoint=svc.listener.endpoint, tls=svc.listener.tls)
         source = self.context.source
-        if source.name == "file" and not getattr(source, "users", {True: 1}):
+        if isinstance(source, FileCredentialSource) and not source.users:
             cfg = f" --config {self.settings.path}" if self.settings.path else ""
             events.emit("users.none", "warn",
                         message=f"no users yet; add one with: securepop{cfg} --data-dir "
@@ -323,40 +320,22 @@ class SecurePOPService(service.MultiService):
             fresh = configmodule.load(path, self.settings.server.data_dir) if path else \
                 self.settings
             context = build_context(fresh, self.reactor, self.pool, self.verifications)
-            trusted = self._trustedProxies(fresh)
+            trusted = trusted_proxies(fresh)
         except Exception as e:
             events.emit("config.reload_failed", "error", error=str(e))
             return False
-        old = self.context
-        old_policy, old_source = old.policy, old.source
+        old_source = self.context.source
         context.policy.start()
-        old_policy.stop()
-        for name in ("settings", "portal", "source", "mechanisms", "tls", "policy",
-                     "_ntlm_delegate"):
-            setattr(old, name, getattr(context, name))
-        # State that must survive a reload (open sessions' counts, the failure
-        # history of attacking addresses) stays; only its limits change.
-        a, auth = fresh.access, fresh.auth
-        old.limits.maxConnections = a.max_connections
-        old.limits.maxPerIP = a.max_connections_per_ip
-        old.limits.maxPerUser = a.max_connections_per_user
-        if a.max_connections != self.settings.access.max_connections:
-            from securepop.ops.limits import raise_open_files_limit
-
-            raise_open_files_limit(fresh)       # warns if the new limit is out of reach
-        old.penalty.base, old.penalty.maximum = auth.failure_delay, auth.failure_delay_max
-        old.gate.max_per_address = auth.max_verifications_per_ip
+        self.context.policy.stop()
+        self.context.replace_from(context)
+        auth = fresh.auth
         self.verifications.max_queued = auth.max_queued_verifications
         self.verifications.max_per_client = auth.max_verifications_per_ip
-        old.lockout = context.lockout if (old.lockout is None) != (context.lockout is None) \
-            else old.lockout
-        if old.lockout is not None:
-            old.lockout.threshold, old.lockout.window = (auth.lockout_threshold,
-                                                         auth.lockout_window)
-        for svc in self:
-            if getattr(svc, "proxy", None) is not None:
-                svc.proxy.setTrustedProxies(trusted)
-        if old_source is not context.source:
+        if fresh.access.max_connections != self.settings.access.max_connections:
+            ops_limits.raise_open_files_limit(fresh)    # warns if the new limit is out of reach
+        for svc in self.listeners:
+            svc.proxy.setTrustedProxies(trusted)
+        if old_source is not self.context.source:
             # Sessions in flight may still use the old source's threads or DC
             # helpers: retire it after a grace period.
             self.reactor.callLater(RETIRE_AFTER, retire_source, old_source)
@@ -365,17 +344,26 @@ class SecurePOPService(service.MultiService):
         return True
 
 
+def trusted_proxies(settings):
+    """C{access.trusted_proxies} as networks; a bad entry is a L{ConfigError}."""
+    try:
+        return parseTrustedProxies(settings.access.trusted_proxies)
+    except ValueError as e:
+        raise ConfigError(settings.path or "(defaults)", "access.trusted_proxies", str(e))
+
+
 RETIRE_AFTER = 60.0     # seconds a replaced credential source lives on after a reload
 
 
 def retire_source(source):
-    """Stop a credential source's threads and helper processes, if it has any."""
-    shutdown = getattr(source, "shutdown", None)
-    if shutdown is not None:
-        shutdown()
-    delegate = getattr(source, "ntlmDelegateFactory", None)
-    verifier = getattr(delegate, "__self__", None)
-    if verifier is not None and hasattr(verifier, "stop"):
+    """
+    Stop a replaced credential source's threads and helper processes: its
+    own (C{shutdown()}, which every source the service builds has) and those
+    of the winbind verifier that checks NTLM for it.
+    """
+    source.shutdown()
+    verifier = ntlm_verifier_of(source)
+    if verifier is not None:
         verifier.stop()
 
 
@@ -409,3 +397,90 @@ def makeService(settings=None, reactor=None):
     if settings is None:
         settings = configmodule.load(None)
     return SecurePOPService(settings, reactor)
+
+
+# -- one serving process -------------------------------------------------------------
+
+
+class ServerRoot(service.MultiService):
+    """
+    One process serving POP3: the L{SecurePOPService} plus metrics,
+    protocol log and graceful stop.  C{reload()} reloads all of them.
+
+    @ivar server: the L{SecurePOPService}.
+    @ivar metrics: the L{securepop.ops.metrics.Metrics} or None.
+    @ivar protocol_log: the L{securepop.ops.protolog.ProtocolLog} or None.
+    """
+
+    def __init__(self, server, serve_metrics=True):
+        super().__init__()
+        self.server = server
+        self.reactor = server.reactor
+        self.metrics = None
+        self.instrumentation = None
+        self.protocol_log = None
+        server.setServiceParent(self)
+        self.shutdown = add_graceful_shutdown(server, server.settings.server.shutdown_grace)
+        self._configure_protocol_log(server.settings)
+        self._configure_metrics(server.settings, serve_metrics)
+
+    def _configure_metrics(self, settings, serve):
+        multiprocess = ops_metrics.multiprocess_enabled()
+        if not (settings.metrics.endpoint or multiprocess):
+            return
+        self.metrics = ops_metrics.Metrics()
+        self.instrumentation = ops_metrics.instrument(self.server.context, self.metrics)
+        if serve and settings.metrics.endpoint:
+            try:
+                svc = ops_metrics.metrics_service(self.reactor, settings.metrics.endpoint,
+                                                  self.metrics.render)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ConfigError(settings.path or "(defaults)", "metrics.endpoint", str(e))
+            svc.setServiceParent(self)
+
+    def _configure_protocol_log(self, settings):
+        wanted = str(settings.resolve(settings.log.protocol_log)) \
+            if settings.log.protocol_log else None
+        current = self.protocol_log.path if self.protocol_log is not None else None
+        if wanted == current:
+            if self.protocol_log is not None:
+                self.protocol_log.reopen()
+            return
+        old = self.protocol_log
+        self.protocol_log = ProtocolLog(wanted) if wanted else None
+        self.server.context.use_protocol_log(self.protocol_log)
+        if old is not None:
+            old.close()
+
+    def reload(self):
+        """SIGHUP: the server's reload, then the protocol log (logrotate) and grace."""
+        ok = self.server.reload()
+        settings = self.server.settings
+        try:
+            self._configure_protocol_log(settings)
+        except OSError as e:
+            events.emit("protocol_log.reopen_failed", "error", error=e.strerror or str(e))
+        self.shutdown.grace = settings.server.shutdown_grace
+        return ok
+
+    def stopService(self):
+        d = service.MultiService.stopService(self)
+
+        def closed(result):
+            if self.protocol_log is not None:
+                self.protocol_log.close()
+            if self.instrumentation is not None:
+                self.instrumentation.uninstall()
+            return result
+
+        return d.addBoth(closed)
+
+
+def compose_server(settings, reactor, serve_metrics=True):
+    """
+    The L{ServerRoot} for C{settings}: one serving process (the only one, or
+    one worker).
+
+    @raise ConfigError: the configuration cannot work.
+    """
+    return ServerRoot(SecurePOPService(settings, reactor), serve_metrics)

@@ -32,7 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from securepop.access import dns as accessdns
+import securepop.access.dns as accessdns
 from securepop.access.rules import (
     ALLOW_LISTED,
     Decision,

@@ -14,7 +14,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
-from securepop.audit import tlsprobe
+import securepop.audit.tlsprobe as tlsprobe
 from securepop.audit.pop3client import (
     BudgetExhausted,
     ConnectionClosed,

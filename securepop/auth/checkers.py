@@ -13,6 +13,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from zope.interface import implementer
 
+from securepop.auth.cache import MISS, NEGATIVE
 from securepop.auth.verifyqueue import ALIVE, PURPOSE
 from securepop.interfaces import ISecretCredentials, IVerifiedCredentials
 
@@ -55,8 +56,6 @@ class PasswordChecker:
             return defer.fail(UnauthorizedLogin("empty"))
         if self.cache is None:
             return defer.maybeDeferred(self.source.verifyPassword, username, password)
-        from securepop.auth.cache import MISS, NEGATIVE
-
         # The user's stamp is part of the key, so a changed or deleted entry
         # invalidates what was cached for it (and only for it).
         userStamp = getattr(self.source, "userStamp", None)

@@ -12,7 +12,7 @@ and CRAM-MD5.  The file is rewritten atomically (temporary file, fsync,
 rename) with mode 0600, under an exclusive lock on C{<file>.lock} so two
 writers never lose each other's change, and re-read when it changes on disk.
 
-The argon2id cost is configured (L{HashParameters}); a hash made with other
+The argon2id cost is configured (L{securepop.schemes.HashParameters}); a hash made with other
 parameters still verifies and is rewritten with the configured ones after
 the next successful login (L{rehash_entry}).
 """
@@ -29,12 +29,9 @@ import os
 import stat
 import tempfile
 import threading
-import time
-from collections import namedtuple
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
@@ -42,9 +39,15 @@ from zope.interface import implementer
 
 from securepop import events
 from securepop.auth.records import UserRecord
+from securepop.auth.usernames import index_names
 from securepop.errors import ConfigError
 from securepop.interfaces import (
     CLEARTEXT_SECRET, ICredentialSource, NT_HASH, PLAINTEXT, SCRAM_SHA_256,
+)
+from securepop.mailstore.paths import checkUsername
+from securepop.schemes import (
+    DUMMY_PASSWORD, cleartext_secret, decode_scram_secret, describe_hash, encode_scram_secret,
+    hasher_for, nt_hash, scram_secret,
 )
 
 #: Which stored field serves which credential kind, and which mechanisms need it.
@@ -53,84 +56,6 @@ MECHANISMS_FOR_KIND = {
     NT_HASH: ("NTLM",), SCRAM_SHA_256: ("SCRAM-SHA-256", "SCRAM-SHA-256-PLUS"),
     CLEARTEXT_SECRET: ("CRAM-MD5", "APOP"),
 }
-
-
-@dataclass(frozen=True)
-class HashParameters:
-    """
-    The argon2id cost of new hashes: memory in KiB, passes, lanes.
-
-    The defaults are OWASP's recommended minimum for argon2id (19 MiB, two
-    passes, one lane): about 20 ms of one core per verification, where
-    argon2-cffi's own defaults (64 MiB, t=3, p=4) cost 5-9 times as much for
-    every cold POP3 login.
-    """
-
-    memory_kib: int = 19456
-    time_cost: int = 2
-    parallelism: int = 1
-
-    @classmethod
-    def from_settings(cls, file_settings):
-        """From C{[auth.file]} (L{securepop.config.FileSourceSettings})."""
-        return cls(file_settings.argon2_memory_kib, file_settings.argon2_time_cost,
-                   file_settings.argon2_parallelism)
-
-    def hasher(self) -> PasswordHasher:
-        return PasswordHasher(time_cost=self.time_cost, memory_cost=self.memory_kib,
-                              parallelism=self.parallelism)
-
-    def describe(self) -> str:
-        return f"argon2id m={self.memory_kib} KiB, t={self.time_cost}, p={self.parallelism}"
-
-    def below_owasp_minimum(self) -> bool:
-        """Weaker than every argon2id configuration OWASP recommends."""
-        return not any(self.memory_kib >= m and self.time_cost >= t
-                       for m, t in OWASP_ARGON2ID)
-
-
-#: OWASP Password Storage Cheat Sheet: argon2id (memory KiB, passes), p = 1;
-#: all equally strong.
-OWASP_ARGON2ID = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
-
-DEFAULT_PARAMETERS = HashParameters()
-
-#: The hasher for new hashes when no parameters are given (the defaults).
-_hasher = DEFAULT_PARAMETERS.hasher()
-_hashers = {}
-_DUMMY_PASSWORD = "securepop-no-such-user"
-
-
-def hasher_for(params=None) -> PasswordHasher:
-    """The (shared, thread-safe) hasher for C{params}; the default one for None."""
-    if params is None:
-        return _hasher
-    hasher = _hashers.get(params)
-    if hasher is None:
-        hasher = _hashers.setdefault(params, params.hasher())
-    return hasher
-
-
-class VerificationCost(namedtuple("VerificationCost", "wall cpu")):
-    """Seconds one verification took: elapsed, and CPU of every thread."""
-
-
-def measure_verification(params, rounds=3, clock=time.perf_counter,
-                         cpu_clock=time.process_time):
-    """
-    What each cold login costs this machine with C{params}: the fastest of
-    C{rounds} verifications (after one hash), as a L{VerificationCost}.
-    Blocking: for the command line, never the reactor thread.
-    """
-    hasher = hasher_for(params)
-    hashed = hasher.hash(_DUMMY_PASSWORD)
-    best = None
-    for _ in range(max(1, rounds)):
-        start, start_cpu = clock(), cpu_clock()
-        hasher.verify(hashed, _DUMMY_PASSWORD)
-        cost = VerificationCost(clock() - start, cpu_clock() - start_cpu)
-        best = cost if best is None or cost.wall < best.wall else best
-    return best
 
 
 @dataclass(frozen=True)
@@ -156,25 +81,21 @@ def kinds_for_mechanisms(mechanisms, apop):
 
 def make_entry(name, password: str, kinds, params=None) -> UserEntry:
     """
-    Hash C{password} (argon2id with C{params}, L{HashParameters}; the
+    Hash C{password} (argon2id with C{params}, L{securepop.schemes.HashParameters}; the
     defaults when None) and derive the secrets for C{kinds}.
     """
-    from securepop.sasl import secrets as derive
-
     extras = {}
     if NT_HASH in kinds:
-        extras["nt"] = derive.nt_hash(password).hex()
+        extras["nt"] = nt_hash(password).hex()
     if SCRAM_SHA_256 in kinds:
-        extras["scram"] = _encode_scram(derive.scram_secret(password))
+        extras["scram"] = encode_scram_secret(scram_secret(password))
     if CLEARTEXT_SECRET in kinds:
-        extras["secret"] = base64.b64encode(derive.cleartext_secret(password)).decode()
+        extras["secret"] = base64.b64encode(cleartext_secret(password)).decode()
     return UserEntry(name, hasher_for(params).hash(password), extras)
 
 
 def check_name(name: str) -> str:
     """A user name the file can hold and a Maildir path can use."""
-    from securepop.mailstore.paths import checkUsername
-
     checkUsername(name)
     if ":" in name or any(c.isspace() for c in name):
         raise ValueError("user name must not contain ':' or white space")
@@ -336,7 +257,7 @@ class FileCredentialSource:
         """
         @param run_blocking: C{f(callable, *args) -> Deferred}, running the
             callable off the reactor thread.
-        @param params: L{HashParameters} for the dummy hash and rehashes;
+        @param params: L{securepop.schemes.HashParameters} for the dummy hash and rehashes;
             the defaults when None.
         @param normalise: the user-name rule for one name, or None.
         """
@@ -368,8 +289,6 @@ class FileCredentialSource:
         """Normalised name -> the stored name that serves it."""
         if self._normalise is None:
             return {name: name for name in users}
-        from securepop.auth.usernames import index_names
-
         index, unreachable, ambiguous = index_names(users, self._normalise)
         for normalised, stored in sorted(ambiguous.items()):
             events.emit("auth.users_ambiguous", "warn", user=normalised,
@@ -417,7 +336,7 @@ class FileCredentialSource:
         """
         with self._dummy_lock:
             if self._dummy is None:
-                self._dummy = self._hasher.hash(_DUMMY_PASSWORD)
+                self._dummy = self._hasher.hash(DUMMY_PASSWORD)
             return self._dummy
 
     def verifyPassword(self, username, password):
@@ -452,7 +371,7 @@ class FileCredentialSource:
         if not needed or self._rehash_off or entry.name in self._rehashing:
             return
         self._rehashing.add(entry.name)
-        old = _describe_hash(entry.password_hash)
+        old = describe_hash(entry.password_hash)
         d = self._run(rehash_entry, self.file.path, entry, stamp, self._hasher, password)
 
         def done(outcome):
@@ -497,53 +416,26 @@ class FileCredentialSource:
             return defer.succeed(UserRecord(username))
         return defer.fail(UnauthorizedLogin("no-such-user"))
 
-
-def _describe_hash(hashed):
-    """C{m=...,t=...,p=...} of a stored hash, for the log."""
-    try:
-        p = extract_parameters(hashed)
-    except InvalidHashError:
-        return "?"
-    return f"m={p.memory_cost},t={p.time_cost},p={p.parallelism}"
-
-
-def _encode_scram(secret):
-    """C{iterations,salt,StoredKey,ServerKey} (base64): no ':' in a field."""
-    b64 = lambda raw: base64.b64encode(raw).decode("ascii")  # noqa: E731
-    return ",".join([str(secret.iterations), b64(secret.salt),
-                     b64(secret.stored_key), b64(secret.server_key)])
-
-
-def _decode_scram(value):
-    from securepop.auth.records import ScramSecret
-    from securepop.sasl.secrets import MAX_SCRAM_ITERATIONS
-
-    iterations, salt, stored, server = value.split(",")
-    if not iterations.isdigit() or not 1 <= int(iterations) <= MAX_SCRAM_ITERATIONS:
-        raise ValueError("bad SCRAM iteration count")
-    salt, stored, server = (base64.b64decode(x, validate=True) for x in (salt, stored, server))
-    if not salt or len(stored) != 32 or len(server) != 32:
-        raise ValueError("bad SCRAM key length")
-    return ScramSecret(salt, int(iterations), stored, server)
+    def shutdown(self):
+        """Nothing to stop: the hashing runs on the caller's threads (C{run_blocking})."""
 
 
 def _decode(kind, value):
-    from securepop.sasl import secrets as derive
-
+    """A stored field as the secret of C{kind}; L{ValueError} if malformed."""
     if kind == NT_HASH:
         raw = bytes.fromhex(value)
         if len(raw) != 16:
             raise ValueError("NT hash must be 16 bytes")
         return raw
     if kind == SCRAM_SHA_256:
-        return _decode_scram(value)
+        return decode_scram_secret(value)
     return base64.b64decode(value, validate=True)
 
 
 def set_password(path, name, password, kinds, create, params=None):
     """
     Add (C{create}) or change a user's password, hashed with C{params}
-    (L{HashParameters}; the defaults when None); returns the entry.
+    (L{securepop.schemes.HashParameters}; the defaults when None); returns the entry.
     """
     check_name(name)
     entry = make_entry(name, password, kinds, params)

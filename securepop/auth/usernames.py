@@ -83,10 +83,8 @@ def own_domains(auth, hostname):
         configured C{auth.netbios_domain} in full, and with C{auth.source =
         "ad"} the directory's NetBIOS domain (C{auth.ad.domain}).
     """
-    ad = getattr(auth, "ad", None)
-    ad_domain = getattr(ad, "domain", "") if getattr(auth, "source", "") == "ad" else ""
-    return _own_domains(getattr(auth, "netbios_domain", ""),
-                        getattr(auth, "dns_domain", ""), ad_domain, hostname or "")
+    ad_domain = auth.ad.domain if auth.source == "ad" else ""
+    return _own_domains(auth.netbios_domain, auth.dns_domain, ad_domain, hostname or "")
 
 
 @functools.lru_cache(maxsize=32)
@@ -115,14 +113,14 @@ def normalise_username(raw, auth, hostname):
     if not isinstance(raw, str):
         raise UnacceptableUsername("user name must be text")
     name = raw.strip()
-    if getattr(auth, "strip_domain", False):
+    if auth.strip_domain:
         if "\\" in name:
             name = name.split("\\", 1)[1]
         elif "@" in name:
             name = name.split("@", 1)[0]
     elif "\\" in name or "@" in name:
         name = _unqualified(name, auth, hostname)
-    if getattr(auth, "username_case", "lower") == "lower":
+    if auth.username_case == "lower":
         name = name.lower()
     if not name:
         raise UnacceptableUsername("empty user name")
@@ -144,7 +142,7 @@ def _unqualified(name, auth, hostname):
         if "\\" in user or "@" in user:
             raise UnacceptableUsername("user name with more than one domain")
     else:
-        if getattr(auth, "source", "file") in ("ldap", "ad"):
+        if auth.source in ("ldap", "ad"):
             return name         # the directory's user_filter decides (AD: UPN)
         user, _, domain = name.partition("@")
         if "@" in domain:

@@ -20,10 +20,10 @@ L{run}C{(args, settings)} with a L{CertSettings}.
 
 import argparse
 import os
-import socket
 import sys
 from dataclasses import dataclass
 
+from securepop import config
 from securepop.errors import ConfigError
 from securepop.tls import certificates as _certs
 
@@ -41,7 +41,6 @@ The certificate wizard:
   selfsigned  a self-signed certificate, for tests and first starts
   show/check  subject, names, issuer, validity, key and every problem;
               exit status 1 when there is a problem, 2 on an error"""
-DEFAULT_DATA_DIR = "./securepop-data"
 
 
 @dataclass(frozen=True)
@@ -88,18 +87,10 @@ class CertSettings:
 
 
 def load_settings(args):
-    """
-    Read the configuration file (C{--config}, C{--data-dir}) through
-    C{securepop.config.load}; without that module, fall back to the host's
-    name and the default data directory.
-    """
-    dataDir = getattr(args, "data_dir", None)
-    try:
-        from securepop import config
-        load = config.load
-    except (ImportError, AttributeError):
-        return CertSettings(socket.getfqdn(), dataDir or DEFAULT_DATA_DIR)
-    return CertSettings.from_settings(load(getattr(args, "config", None), dataDir))
+    """Read the configuration file (C{--config}, C{--data-dir}: absent when not given)."""
+    options = vars(args)
+    return CertSettings.from_settings(config.load(options.get("config"),
+                                                  options.get("data_dir")))
 
 
 # -- argument parsing --------------------------------------------------------------
@@ -230,8 +221,7 @@ class _IO:
         print(text, file=self.stderr)
 
     def interactive(self):
-        isatty = getattr(self.stdin, "isatty", None)
-        return bool(isatty and isatty())
+        return self.stdin is not None and self.stdin.isatty()
 
     def ask(self, question, default=""):
         shown = f" [{default}]" if default else ""
@@ -257,7 +247,7 @@ _PROMPTS = (
 
 def cmd_request(args, settings, io):
     commonName = args.cn or settings.hostname
-    attributes = {short: getattr(args, short, None) for short, _ in _PROMPTS}
+    attributes = {short: vars(args)[short] for short, _ in _PROMPTS}
     if io.interactive() and not args.no_prompt:
         commonName = io.ask("Common name (the host name clients use)", commonName)
         for short, question in _PROMPTS:
@@ -291,7 +281,7 @@ def _trust_roots(args):
     The system's roots plus C{--ca-file}.
     """
     roots = _certs.load_trust_roots()
-    if getattr(args, "ca_file", None):
+    if args.ca_file:
         roots = roots + _certs.load_chain(args.ca_file, "--ca-file")
     return roots
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import getpass
 import importlib
-import os
 import sys
 
-from securepop import config
+from securepop import config, schemes
+from securepop.auth import userfile
+from securepop.auth.usernames import for_settings, index_names
+from securepop.checkconfig import report
 from securepop.errors import ConfigError
+from securepop.mailstore.delivery import deliver
+from securepop.mailstore.paths import mailbox_path
 
 EX_USAGE, EX_DATAERR, EX_NOUSER, EX_CONFIG = 64, 65, 67, 78
 
@@ -65,7 +69,9 @@ def _common_everywhere(parser):
 
 
 def load_settings(args):
-    return config.load(getattr(args, "config", None), getattr(args, "data_dir", None))
+    """C{--config} and C{--data-dir} are absent from C{args} when not given (SUPPRESS)."""
+    options = vars(args)
+    return config.load(options.get("config"), options.get("data_dir"))
 
 
 def read_password(prompt="Password: ", confirm=True):
@@ -87,8 +93,6 @@ def login_name(settings, raw):
 
     @raise ValueError: naming C{raw}, for a name no login can use.
     """
-    from securepop.auth.usernames import for_settings
-
     try:
         return for_settings(settings)(raw)
     except ValueError as e:
@@ -110,14 +114,12 @@ def describe_secrets(entry, settings, name):
     mechanisms will not work for that user, because the configuration the
     command ran with did not enable them when the password was set.
     """
-    from securepop.auth.userfile import FIELD_FOR_KIND, MECHANISMS_FOR_KIND
-
     scheme = entry.password_hash.split("$")[1] if entry.password_hash.count("$") > 1 \
         else "password"
     stored = [f"{scheme} hash ({', '.join(_HASH_MECHANISMS)})"]
     missing = []
-    for kind, field_name in FIELD_FOR_KIND.items():
-        mechanisms = MECHANISMS_FOR_KIND[kind]
+    for kind, field_name in userfile.FIELD_FOR_KIND.items():
+        mechanisms = userfile.MECHANISMS_FOR_KIND[kind]
         if field_name in entry.extras:
             stored.append(f"{_FIELD_TEXT.get(field_name, field_name)} "
                           f"({', '.join(mechanisms)})")
@@ -144,9 +146,6 @@ def describe_secrets(entry, settings, name):
 
 
 def cmd_user(args):
-    from securepop.auth import userfile
-    from securepop.auth.usernames import for_settings, index_names
-
     settings = load_settings(args)
     path = _users_path(settings)
     settings.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -189,9 +188,9 @@ def cmd_user(args):
         print("securepop user: empty password refused", file=sys.stderr)
         return EX_DATAERR
     kinds = userfile.kinds_for_mechanisms(settings.auth.mechanisms, settings.auth.apop)
+    params = schemes.HashParameters.from_settings(settings.auth.file)
     entry = userfile.set_password(path, target, password, kinds,
-                                  create=args.action == "add",
-                                  params=userfile.HashParameters.from_settings(settings.auth.file))
+                                  create=args.action == "add", params=params)
     print(f"{'added' if args.action == 'add' else 'updated'} user {target}"
           + (f" (logs in as {name})" if target != name else ""))
     for line in describe_secrets(entry, settings, name):
@@ -202,9 +201,6 @@ def cmd_user(args):
 # -- deliver -----------------------------------------------------------------------
 
 def cmd_deliver(args):
-    from securepop.mailstore.delivery import deliver
-    from securepop.mailstore.paths import mailbox_path
-
     settings = load_settings(args)
     path = mailbox_path(settings.mail.root, str(settings.data_path),
                         login_name(settings, args.name))
@@ -220,8 +216,6 @@ def cmd_deliver(args):
 # -- check-config ------------------------------------------------------------------
 
 def cmd_check_config(args):
-    from securepop.checkconfig import report
-
     settings = load_settings(args)
     lines, problems = report(settings)
     for line in lines:

@@ -16,9 +16,13 @@ import sys
 import time
 
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, task
 
+from securepop import config
+from securepop.auth.usernames import for_settings
 from securepop.errors import SourceUnavailable
 from securepop.interfaces import CLEARTEXT_SECRET, NT_HASH
+from securepop.schemes import nt_hash
 
 MECHANISMS = ("plain", "ntlm", "cram-md5", "apop", "lookup")
 
@@ -61,18 +65,6 @@ def readPassword(args, stdin=None, prompt=getpass.getpass):
     return prompt(f"Password for {args.user}: ").encode("utf-8")
 
 
-def ntHashOf(password):
-    """MD4(UTF-16LE(password)), without relying on OpenSSL's legacy MD4."""
-    import hashlib
-
-    try:
-        return hashlib.new("md4", password.decode("utf-8").encode("utf-16-le")).digest()
-    except ValueError:
-        from spnego._ntlm_raw.md4 import md4
-
-        return md4(password.decode("utf-8").encode("utf-16-le"))
-
-
 async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None,
                    normalise=None):
     """
@@ -86,16 +78,18 @@ async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None,
         C{unavailable}) and C{seconds}.
     """
     started = clock()
-    report = {"user": user, "mechanism": mechanism,
-              "source": getattr(source, "name", "?")}
+    report = {"user": user, "mechanism": mechanism, "source": source.name}
     normalise = normalise or (lambda name: name)
+    # Directory sources explain a login step by step (server, DN, groups,
+    # account state); the others only answer it.
+    explain = getattr(source, "explain", None)
     try:
         if not (mechanism == "ntlm" and ntlmVerifier is not None):
             user = normalise(user)      # NTLM sends the name as given; the DC's is normalised
             if user != report["user"]:
                 report["login_name"] = user
-        if hasattr(source, "explain") and mechanism in ("plain", "lookup"):
-            report.update(await source.explain(
+        if explain is not None and mechanism in ("plain", "lookup"):
+            report.update(await explain(
                 user, password if mechanism == "plain" else None))
         elif mechanism == "plain":
             record = await source.verifyPassword(user, password)
@@ -105,10 +99,10 @@ async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None,
             report.update(result="ok", username=record.username, **record.info)
         elif mechanism == "ntlm" and ntlmVerifier is not None:
             report.update(await _ntlmThroughVerifier(
-                source, ntlmVerifier, user, password, normalise))
+                source, ntlmVerifier, user, password, normalise, explain))
         elif mechanism == "ntlm":
             record, stored = await source.lookupSecret(user, NT_HASH)
-            ok = hmac.compare_digest(stored, ntHashOf(password))
+            ok = hmac.compare_digest(stored, nt_hash(password))
             report.update(result="ok" if ok else "refused",
                           username=record.username, **record.info)
             if not ok:
@@ -130,7 +124,8 @@ async def tryLogin(source, user, mechanism, password, clock, ntlmVerifier=None,
     return report
 
 
-async def _ntlmThroughVerifier(source, verifier, user, password, normalise=lambda n: n):
+async def _ntlmThroughVerifier(source, verifier, user, password, normalise=lambda n: n,
+                               explain=None):
     import spnego
 
     client = spnego.client(user, password.decode("utf-8"), hostname="localhost",
@@ -140,8 +135,8 @@ async def _ntlmThroughVerifier(source, verifier, user, password, normalise=lambd
     verified = await exchange.authenticate(client.step(challenge))
     report = {"verified_by_dc": verified}
     verified = normalise(verified)
-    if hasattr(source, "explain"):
-        report.update(await source.explain(verified, None))
+    if explain is not None:
+        report.update(await explain(verified, None))
     else:
         record = await source.lookupUser(verified)
         report.update(result="ok", username=record.username)
@@ -175,21 +170,18 @@ def run(args, out=None):
     out = out or sys.stdout
     password = b"" if args.mechanism == "lookup" else readPassword(args)
 
-    from twisted.internet import defer, task
-
     exitCode = []
 
     async def main(reactor):
-        from securepop import config, service
-        from securepop.auth.usernames import for_settings
+        # The whole server, imported only when test-auth runs: the securepop
+        # command imports this module for its parser on every call.
+        from securepop import service
 
-        settings = config.load(getattr(args, "config", None),
-                               getattr(args, "data_dir", None))
+        options = vars(args)          # --config, --data-dir: absent when not given
+        settings = config.load(options.get("config"), options.get("data_dir"))
         source = service.build_credential_source(settings, reactor)
-        verifier = None
-        builder = getattr(service, "build_ntlm_verifier", None)
-        if args.mechanism == "ntlm" and builder is not None:
-            verifier = builder(settings, reactor)
+        # Active Directory: NTLM is the domain controller's to verify.
+        verifier = service.ntlm_verifier_of(source) if args.mechanism == "ntlm" else None
         report = await tryLogin(source, args.user, args.mechanism, password,
                                 time.monotonic, verifier, for_settings(settings))
         out.write(formatReport(report) + "\n")

@@ -44,7 +44,7 @@ from zope.interface import implementer
 
 from securepop.errors import SecurePOPError
 from securepop.interfaces import ISecureMailbox
-from securepop.mailstore import lock as lockModule
+import securepop.mailstore.lock as lockModule
 from securepop.mailstore.delivery import (
     ensureMaildir,
     fsyncDirectory,

@@ -9,6 +9,7 @@ Running securepop for real: what an administrator needs around the server.
  - L{shutdown}: SIGTERM lets sessions in flight finish within a grace period;
  - L{workers}: C{workers = N}: one supervisor, N processes sharing the sockets.
 
-L{securepop.tap} composes them around L{securepop.service.SecurePOPService};
-an embedding application may use any of them on its own.
+L{securepop.service} (one serving process) and L{securepop.assembly} (what
+twistd runs) compose them around L{securepop.service.SecurePOPService}; an
+embedding application may use any of them on its own.
 """

@@ -35,7 +35,7 @@ def files_needed(settings) -> int:
     needed = settings.access.max_connections * FILES_PER_CONNECTION + OWN_FILES
     auth = settings.auth
     if auth.source in ("ldap", "ad"):
-        directory = getattr(auth, auth.source)
+        directory = auth.ldap if auth.source == "ldap" else auth.ad
         # idle connections kept per server, for binds and for searches
         needed += 2 * directory.pool_size * max(1, len(directory.urls))
     if auth.source == "ad" and auth.ad.ntlm_auth:
@@ -74,7 +74,7 @@ def raise_open_files_limit(settings, rlimits=resource, nr_open_path=_NR_OPEN,
             rlimits.setrlimit(rlimits.RLIMIT_NOFILE, (target, hard))
         except (OSError, ValueError) as e:
             emit("limits.open_files_raise_failed", "warn", soft=soft, hard=hard,
-                 error=getattr(e, "strerror", None) or str(e))
+                 error=(e.strerror if isinstance(e, OSError) else None) or str(e))
         else:
             raised_from = soft
             soft, hard = rlimits.getrlimit(rlimits.RLIMIT_NOFILE)

@@ -110,12 +110,9 @@ class Metrics:
 
 def tls_version(session):
     """The negotiated protocol (e.g. C{TLSv1.3}) of a TLS session, or None."""
-    transport = getattr(session, "transport", None)
-    handle = getattr(transport, "getHandle", None)
     try:
-        connection = handle() if handle is not None else None
-        return connection.get_protocol_version_name()
-    except Exception:
+        return session.transport.getHandle().get_protocol_version_name()
+    except Exception:       # no TLS (or no connection) under this session
         return None
 
 
@@ -133,7 +130,7 @@ class Instrumentation:
         self._started = context.session_started
         self._ended = context.session_ended
         context.metrics = metrics
-        if getattr(context, "verifications", None) is not None:
+        if context.verifications is not None:
             context.verifications.metrics = metrics
         context.session_started = self.session_started
         context.session_ended = self.session_ended

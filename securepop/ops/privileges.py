@@ -1,7 +1,7 @@
 """
 Bind as root, then run as C{[server] user} / C{group}.
 
-twistd (and L{securepop.tap}) bind every listener in
+twistd (and L{securepop.assembly.OperatingRoot}) bind every listener in
 C{privilegedStartService}; L{drop} then switches group list, group and user
 for good (real, effective and saved ids), and checks that root cannot be
 regained.  Before anything starts, L{check_secret_files} refuses a private
@@ -17,7 +17,9 @@ import pwd
 from dataclasses import dataclass
 
 from securepop import events
+from securepop.auth.userfile import UsersFile
 from securepop.errors import ConfigError
+from securepop.tls.certificates import check_key_file_mode
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,6 @@ def check_secret_files(settings):
 
     @raise ConfigError: naming the file and the chmod that fixes it.
     """
-    from securepop.auth.userfile import UsersFile
-    from securepop.tls.certificates import check_key_file_mode
-
     tls = settings.tls
     if tls.key:
         check_key_file_mode(str(settings.resolve(tls.key)))
@@ -72,13 +71,12 @@ def check_secret_files(settings):
         check_key_file_mode(str(settings.resolve(sni.key)), "tls.sni.key")
     if settings.auth.source == "file":
         UsersFile(settings.resolve(settings.auth.file.path)).check_permissions()
-    for section in ("ldap", "ad"):
-        if settings.auth.source == section:
-            secret = getattr(settings.auth, section).bind_password_file
-            if secret:
-                check_key_file_mode(str(settings.resolve(secret)),
-                                    f"auth.{section}.bind_password_file",
-                                    "the bind password file")
+    source = settings.auth.source
+    if source in ("ldap", "ad"):
+        secret = (settings.auth.ldap if source == "ldap" else settings.auth.ad).bind_password_file
+        if secret:
+            check_key_file_mode(str(settings.resolve(secret)),
+                                f"auth.{source}.bind_password_file", "the bind password file")
 
 
 def check_data_dir(settings, identity: Identity):

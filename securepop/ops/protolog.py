@@ -134,9 +134,9 @@ class ProtocolLog:
         stamp = self._now()
         when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stamp)) + \
             ".%03dZ" % int((stamp % 1) * 1000)
-        user = events.clean(getattr(session, "username", None))
-        peer = events.clean(getattr(session, "peer", None))
-        tls = "tls" if getattr(session, "secure", False) else "plain"
+        user = events.clean(session.username)
+        peer = events.clean(session.peer)
+        tls = "tls" if session.secure else "plain"
         return (f"{when} s={self.session_id(session)} peer={peer} user={user} "
                 f"{tls} {direction} {text}\n").encode("ascii")
 

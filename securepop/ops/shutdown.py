@@ -72,13 +72,13 @@ class GracefulShutdown(service.Service):
         """The grace period is over: abort what is left (no QUIT, no commit)."""
         for session in list(self.context.sessions):
             self.closed += 1
-            events.emit("shutdown.closed", "warn", ip=getattr(session, "peer", None),
-                        user=getattr(session, "username", None),
-                        state=getattr(session, "state", None))
-            transport = getattr(session, "transport", None)
+            events.emit("shutdown.closed", "warn", ip=session.peer, user=session.username,
+                        state=session.state)
+            transport = session.transport
             if transport is None:
                 self.context.sessions.discard(session)
                 continue
+            # Not every wrapper a session may sit under can abort.
             abort = getattr(transport, "abortConnection", None)
             if abort is not None:
                 abort()

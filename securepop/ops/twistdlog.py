@@ -33,6 +33,8 @@ from twisted.logger import (
     timeFormatRFC3339,
 )
 
+from securepop.ops.jsonlog import JSONLineObserver
+
 _FAST_FORMAT = "{securepop_text}"
 
 
@@ -116,8 +118,6 @@ def observer_for_twistd(log_format: str, twistd_options):
     own (the text format with C{--syslog}).
     """
     if log_format == "json":
-        from securepop.ops.jsonlog import JSONLineObserver
-
         return JSONLineObserver(destination(twistd_options))
     if _syslog_requested(twistd_options):
         return None

@@ -35,11 +35,12 @@ from dataclasses import replace
 from twisted.application import service
 from twisted.internet import address as twaddress
 from twisted.internet import defer, endpoints, protocol
-from twisted.logger import globalLogPublisher
+from twisted.logger import globalLogBeginner, globalLogPublisher
 
 from securepop import config as configmodule
 from securepop import events
-from securepop.ops.jsonlog import event_from_json
+from securepop.ops.jsonlog import JSONLineObserver, event_from_json
+from securepop.service import compose_server
 
 RESTART_DELAY = 1.0
 RESTART_DELAY_MAX = 30.0
@@ -106,9 +107,8 @@ class WorkerProcess(protocol.ProcessProtocol):
             if rest:
                 self.supervisor.relay(self.index, rest.decode("utf-8", "replace"))
         self._buffers = {}
-        code = getattr(reason.value, "exitCode", None)
-        sig = getattr(reason.value, "signal", None)
-        self.supervisor.worker_ended(self, code, sig)
+        # ProcessDone or ProcessTerminated: both carry exitCode and signal.
+        self.supervisor.worker_ended(self, reason.value.exitCode, reason.value.signal)
         self.ended.callback(None)
 
 
@@ -311,24 +311,26 @@ def _die_with_parent():
         pass
 
 
-def adopt_listeners(server, reactor, fds):
+def adopt_listeners(listeners, reactor, fds):
     """
-    Point the listener services of C{server} (a SecurePOPService) at the
+    Point C{listeners} (a SecurePOPService's listener services) at the
     inherited sockets, in [[listen]] order.
     """
-    listeners = [svc for svc in server if getattr(svc, "listener", None) is not None]
     if len(listeners) != len(fds):
         raise RuntimeError(f"{len(fds)} sockets for {len(listeners)} listeners")
     for svc, (fd, family) in zip(listeners, fds):
-        svc.endpoint = endpoints.AdoptedStreamServerEndpoint(
-            reactor, fd, getattr(socket, "AF_" + family))
+        svc.endpoint = endpoints.AdoptedStreamServerEndpoint(reactor, fd, FAMILIES[family])
+
+
+#: The address families an inherited socket may have, by the name --fds gives.
+FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 
 
 def parse_fds(text):
     result = []
     for item in filter(None, text.split(",")):
         fd, _, family = item.partition(":")
-        if family not in ("INET", "INET6", "UNIX"):
+        if family not in FAMILIES:
             raise ValueError(f"unknown address family {family!r}")
         result.append((int(fd), family))
     return result
@@ -345,10 +347,6 @@ def worker_main(argv=None):
     _die_with_parent()
 
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner
-
-    from securepop.ops.jsonlog import JSONLineObserver
-    from securepop.tap import compose_server
 
     globalLogBeginner.beginLoggingTo([JSONLineObserver(sys.stdout)],
                                      redirectStandardIO=False)
@@ -361,7 +359,7 @@ def worker_main(argv=None):
             replace(l, endpoint=f"tcp:0:interface=127.0.0.1:backlog={50 + i}")
             for i, l in enumerate(settings.listen)))
         root = compose_server(settings, reactor, serve_metrics=False)
-        adopt_listeners(root.server, reactor, fds)
+        adopt_listeners(root.server.listeners, reactor, fds)
     except Exception as e:
         events.emit("worker.failed", "critical", worker=args.index, error=str(e))
         return 78

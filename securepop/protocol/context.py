@@ -214,6 +214,43 @@ class ServerContext:
             return None
         return self._ntlm_delegate()
 
+    # -- reload --------------------------------------------------------------------
+
+    def replace_from(self, fresh):
+        """
+        Serve with the settings and collaborators of C{fresh}, a context the
+        reloaded configuration built: settings, portal, source, mechanisms,
+        TLS, policy and the NTLM delegate.  What must survive a reload stays
+        (open sessions and their connection counts, the failure history of
+        attacking addresses, the lockout counts); only its limits change.
+        Starting the new policy and retiring the old source are the
+        caller's.
+        """
+        self.settings = fresh.settings
+        self.portal = fresh.portal
+        self.source = fresh.source
+        self.mechanisms = fresh.mechanisms
+        self.tls = fresh.tls
+        self.policy = fresh.policy
+        self._ntlm_delegate = fresh._ntlm_delegate
+        if self.limits is not None and fresh.limits is not None:
+            self.limits.maxConnections = fresh.limits.maxConnections
+            self.limits.maxPerIP = fresh.limits.maxPerIP
+            self.limits.maxPerUser = fresh.limits.maxPerUser
+        if self.penalty is not None and fresh.penalty is not None:
+            self.penalty.base, self.penalty.maximum = fresh.penalty.base, fresh.penalty.maximum
+        if self.gate is not None and fresh.gate is not None:
+            self.gate.max_per_address = fresh.gate.max_per_address
+        if (self.lockout is None) != (fresh.lockout is None):
+            self.lockout = fresh.lockout
+        elif self.lockout is not None:
+            self.lockout.threshold = fresh.lockout.threshold
+            self.lockout.window = fresh.lockout.window
+
+    def use_protocol_log(self, protocol_log):
+        """Write the protocol log to C{protocol_log} (a ProtocolLog), or nowhere for None."""
+        self._protocol_log = protocol_log
+
     # -- observability -------------------------------------------------------------
 
     def count(self, *labels):

@@ -9,8 +9,8 @@ challenges and, at the end, credentials for the portal.  They never touch
 the network, a directory or the reactor: the protocol drives them.
 
 The registry decides which mechanisms a configuration may use and which are
-offered on a connection now; L{securepop.sasl.secrets} derives what the
-users file stores.
+offered on a connection now; L{securepop.schemes} derives what they verify
+against and the users file stores.
 """
 
 from securepop.sasl.apop import APOPCredentials, new_timestamp

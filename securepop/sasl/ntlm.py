@@ -35,7 +35,7 @@ from securepop.interfaces import (
     NT_HASH, NTLM_DELEGATE, ISASLExchange, ISASLMechanism,
     ISecretCredentials,
 )
-from securepop.sasl import ntlm_messages as msgs
+import securepop.sasl.ntlm_messages as msgs
 from securepop.sasl.base import Challenge
 from securepop.sasl.credentials import VerifiedCredentials, normalise
 

@@ -32,7 +32,7 @@ from securepop.interfaces import SCRAM_SHA_256, ISASLExchange, ISASLMechanism
 from securepop.auth.records import ScramSecret
 from securepop.sasl.base import Challenge
 from securepop.sasl.credentials import VerifiedCredentials, normalise
-from securepop.sasl.secrets import DEFAULT_SCRAM_ITERATIONS, SCRAM_SALT_BYTES
+from securepop.schemes import DEFAULT_SCRAM_ITERATIONS, SCRAM_SALT_BYTES
 
 MAX_MESSAGE = 2048
 #: Channel binding types this server knows, strongest first.

@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from securepop import events
 from securepop.errors import ConfigError
-from securepop.tls import certificates as _certs
+import securepop.tls.certificates as _certs
 from securepop.tls.profiles import TLSPolicy
 
 RELOAD_CHECK_INTERVAL = 1.0  # seconds between two stat() rounds

@@ -28,7 +28,7 @@ from securepop.interfaces import (
 )
 from securepop.protocol.context import ServerContext
 from securepop.protocol.server import POP3Session
-from securepop.sasl import secrets as sasl_secrets
+from securepop import schemes as sasl_secrets
 from securepop.sasl.cram_md5 import CramMD5Mechanism
 from securepop.sasl.login import LOGIN
 from securepop.sasl.ntlm import NTLMMechanism

@@ -12,6 +12,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 
 from securepop.auth import userfile
+from securepop.schemes import HashParameters
 from tests.integration.clients import IMPLICIT, pop3
 from tests.integration.daemon import DEFAULT_CONFIG, Daemon, wait_for
 
@@ -98,7 +99,7 @@ SLOW_HASH = DEFAULT_CONFIG + """
 argon2_memory_kib = 65536
 argon2_time_cost = 6
 """
-SLOW = userfile.HashParameters(memory_kib=65536, time_cost=6, parallelism=1)
+SLOW = HashParameters(memory_kib=65536, time_cost=6, parallelism=1)
 
 
 def test_cached_login_survives_but_passwd_takes_effect_at_once(tmp_path):

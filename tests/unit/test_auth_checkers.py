@@ -113,9 +113,10 @@ def test_secret_checker():
 # -- the auth cache over the users file -------------------------------------------
 
 from securepop.auth import userfile  # noqa: E402
+from securepop.schemes import HashParameters  # noqa: E402
 from securepop.auth.cache import MISS  # noqa: E402
 
-CHEAP = userfile.HashParameters(memory_kib=64, time_cost=1, parallelism=1)
+CHEAP = HashParameters(memory_kib=64, time_cost=1, parallelism=1)
 
 
 class CountingRun:

@@ -12,7 +12,8 @@ from securepop.errors import ConfigError
 from securepop.interfaces import (
     CLEARTEXT_SECRET, ICredentialSource, NT_HASH, PLAINTEXT, SCRAM_SHA_256,
 )
-from securepop.sasl import secrets as derive
+from securepop import schemes as derive
+from securepop.schemes import HashParameters
 
 
 def result_of(d):
@@ -27,7 +28,7 @@ def path(tmp_path, monkeypatch):
     # Cheap argon2 parameters keep the unit tests fast; the format is the same.
     from argon2 import PasswordHasher
 
-    monkeypatch.setattr(userfile, "_hasher", PasswordHasher(time_cost=1, memory_cost=64,
+    monkeypatch.setattr(derive, "_hasher", PasswordHasher(time_cost=1, memory_cost=64,
                                                             parallelism=1))
     return tmp_path / "users"
 
@@ -142,13 +143,13 @@ def test_malformed_secret_is_a_refusal_not_a_crash(path):
 
 from argon2 import extract_parameters  # noqa: E402
 
-OLD = userfile.HashParameters(memory_kib=64, time_cost=1, parallelism=1)
-NEW = userfile.HashParameters(memory_kib=128, time_cost=2, parallelism=1)
+OLD = HashParameters(memory_kib=64, time_cost=1, parallelism=1)
+NEW = HashParameters(memory_kib=128, time_cost=2, parallelism=1)
 
 
 def params_of(path, name):
     p = extract_parameters(userfile.UsersFile(path).load()[name].password_hash)
-    return userfile.HashParameters(p.memory_cost, p.time_cost, p.parallelism)
+    return HashParameters(p.memory_cost, p.time_cost, p.parallelism)
 
 
 class QueuedRun:
@@ -170,26 +171,6 @@ class QueuedRun:
         value = f(*args)
         d.callback(value)
         return value
-
-
-def test_defaults_are_owasp_minimum_not_argon2_cffi_defaults():
-    assert userfile.DEFAULT_PARAMETERS == userfile.HashParameters(19456, 2, 1)
-    hasher = userfile.DEFAULT_PARAMETERS.hasher()
-    assert (hasher.memory_cost, hasher.time_cost, hasher.parallelism) == (19456, 2, 1)
-    assert "$m=19456,t=2,p=1$" in hasher.hash("x")
-    assert not userfile.DEFAULT_PARAMETERS.below_owasp_minimum()
-    assert userfile.HashParameters(47104, 1, 1).below_owasp_minimum() is False
-    assert userfile.HashParameters(19456, 1, 1).below_owasp_minimum() is True
-    assert userfile.HashParameters(7168, 4, 1).below_owasp_minimum() is True
-
-
-def test_from_settings_reads_auth_file():
-    from securepop import config
-
-    s = config.parse("[auth.file]\nargon2_memory_kib = 12288\nargon2_time_cost = 3\n"
-                     "argon2_parallelism = 2\n", "f")
-    assert userfile.HashParameters.from_settings(s.auth.file) == \
-        userfile.HashParameters(12288, 3, 2)
 
 
 def test_new_hashes_use_the_given_parameters(path):
@@ -368,16 +349,6 @@ def test_lock_file_is_private(path):
     userfile.set_password(path, "alice", "a", set(), create=True)
     lock = path.with_name("users.lock")
     assert stat.S_IMODE(lock.stat().st_mode) == 0o600
-
-
-def test_measure_verification_reports_the_fastest_round():
-    ticks = iter([0.0, 0.5, 1.0, 1.2, 2.0, 2.9])
-    cpu = iter([0.0, 0.4, 1.0, 1.3, 2.0, 2.8])
-    cost = userfile.measure_verification(OLD, rounds=3, clock=lambda: next(ticks),
-                                         cpu_clock=lambda: next(cpu))
-    assert cost.wall == pytest.approx(0.2) and cost.cpu == pytest.approx(0.3)
-    real = userfile.measure_verification(OLD, rounds=1)
-    assert 0 < real.wall < 5 and 0 <= real.cpu < 5
 
 
 def test_rehash_that_cannot_write_is_reported_once_and_login_still_works(path, monkeypatch):

@@ -3,6 +3,7 @@
 import re
 
 from securepop import checkconfig, config
+from securepop import schemes
 from securepop.auth import userfile
 
 
@@ -32,10 +33,10 @@ def test_configured_parameters_and_a_weak_choice(tmp_path):
 
 def test_counts_users_waiting_for_a_rehash(tmp_path):
     path = tmp_path / "data" / "users"
-    old = userfile.HashParameters(memory_kib=64, time_cost=1, parallelism=1)
+    old = schemes.HashParameters(memory_kib=64, time_cost=1, parallelism=1)
     userfile.set_password(path, "alice", "pw", set(), create=True, params=old)
     userfile.set_password(path, "bob", "pw", set(), create=True,
-                          params=userfile.DEFAULT_PARAMETERS)
+                          params=schemes.DEFAULT_PARAMETERS)
     lines, _ = report_for(tmp_path)
     assert "  1 user(s) hashed with other parameters: rewritten at their next " \
            "successful login" in lines
@@ -43,22 +44,22 @@ def test_counts_users_waiting_for_a_rehash(tmp_path):
 
 def test_no_rehash_line_when_all_hashes_are_current(tmp_path):
     userfile.set_password(tmp_path / "data" / "users", "bob", "pw", set(), create=True,
-                          params=userfile.DEFAULT_PARAMETERS)
+                          params=schemes.DEFAULT_PARAMETERS)
     lines, _ = report_for(tmp_path)
     assert not any("other parameters" in l for l in lines)
 
 
 def test_slow_verification_is_a_warning(tmp_path, monkeypatch):
-    monkeypatch.setattr(userfile, "measure_verification",
-                        lambda params: userfile.VerificationCost(0.4, 0.7))
+    monkeypatch.setattr(schemes, "measure_verification",
+                        lambda params: schemes.VerificationCost(0.4, 0.7))
     lines, problems = report_for(tmp_path)
     assert "auth.file: argon2id m=19456 KiB, t=2, p=1; one verification on this machine: " \
            "400.0 ms (700.0 ms of CPU)" in lines
     assert any(l.startswith("WARNING one password verification takes 400 ms (700 ms of CPU)")
                for l in lines)
     assert problems == 0
-    monkeypatch.setattr(userfile, "measure_verification",
-                        lambda params: userfile.VerificationCost(0.02, 0.02))
+    monkeypatch.setattr(schemes, "measure_verification",
+                        lambda params: schemes.VerificationCost(0.02, 0.02))
     lines, _ = report_for(tmp_path)
     assert not any("password verification takes" in l for l in lines)
 

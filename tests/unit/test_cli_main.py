@@ -6,13 +6,14 @@ import stat
 import pytest
 from argon2 import PasswordHasher
 
+from securepop import schemes
 from securepop.auth import userfile
 from securepop.cli import main as cli
 
 
 @pytest.fixture
 def run(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(userfile, "_hasher", PasswordHasher(time_cost=1, memory_cost=64,
+    monkeypatch.setattr(schemes, "_hasher", PasswordHasher(time_cost=1, memory_cost=64,
                                                             parallelism=1))
     data = tmp_path / "data"
 
@@ -154,7 +155,7 @@ def test_check_config_quiet_about_names_as_logins_send_them(run):
 
 @pytest.fixture
 def cheap_hash(monkeypatch):
-    monkeypatch.setattr(userfile, "_hasher", PasswordHasher(time_cost=1, memory_cost=64,
+    monkeypatch.setattr(schemes, "_hasher", PasswordHasher(time_cost=1, memory_cost=64,
                                                             parallelism=1))
 
 

@@ -71,6 +71,7 @@ class Context:
     def __init__(self):
         self.sessions = set()
         self.metrics = None
+        self.verifications = None
 
     def session_started(self, s):
         self.sessions.add(s)

@@ -156,5 +156,5 @@ def test_adopt_listeners_checks_count():
     with pytest.raises(RuntimeError):
         workers.adopt_listeners([Svc()], Clock(), [])
     svc = Svc()
-    workers.adopt_listeners([svc, object()], Clock(), [(3, "INET")])
+    workers.adopt_listeners([svc], Clock(), [(3, "INET")])
     assert svc.endpoint.fileno == 3

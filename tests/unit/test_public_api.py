@@ -90,7 +90,8 @@ def test_embedding_example_mailbox_semantics():
 @pytest.mark.parametrize("module", [
     "securepop.ops.notify", "securepop.ops.privileges", "securepop.ops.protolog",
     "securepop.ops.metrics", "securepop.ops.jsonlog", "securepop.ops.shutdown",
-    "securepop.ops.workers", "securepop.tap", "securepop.service",
+    "securepop.ops.workers", "securepop.tap", "securepop.service", "securepop.assembly",
+    "securepop.schemes",
 ])
 def test_operations_modules_import(module):
     assert importlib.import_module(module)

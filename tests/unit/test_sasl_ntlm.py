@@ -24,7 +24,7 @@ from securepop.sasl.ntlm import (
     ntlm2_session_challenge, ntlmv1_response, ntowfv2, parse_ntlmv2_blob,
     unix_to_filetime,
 )
-from securepop.sasl.secrets import nt_hash
+from securepop.schemes import nt_hash
 
 from tests.unit.nlmp_vectors import SPEC_AUTHENTICATE, SPEC_CHALLENGE  # noqa: E402
 NOW = 1_800_000_000.0

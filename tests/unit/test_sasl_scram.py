@@ -21,7 +21,7 @@ from securepop.sasl.scram import (
     SCRAM_SHA_256_MECHANISM, SCRAM_SHA_256_PLUS_MECHANISM,
     ScramSHA256Mechanism,
 )
-from securepop.sasl.secrets import scram_secret
+from securepop.schemes import scram_secret
 from securepop.serversecret import ServerSecret
 
 # RFC 7677 section 3.

@@ -8,7 +8,7 @@ from twisted.application.service import IService
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
 
-from securepop import config, service
+from securepop import config, schemes, service
 from securepop.auth import userfile
 from securepop.errors import ConfigError
 
@@ -30,7 +30,7 @@ rules = ["192.0.2.0/24"]
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
-    monkeypatch.setattr(userfile, "_hasher", PasswordHasher(time_cost=1, memory_cost=64,
+    monkeypatch.setattr(schemes, "_hasher", PasswordHasher(time_cost=1, memory_cost=64,
                                                             parallelism=1))
     path = tmp_path / "securepop.toml"
     path.write_text(CONFIG.format(data=tmp_path / "data"))
@@ -221,7 +221,7 @@ def password_checker(context):
 
 
 def test_auth_cache_and_hash_parameters_follow_the_settings(setup, tmp_path):
-    from securepop.auth.userfile import HashParameters
+    from securepop.schemes import HashParameters
 
     setup.write_text(setup.read_text() + "[auth]\ncache_ttl = 120\ncache_max_entries = 7\n"
                      "[auth.file]\nargon2_memory_kib = 12288\nargon2_time_cost = 3\n")
@@ -328,3 +328,92 @@ def test_build_tls_warns_when_its_own_certificate_cannot_be_remade(setup, tmp_pa
     warnings = [e for e in events if e["securepop_event"] == "tls.certificate_warning"]
     assert any("cannot re-make it" in e["securepop_text"] and "does not cover" in
                e["securepop_text"] for e in warnings), warnings
+
+
+# -- one serving process, and retiring what a reload replaced -------------------------
+
+
+def test_compose_server_is_one_serving_process(setup):
+    """ServerRoot: the server, graceful stop, protocol log through the context."""
+    setup.write_text(setup.read_text() + '[log]\nprotocol_log = "p.log"\n'
+                     '[metrics]\nendpoint = "tcp:0:interface=127.0.0.1"\n')
+    root = service.compose_server(config.load(setup), MemoryReactorClock(),
+                                  serve_metrics=False)
+    assert isinstance(root, service.ServerRoot)
+    assert list(root.server)[0] is root.shutdown
+    assert root.server.context._protocol_log is root.protocol_log is not None
+    assert root.metrics is not None and root.server.context.metrics is root.metrics
+    with pytest.raises(KeyError):
+        root.getServiceNamed("metrics")          # a worker: the supervisor serves them
+    served = service.compose_server(config.load(setup), MemoryReactorClock())
+    assert served.getServiceNamed("metrics") is not None
+
+
+def test_workers_run_the_services_composition():
+    from securepop.ops import workers
+
+    assert workers.compose_server is service.compose_server
+
+
+def test_listeners_are_listed_in_listen_order(setup):
+    svc = service.makeService(config.load(setup), MemoryReactorClock())
+    assert [l.listener.endpoint for l in svc.listeners] == [
+        "tcp:1110:interface=127.0.0.1", "tcp:1995:interface=127.0.0.1"]
+    assert all(l.parent is svc for l in svc.listeners)
+
+
+def _ad_source(tmp_path, helpers):
+    from securepop.auth.ad import ADCredentialSource
+
+    helper = tmp_path / "ntlm_auth"
+    helper.write_text("#!/bin/sh\n")
+    helper.chmod(0o755)
+    path = tmp_path / "ad.toml"
+    path.write_text(
+        '[auth]\nsource = "ad"\nmechanisms = ["PLAIN", "NTLM"]\n'
+        '[auth.ad]\nurls = ["ldaps://dc1.example.test"]\n'
+        f'base_dn = "DC=example,DC=test"\ndomain = "EXAMPLE"\nhelpers = {helpers}\n'
+        f'ntlm_auth = "{helper}"\n')
+    settings = config.load(str(path), str(tmp_path))
+    return ADCredentialSource.fromSettings(settings.auth.ad, MemoryReactorClock(), settings)
+
+
+def _recording(obj, method, calls):
+    setattr(obj, method, lambda: calls.append((obj, method)))
+
+
+def test_retire_source_stops_the_source_and_its_dc_helpers(tmp_path):
+    source = _ad_source(tmp_path, helpers=2)
+    verifier = service.ntlm_verifier_of(source)
+    assert verifier is source.ntlmVerifier is not None
+    calls = []
+    _recording(source, "shutdown", calls)
+    _recording(verifier, "stop", calls)
+    service.retire_source(source)
+    assert calls == [(source, "shutdown"), (verifier, "stop")]
+
+
+def test_retire_source_without_dc_helpers_stops_the_source_only(tmp_path):
+    source = _ad_source(tmp_path, helpers=0)
+    assert service.ntlm_verifier_of(source) is None
+    calls = []
+    _recording(source, "shutdown", calls)
+    service.retire_source(source)
+    assert calls == [(source, "shutdown")]
+    users = userfile.FileCredentialSource(tmp_path / "users")
+    assert service.ntlm_verifier_of(users) is None
+    service.retire_source(users)                 # nothing to stop, no error
+
+
+def test_reload_retires_the_old_source_after_the_grace(setup):
+    reactor = MemoryReactorClock()
+    svc = service.makeService(config.load(setup), reactor)
+    old = svc.context.source
+    calls = []
+    _recording(old, "shutdown", calls)
+    assert svc.reload() is True
+    assert svc.context.source is not old
+    reactor.advance(service.RETIRE_AFTER - 1)
+    assert calls == []                           # sessions in flight may still use it
+    reactor.advance(1)
+    assert calls == [(old, "shutdown")]

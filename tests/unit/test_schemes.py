@@ -1,12 +1,14 @@
-"""Secret derivations for the users file, and MD4."""
+"""Password schemes: argon2id parameters, the derived secrets, their one SCRAM codec, MD4."""
 
 import base64
 
 import pytest
 
-from securepop.sasl._md4 import md4
-from securepop.sasl.secrets import (
-    cleartext_secret, decode_scram_secret, encode_scram_secret, nt_hash,
+from securepop import schemes
+from securepop._md4 import md4
+from securepop.auth.records import ScramSecret
+from securepop.schemes import (
+    HashParameters, cleartext_secret, decode_scram_secret, encode_scram_secret, nt_hash,
     saslprep, scram_secret,
 )
 
@@ -84,30 +86,77 @@ def test_scram_secret_uses_saslprep():
 def test_scram_secret_encoding_round_trip():
     secret = scram_secret("pw", b"0123456789abcdef", 8192)
     text = encode_scram_secret(secret)
-    assert text.startswith("SCRAM-SHA-256$8192:")
+    assert text.startswith("8192,") and ":" not in text
     assert decode_scram_secret(text) == secret
 
 
-KEYS = base64.b64encode(b"\x00" * 32).decode() + ":" + base64.b64encode(
+KEYS = base64.b64encode(b"\x00" * 32).decode() + "," + base64.b64encode(
     b"\x01" * 32).decode()
 
 
 def test_scram_secret_decoding_accepts_well_formed():
-    assert decode_scram_secret("SCRAM-SHA-256$4096:c2FsdA==$" + KEYS).salt \
-        == b"salt"
+    assert decode_scram_secret("4096,c2FsdA==," + KEYS) == \
+        ScramSecret(b"salt", 4096, b"\x00" * 32, b"\x01" * 32)
 
 
 @pytest.mark.parametrize("text", [
-    "", "SCRAM-SHA-1$4096:c2FsdA==$AA==:AA==",
-    "SCRAM-SHA-256$4096:c2FsdA==",
-    "SCRAM-SHA-256$x:c2FsdA==$" + KEYS,
-    "SCRAM-SHA-256$-1:c2FsdA==$" + KEYS,
-    "SCRAM-SHA-256$0:c2FsdA==$" + KEYS,
-    "SCRAM-SHA-256$4096:c2FsdA==$AAAA:AAAA",
-    "SCRAM-SHA-256$4096:!!$" + KEYS,
-    "SCRAM-SHA-256$4096:$" + KEYS,
-    "SCRAM-SHA-256$99999999999:c2FsdA==$" + KEYS,
+    "", "4096,c2FsdA==",
+    "4096,c2FsdA==,AA==",
+    "4096,c2FsdA==," + KEYS + ",AA==",
+    "x,c2FsdA==," + KEYS,
+    "-1,c2FsdA==," + KEYS,
+    "0,c2FsdA==," + KEYS,
+    "4096,c2FsdA==,AAAA,AAAA",
+    "4096,!!," + KEYS,
+    "4096,," + KEYS,
+    "99999999999,c2FsdA==," + KEYS,
 ])
 def test_scram_secret_decoding_refuses_garbage(text):
     with pytest.raises(ValueError):
         decode_scram_secret(text)
+
+
+# -- argon2id ------------------------------------------------------------------------
+
+CHEAP = HashParameters(memory_kib=64, time_cost=1, parallelism=1)
+
+
+def test_defaults_are_owasp_minimum_not_argon2_cffi_defaults():
+    assert schemes.DEFAULT_PARAMETERS == HashParameters(19456, 2, 1)
+    hasher = schemes.DEFAULT_PARAMETERS.hasher()
+    assert (hasher.memory_cost, hasher.time_cost, hasher.parallelism) == (19456, 2, 1)
+    assert "$m=19456,t=2,p=1$" in hasher.hash("x")
+    assert not schemes.DEFAULT_PARAMETERS.below_owasp_minimum()
+    assert HashParameters(47104, 1, 1).below_owasp_minimum() is False
+    assert HashParameters(19456, 1, 1).below_owasp_minimum() is True
+    assert HashParameters(7168, 4, 1).below_owasp_minimum() is True
+
+
+def test_from_settings_reads_auth_file():
+    from securepop import config
+
+    s = config.parse("[auth.file]\nargon2_memory_kib = 12288\nargon2_time_cost = 3\n"
+                     "argon2_parallelism = 2\n", "f")
+    assert HashParameters.from_settings(s.auth.file) == HashParameters(12288, 3, 2)
+
+
+def test_hasher_for_shares_one_hasher_per_parameters():
+    assert schemes.hasher_for(None) is schemes.hasher_for(None)
+    assert schemes.hasher_for(CHEAP) is schemes.hasher_for(HashParameters(64, 1, 1))
+    assert schemes.hasher_for(CHEAP) is not schemes.hasher_for(None)
+    assert "$m=64,t=1,p=1$" in schemes.hasher_for(CHEAP).hash("x")
+
+
+def test_describe_hash_names_parameters_and_survives_garbage():
+    assert schemes.describe_hash(schemes.hasher_for(CHEAP).hash("x")) == "m=64,t=1,p=1"
+    assert schemes.describe_hash("$not-argon2$") == "?"
+
+
+def test_measure_verification_reports_the_fastest_round():
+    ticks = iter([0.0, 0.5, 1.0, 1.2, 2.0, 2.9])
+    cpu = iter([0.0, 0.4, 1.0, 1.3, 2.0, 2.8])
+    cost = schemes.measure_verification(CHEAP, rounds=3, clock=lambda: next(ticks),
+                                        cpu_clock=lambda: next(cpu))
+    assert cost.wall == pytest.approx(0.2) and cost.cpu == pytest.approx(0.3)
+    real = schemes.measure_verification(CHEAP, rounds=1)
+    assert 0 < real.wall < 5 and 0 <= real.cpu < 5
