@@ -86,8 +86,10 @@ def _apop_enabled(session):
 class AuthorizationCommands:
     """
     The commands and the login of the AUTHORIZATION state, mixed into
-    L{securepop.protocol.session.POP3Session} (which provides C{ctx},
-    C{sendLine}, C{_wait}, C{_bad_command} and the timers).
+    L{securepop.protocol.session.POP3Session}: the session provides the
+    connection (C{ctx}, C{sendLine}, C{_wait}, C{_bad_command}, the timers,
+    C{_logged_in}), L{securepop.protocol.transaction.TransactionCommands}
+    the maildrop a login opens (C{_open_mailbox}, C{_list_messages}).
     """
 
     def _init_authorization(self):
