@@ -122,6 +122,9 @@ class MemoryMailbox:
     def isDeleted(self, index):
         return index in self.deleted
 
+    def hasOnlyCRLF(self, index):
+        return False        # unknown: RETR converts the line ends
+
     def commit(self):
         gone = {self.messages[i] for i in self.deleted}
         self.store[self.username] = [m for m in self.store.get(self.username, [])

@@ -138,6 +138,13 @@ class ISASLContext(Interface):
         @raise twisted.cred.error.UnauthorizedLogin: when refused.
         """
 
+    def ntlmDelegate():
+        """
+        @return: a fresh L{securepop.sasl.ntlm.INTLMDelegate} (one NTLM
+            exchange verified by the domain controller), or None when the
+            server has none.
+        """
+
 
 class ISASLMechanism(Interface):
     """
@@ -177,9 +184,18 @@ class ISASLExchange(Interface):
             L{securepop.errors.SASLError} for a malformed response.
         """
 
-    # Optional: C{abort()} -- the exchange ended before it finished (the
-    # client cancelled with "*", left, or a step failed); release whatever it
-    # holds (a domain controller helper).  The protocol calls it when present.
+    username = Attribute(
+        "The user name a failed exchange is charged to in the failure log, "
+        "the penalty and the lockout (str), or None when the mechanism does "
+        "not name one before its credentials (PLAIN, LOGIN, CRAM-MD5 hand "
+        "theirs to the portal).")
+
+    def abort():
+        """
+        The exchange ended before it finished (the client cancelled with
+        C{*}, left, or a step failed): release whatever it holds (a domain
+        controller helper).  A no-op when it holds nothing; idempotent.
+        """
 
 
 class ISecureMailbox(IMailbox):
@@ -207,9 +223,12 @@ class ISecureMailbox(IMailbox):
         Release the mailbox lock without removing anything.  Idempotent.
         """
 
-    # Optional: C{hasOnlyCRLF(index)} -- True when message C{index} is stored
-    # with CRLF line ends only, so RETR may skip the conversion pass.  The
-    # protocol calls it when present.
+    def hasOnlyCRLF(index):
+        """
+        @return: True when message C{index} is stored with CRLF line ends
+            only, so RETR may skip the conversion pass; False when unsure
+            (the message is then converted).
+        """
 
 
 class IAccessPolicy(Interface):

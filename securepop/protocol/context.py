@@ -20,6 +20,7 @@ from securepop.access.rules import Decision
 from securepop.auth.portal import LoginMind
 from securepop.auth.verifyqueue import ALIVE, CLIENT
 from securepop.interfaces import ISecureMailbox
+from securepop.protocol.states import AUTHORIZATION
 
 
 class ServerContext:
@@ -124,7 +125,7 @@ class ServerContext:
 
     def capabilities(self, session):
         caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
-        if session.state == "AUTHORIZATION":
+        if session.state == AUTHORIZATION:
             if (session.listener.tls == "starttls" and not session.secure
                     and self.tls is not None):
                 caps.append(b"STLS")

@@ -51,6 +51,8 @@ class CramMD5Credentials:
 
 @implementer(ISASLExchange)
 class _CramMD5Exchange:
+    username = None         # the credentials carry the user name to the portal
+
     def __init__(self, context, challenge_factory):
         self._context = context
         self._challenge_factory = challenge_factory
@@ -77,6 +79,9 @@ class _CramMD5Exchange:
             challenge=challenge,
             digest=match.group(2).lower(),
         )
+
+    def abort(self):
+        """Nothing is held between steps: nothing to release."""
 
 
 @implementer(ISASLMechanism)

@@ -20,6 +20,8 @@ PASSWORD_PROMPT = b"Password:"
 
 @implementer(ISASLExchange)
 class _LoginExchange:
+    username = None         # the credentials carry the user name to the portal
+
     def __init__(self, context):
         self._context = context
         self._username = None
@@ -46,6 +48,9 @@ class _LoginExchange:
                 raise SASLError("LOGIN password empty or too long")
             return UsernamePassword(self._username, response)
         raise SASLError("LOGIN exchange already finished")
+
+    def abort(self):
+        """Nothing is held between steps: nothing to release."""
 
 
 @implementer(ISASLMechanism)

@@ -387,6 +387,9 @@ class _NTLMExchange:
                                         "insecure_allow_ntlmv1", False)),
         )
 
+    def abort(self):
+        """Nothing is held between steps: nothing to release."""
+
 
 @implementer(ISASLMechanism)
 class NTLMMechanism:

@@ -27,6 +27,8 @@ def _text(raw, what):
 
 @implementer(ISASLExchange)
 class _PlainExchange:
+    username = None         # the credentials carry the user name to the portal
+
     def __init__(self, context):
         self._context = context
         self._state = "start"
@@ -52,6 +54,9 @@ class _PlainExchange:
             if wanted != username:
                 raise SASLError("PLAIN authzid differs from authcid")
         return UsernamePassword(username, password)
+
+    def abort(self):
+        """Nothing is held between steps: nothing to release."""
 
 
 @implementer(ISASLMechanism)

@@ -224,6 +224,9 @@ class _ScramExchange:
         self._state = "verified"
         return Challenge(b"v=" + base64.b64encode(server_signature))
 
+    def abort(self):
+        """Nothing is held between steps: nothing to release."""
+
 
 def _plus_in_settings(context):
     names = getattr(context.settings, "mechanisms", ()) or ()

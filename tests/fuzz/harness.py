@@ -113,6 +113,9 @@ class MemoryMailbox:
     def isDeleted(self, index):
         return index in self.deleted
 
+    def hasOnlyCRLF(self, index):
+        return False        # unknown: RETR converts the line ends
+
     def commit(self):
         self.committed = True
         keep = [m for i, m in enumerate(self.messages) if i not in self.deleted]

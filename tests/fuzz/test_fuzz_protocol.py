@@ -20,7 +20,7 @@ from hypothesis import assume, example, given, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from securepop.protocol import responses as R
-from securepop.protocol.server import TRANSACTION
+from securepop.protocol.states import TRANSACTION
 from tests.fuzz.harness import (
     PASSWORD, USER, corpus, fuzz_settings, make_context, open_session, run_session, split,
 )
@@ -121,8 +121,8 @@ def test_known_login_reaches_transaction():
     assert b"+OK 4 " in out
 
 
-# Regression (found by this fuzzing, fixed in server.py _nextLine): an overlong
-# line used to cost one strike per 256 bytes when it arrived in small segments.
+# An overlong line costs one strike however it is cut into segments
+# (securepop.protocol.session.LineBuffer), not one per 256 bytes.
 def test_overlong_line_costs_the_same_whatever_the_segmentation():
     data = b"NOOP " + b"x" * 1000 + b"\r\nCAPA\r\n"
     whole, _, _ = run_session([data])

@@ -314,8 +314,7 @@ HOSTILE = [
     case("bad-base64-continuation", (b"AUTH PLAIN", b"+ "), (b"!!not*base64!!", MALFORMED)),
     case("bad-base64-initial", (b"AUTH PLAIN AGFsaWNl!!", MALFORMED)),
     case("base64-bad-padding", (b"AUTH PLAIN AGFsaWNlAA=", MALFORMED)),
-    # Once killed the connection with a traceback (server.py called a missing
-    # _authFailed); now one -ERR.
+    # An overlong AUTH continuation ends the exchange with one -ERR, no traceback.
     case("overlong-continuation", (b"AUTH LOGIN", b"+ VXNlcm5hbWU6"),
          (b"QUFB" * 2300, MALFORMED)),
     case("overlong-continuation-in-pieces", (b"AUTH NTLM", b"+ "),

@@ -8,7 +8,7 @@ from zope.interface.verify import verifyObject
 
 from securepop.errors import SASLError
 from securepop.interfaces import (
-    CLEARTEXT_SECRET, ISASLContext, ISASLMechanism, ISecretCredentials,
+    CLEARTEXT_SECRET, ISASLContext, ISASLExchange, ISASLMechanism, ISecretCredentials,
 )
 from securepop.sasl.base import Challenge
 from securepop.sasl.cram_md5 import CRAM_MD5, CramMD5Mechanism, new_challenge
@@ -48,6 +48,17 @@ def test_interfaces():
     assert verifyObject(ISASLMechanism, CRAM_MD5)
     assert (CRAM_MD5.name, CRAM_MD5.exposesPassword, CRAM_MD5.requires) == (
         "CRAM-MD5", False, CLEARTEXT_SECRET)
+
+
+def test_exchange_provides_the_interface_and_holds_nothing():
+    exchange = rfc_exchange()
+    assert verifyObject(ISASLExchange, exchange)
+    assert exchange.username is None
+    exchange.abort()
+    exchange.abort()
+    with pytest.raises(SASLError):                  # a broken response is still refused
+        exchange.step(b"tim not-a-digest")
+    assert exchange.username is None
 
 
 def test_rfc2195_example():

@@ -5,7 +5,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from securepop.errors import SASLError
-from securepop.interfaces import PLAINTEXT, ISASLContext, ISASLMechanism
+from securepop.interfaces import PLAINTEXT, ISASLContext, ISASLExchange, ISASLMechanism
 from securepop.sasl.base import Challenge
 from securepop.sasl.login import LOGIN
 
@@ -33,6 +33,20 @@ def test_interfaces():
     assert verifyObject(ISASLMechanism, LOGIN)
     assert (LOGIN.name, LOGIN.exposesPassword, LOGIN.requires) == (
         "LOGIN", True, PLAINTEXT)
+
+
+def test_exchange_provides_the_interface_and_names_no_user():
+    """The user step is kept for the credentials, not charged on a failed password."""
+    exchange = LOGIN.newExchange(Context())
+    assert verifyObject(ISASLExchange, exchange)
+    exchange.step(None)
+    assert exchange.step(b"Tim") == Challenge(b"Password:")
+    with pytest.raises(SASLError):
+        exchange.step(b"")                          # empty password
+    assert exchange.username is None
+    exchange.abort()
+    exchange.abort()
+    assert LOGIN.newExchange(Context()).step(b"tim") == Challenge(b"Password:")
 
 
 def test_prompts_then_credentials():

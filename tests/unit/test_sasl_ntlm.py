@@ -491,6 +491,32 @@ def test_delegate_hostile_negotiate_refused_before_the_dc_is_asked():
     assert dc.calls == []
 
 
+def test_exchanges_provide_abort_and_username():
+    """The local exchange holds nothing; the delegated one frees its DC helper once."""
+    local = NTLM.newExchange(Context())
+    assert verifyObject(ISASLExchange, local)
+    assert local.username is None
+    local.abort()
+    with pytest.raises(NTLMRefused):                # anonymous, charged to no name
+        negotiated_exchange().step(m.build_authenticate(
+            m.NEGOTIATE_UNICODE | m.NEGOTIATE_ANONYMOUS, b"", b"", "", "", ""))
+
+    class Helper(FakeDomainController):
+        aborted = 0
+
+        def abort(self):
+            self.aborted += 1
+
+    dc = Helper({})
+    delegated = NTLM_DELEGATED.newExchange(Context(delegate=dc))
+    assert verifyObject(ISASLExchange, delegated)
+    delegated.abort()                               # nothing held yet
+    result(delegated.step(m.build_negotiate(m.NEGOTIATE_UNICODE)))
+    delegated.abort()
+    delegated.abort()
+    assert dc.aborted == 1
+
+
 # -- user names: the server's own domains (securepop.auth.usernames) -----------
 
 class RuleContext(Context):

@@ -40,6 +40,20 @@ def test_interfaces():
     assert PLAIN.requires == PLAINTEXT
 
 
+def test_exchange_names_no_user_and_holds_nothing():
+    """The credentials carry the user name: a failed PLAIN is charged to no user."""
+    exchange = PLAIN.newExchange(Context())
+    assert verifyObject(ISASLExchange, exchange)
+    with pytest.raises(SASLError):
+        exchange.step(b"\x00alice\x00")           # no password: refused
+    assert exchange.username is None
+    exchange.abort()
+    exchange.abort()                                # idempotent
+    fresh = PLAIN.newExchange(Context())
+    fresh.abort()                                   # before any step
+    assert IUsernamePassword.providedBy(fresh.step(b"\x00tim\x00pw"))
+
+
 def test_rfc4616_example_initial_response():
     """RFC 4616 section 4: C: \\0tim\\0tanstaaftanstaaf."""
     creds = PLAIN.newExchange(Context()).step(b"\x00tim\x00tanstaaftanstaaf")

@@ -14,7 +14,7 @@ from zope.interface.verify import verifyObject
 from securepop.auth.records import UserRecord
 from securepop.errors import SASLError, SourceUnavailable
 from securepop.interfaces import (
-    SCRAM_SHA_256, ISASLContext, ISASLMechanism, IVerifiedCredentials,
+    SCRAM_SHA_256, ISASLContext, ISASLExchange, ISASLMechanism, IVerifiedCredentials,
 )
 from securepop.sasl.base import Challenge
 from securepop.sasl.scram import (
@@ -118,6 +118,20 @@ def test_interfaces():
         assert mechanism.requires == SCRAM_SHA_256
     assert SCRAM_SHA_256_MECHANISM.name == "SCRAM-SHA-256"
     assert SCRAM_SHA_256_PLUS_MECHANISM.name == "SCRAM-SHA-256-PLUS"
+
+
+def test_exchange_provides_the_interface_and_names_its_user():
+    """The user is known after client-first: a failed proof is charged to it."""
+    exchange = rfc_mechanism().newExchange(Context())
+    assert verifyObject(ISASLExchange, exchange)
+    assert exchange.username is None
+    assert result(exchange.step(RFC_CLIENT_FIRST)).data == RFC_SERVER_FIRST
+    assert exchange.username == "user"
+    exchange.abort()
+    exchange.abort()
+    with pytest.raises(UnauthorizedLogin):
+        result(exchange.step(RFC_CLIENT_FINAL.replace(b"p=dHzb", b"p=AHzb")))
+    assert exchange.username == "user"
 
 
 def test_rfc7677_example_exchange():
