@@ -45,11 +45,8 @@ from zope.interface import implementer
 from securepop.errors import SecurePOPError
 from securepop.interfaces import ISecureMailbox
 from securepop.mailstore import lock as lockModule
-from securepop.mailstore.delivery import (
-    ensureMaildir,
-    fsyncDirectory,
-    FILE_MODE,
-)
+from securepop.fileio import fsync_directory
+from securepop.mailstore.delivery import FILE_MODE, ensureMaildir
 from securepop.mailstore.paths import confine, mailbox_path, mailRoot
 from securepop.mailstore.sizes import crlfSizeOfPath, openRegularFile
 
@@ -643,7 +640,7 @@ class MaildirMailbox:
             touched.add(os.path.dirname(path))
         for directory in touched:
             try:
-                fsyncDirectory(directory)
+                fsync_directory(directory)
             except OSError:
                 failed += 1
         if failed:

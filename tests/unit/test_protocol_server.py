@@ -34,7 +34,7 @@ from securepop.protocol.context import ServerContext
 from securepop.protocol.server import POP3Factory, POP3Session
 from securepop.sasl import registry
 from securepop.tls.contextfactory import ServerTLS
-from securepop.tls import testing as tlstesting
+from securepop.testing import tls as tlstesting
 
 PASSWORD = b"s3cret pass"
 MESSAGES = [b"Subject: one\n\n.first\n", b"Subject: two\r\n\r\nsecond\r\n",

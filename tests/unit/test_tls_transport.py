@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from securepop.tls import testing as tlstesting
+from securepop.testing import tls as tlstesting
 from securepop.tls.contextfactory import ServerTLS
 from securepop.tls.profiles import TLSPolicy
 from securepop.tls.transport import BATCH_LIMIT, ServerTLSFactory, ServerTLSProtocol, startTLS
