@@ -13,15 +13,15 @@ from zope.interface.verify import verifyObject
 from securepop.errors import MailboxInUse
 from securepop.interfaces import ISecureMailbox
 from securepop.mailstore import maildir as maildirModule
+from securepop.mailstore import snapshot
 from securepop.mailstore.delivery import deliver, ensureMaildir
 from securepop.mailstore.maildir import (
     CommitIncomplete,
     MaildirMailbox,
     MaildirStore,
     MessageGone,
-    SIZE_CACHE_NAME,
-    uidlFor,
 )
+from securepop.mailstore.snapshot import SIZE_CACHE_NAME, uidlFor
 
 
 def place(maildir, subdir, name, data, mtime):
@@ -437,7 +437,7 @@ def test_size_memo_spares_the_cache_file_and_follows_changes(maildir, monkeypatc
 
 
 def test_size_memo_is_bounded_by_messages():
-    memo = maildirModule._SizeMemo(maxEntries=7)       # a Maildir counts 1 + its entries
+    memo = snapshot._SizeMemo(maxEntries=7)       # a Maildir counts 1 + its entries
     memo.put("a", {str(i): [1, 1, 1] for i in range(3)}, count=10)
     memo.put("b", {str(i): [1, 1, 1] for i in range(1)})
     assert memo.get("a") is not None and memo.count("a") == 10   # a: most recent
@@ -453,12 +453,12 @@ def test_size_memo_is_bounded_by_messages():
 def test_tmp_cleaned_at_most_once_an_hour(maildir):
     old = 1000.0
     place(maildir, "tmp", "1.dead.host", b"half", old)
-    now = old + maildirModule.TMP_MAX_AGE + 10
-    assert maildirModule.cleanTmpSometimes(maildir, now) == 1
+    now = old + snapshot.TMP_MAX_AGE + 10
+    assert snapshot.cleanTmpSometimes(maildir, now) == 1
     place(maildir, "tmp", "2.dead.host", b"half", old)
-    assert maildirModule.cleanTmpSometimes(maildir, now + 60) == 0      # skipped
+    assert snapshot.cleanTmpSometimes(maildir, now + 60) == 0      # skipped
     assert os.path.exists(os.path.join(maildir, "tmp", "2.dead.host"))
-    assert maildirModule.cleanTmpSometimes(maildir, now + 3601) == 1    # an hour later
+    assert snapshot.cleanTmpSometimes(maildir, now + 3601) == 1    # an hour later
 
 
 def test_size_fields_in_name_avoid_reading(maildir, monkeypatch):
