@@ -7,14 +7,13 @@ import datetime
 
 import pytest
 
-from securepop.audit import engine
-from securepop.audit.engine import (
+from securepop.audit import judge
+from securepop.audit.engine import Audit, AuditOptions
+from securepop.audit.judge import (
     FAIL,
     INFO,
     PASS,
     WARN,
-    Audit,
-    AuditOptions,
     Finding,
     classifyCleartextAnswer,
     exposingMechanisms,
@@ -56,9 +55,9 @@ def test_mechanismsOf():
 
 
 def test_apopTimestampNeedsTheShape():
-    assert engine.APOP_TIMESTAMP.search("<1.2@host>")
-    assert not engine.APOP_TIMESTAMP.search("ready <no-at-sign>")
-    assert not engine.APOP_TIMESTAMP.search("ready")
+    assert judge.APOP_TIMESTAMP.search("<1.2@host>")
+    assert not judge.APOP_TIMESTAMP.search("ready <no-at-sign>")
+    assert not judge.APOP_TIMESTAMP.search("ready")
 
 
 STAMPED = Response("+OK", "ready <1896.697170952@dbc.mtview.ca.us>")
@@ -72,7 +71,7 @@ UNSTAMPED = Response("+OK", "securepop ready")
     (UNSTAMPED, True, PASS),
 ])
 def test_judgeApopGreeting(greeting, implicitTLS, status):
-    got, reason = engine.judgeApopGreeting(greeting, implicitTLS)
+    got, reason = judge.judgeApopGreeting(greeting, implicitTLS)
     assert got == status, reason
     assert ("before TLS" in reason) == (status == WARN)
 
