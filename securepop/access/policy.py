@@ -114,11 +114,6 @@ class AccessPolicy:
         if self.hostWatcher is not None:
             self.hostWatcher.stop()
 
-    @property
-    def needsReverseDNS(self) -> bool:
-        """Whether some connection may cause a reverse lookup."""
-        return bool(self.domainRules) and self.reverseDNS
-
     def _matchesAddress(self, rule, ip) -> bool:
         if isinstance(rule, NetworkRule):
             return rule.matches(ip)
