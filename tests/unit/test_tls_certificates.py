@@ -1,19 +1,17 @@
 """
-Certificate tools: keys, CSRs, self-signed certificates, install, checks.
+Tests for L{securepop.tls.certificates}: the default certificate and the
+report of C{cert show}.
 """
 
-import datetime
 import os
 import stat
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from securepop.errors import ConfigError
 from securepop.tls import certificates as certs
-from securepop.tls import checks, issue, selfsigned
+from securepop.tls import checks, selfsigned
 from securepop.testing import tls as testing
 from securepop.tls import ensure_selfsigned
 
@@ -24,83 +22,7 @@ def mode(path):
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-# -- keys --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "keyType,kind,size",
-    [("ec-p256", ec.EllipticCurvePrivateKey, 256),
-     ("ec-p384", ec.EllipticCurvePrivateKey, 384),
-     ("rsa-2048", rsa.RSAPrivateKey, 2048),
-     ("rsa-3072", rsa.RSAPrivateKey, 3072)],
-)
-def test_generate_private_key(keyType, kind, size):
-    key = selfsigned.generate_private_key(keyType)
-    assert isinstance(key, kind) and key.key_size == size
-
-
-@pytest.mark.parametrize("keyType", ["rsa-1024", "dsa", "ec-p521", "", "ed25519"])
-def test_weak_or_unknown_key_types_refused(keyType):
-    with pytest.raises(ValueError):
-        selfsigned.generate_private_key(keyType)
-
-
-def test_rsa_4096_listed():
-    assert "rsa-4096" in selfsigned.KEY_TYPES
-
-
-def test_write_private_key_is_0600_even_with_permissive_umask(tmp_path):
-    old = os.umask(0)
-    try:
-        path = tmp_path / "sub" / "key.pem"
-        selfsigned.write_private_key(str(path), selfsigned.generate_private_key())
-    finally:
-        os.umask(old)
-    assert mode(path) == 0o600
-    assert [p.name for p in path.parent.iterdir()] == ["key.pem"]  # no temp left
-
-
-def test_load_private_key_refuses_open_mode(tmp_path):
-    path = str(tmp_path / "key.pem")
-    selfsigned.write_private_key(path, selfsigned.generate_private_key())
-    checks.load_private_key(path)
-    os.chmod(path, 0o644)
-    with pytest.raises(ConfigError, match="group or others"):
-        checks.load_private_key(path)
-
-
-# -- CSR and self-signed ---------------------------------------------------------
-
-
-def test_build_csr_subject_and_sans():
-    key = selfsigned.generate_private_key("ec-p384")
-    csr = issue.build_csr(key, "mail.example.test", ["pop.example.test", "192.0.2.1"],
-                          O="Example", OU="IT", C="DE", ST="Berlin", L="Berlin")
-    assert csr.is_signature_valid
-    assert csr.subject.rfc4514_string() == (
-        "CN=mail.example.test,OU=IT,O=Example,L=Berlin,ST=Berlin,C=DE"
-    )
-    sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sans.get_values_for_type(x509.DNSName) == ["mail.example.test",
-                                                      "pop.example.test"]
-    assert [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == ["192.0.2.1"]
-
-
-@pytest.mark.parametrize("country", ["Germany", "D", "1A"])
-def test_build_csr_refuses_bad_country(country):
-    with pytest.raises(ValueError, match="two-letter"):
-        issue.build_csr(selfsigned.generate_private_key(), "x.test", C=country)
-
-
-def test_make_selfsigned_covers_host_and_is_short_lived():
-    key = selfsigned.generate_private_key()
-    cert = selfsigned.make_selfsigned(key, "mail.example.test", ["127.0.0.1"])
-    assert checks.covers_hostname(cert, "mail.example.test")
-    assert checks.covers_hostname(cert, "127.0.0.1")
-    assert not checks.covers_hostname(cert, "other.example.test")
-    life = cert.not_valid_after_utc - cert.not_valid_before_utc
-    assert life.days <= 366  # Mozilla's maximum_certificate_lifespan
-    assert checks.is_self_issued(cert)
+# -- the default certificate ----------------------------------------------------
 
 
 LOCAL = ["DNS:mail.example.test", "DNS:popbox", "DNS:localhost", "IP:127.0.0.1", "IP:::1"]
@@ -123,36 +45,9 @@ def test_ensure_selfsigned_creates_once(tmp_path):
     assert (open(certPath, "rb").read(), open(keyPath, "rb").read()) == before
 
 
-# -- the names of this machine ---------------------------------------------------
-
-
 def _debian_host(hostname="popbox"):
     """The resolver of a host whose /etc/hosts reads '127.0.0.1 localhost popbox'."""
     return dict(gethostname=lambda: hostname, getfqdn=lambda: "localhost")
-
-
-def test_local_names_on_a_host_whose_fqdn_is_localhost():
-    # getfqdn() alone would give a certificate for "localhost" only, and
-    # `curl pop3://$(hostname -f)` (popbox) would fail with exit 60.
-    names = selfsigned.local_names("localhost", **_debian_host())
-    assert names == ["DNS:localhost", "DNS:popbox", "IP:127.0.0.1", "IP:::1"]
-
-
-def test_local_names_server_hostname_first_and_no_duplicates():
-    names = selfsigned.local_names("Mail.Example.Test.", gethostname=lambda: "mail",
-                              getfqdn=lambda: "mail.example.test")
-    assert names == ["DNS:mail.example.test", "DNS:mail", "DNS:localhost",
-                     "IP:127.0.0.1", "IP:::1"]
-
-
-def test_local_names_leave_out_what_a_certificate_cannot_carry():
-    def broken():
-        raise OSError("resolver down")
-
-    names = selfsigned.local_names("", gethostname=lambda: "my_host\u00e9", getfqdn=broken)
-    assert names == ["DNS:localhost", "IP:127.0.0.1", "IP:::1"]
-    assert selfsigned.local_names("192.0.2.7", gethostname=lambda: "-bad-",
-                             getfqdn=lambda: "a..b")[0] == "IP:192.0.2.7"
 
 
 def test_default_certificate_covers_every_local_name(tmp_path):
@@ -258,62 +153,11 @@ def test_ensure_selfsigned_replaces_half_pair(tmp_path):
                              checks.load_private_key(keyPath))
 
 
-# -- problems --------------------------------------------------------------------------
+# -- the report -----------------------------------------------------------------
 
 
 def _codes(problems):
     return sorted(p.code for p in problems)
-
-
-def test_problems_none_for_good_chain():
-    leaf, key = CA.issue(["mail.example.test"])
-    assert checks.certificate_problems([leaf, CA.intermediate], "mail.example.test",
-                                      trust_roots=[CA.root], privateKey=key) == []
-
-
-def test_problems_each_kind():
-    leaf, key = CA.issue(["mail.example.test"])
-    other = selfsigned.generate_private_key()
-    assert _codes(checks.certificate_problems(
-        [leaf, CA.intermediate], "pop.test", trust_roots=[CA.root],
-        privateKey=other)) == ["hostname", "key-mismatch"]
-    assert _codes(checks.certificate_problems([leaf], None, trust_roots=[CA.root])) == [
-        "incomplete-chain"]
-    assert _codes(checks.certificate_problems([leaf, CA.intermediate], None)) == [
-        "incomplete-chain"]  # no trusted root given
-    assert _codes(checks.certificate_problems(
-        [leaf, CA.intermediate, CA.root], None)) == []  # root included
-    unrelated = testing.TestCA("other").intermediate
-    assert _codes(checks.certificate_problems(
-        [leaf, unrelated], None, trust_roots=[CA.root])) == ["incomplete-chain"]
-
-
-def test_validity_problems():
-    now = datetime.datetime.now(datetime.timezone.utc)
-    leaf, _ = CA.issue(["a.test"], days=20)
-    assert _codes(checks.validity_problems(leaf, now)) == ["expires-soon"]
-    assert _codes(checks.validity_problems(leaf, now + datetime.timedelta(days=21))) == [
-        "expired"]
-    assert _codes(checks.validity_problems(leaf, now - datetime.timedelta(days=2))) == [
-        "not-yet-valid"]
-    assert checks.validity_problems(leaf, now - datetime.timedelta(hours=-1),
-                                   warn_days=10) == []
-
-
-def test_hostname_check_ignores_common_name():
-    """
-    A certificate with the name only in its CN is refused, as by clients.
-    """
-    key = selfsigned.generate_private_key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mail.example.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    from cryptography.hazmat.primitives import hashes
-
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    assert not checks.covers_hostname(cert, "mail.example.test")
 
 
 def test_inspect_report(tmp_path):
@@ -331,89 +175,3 @@ def test_inspect_report(tmp_path):
     os.chmod(keyPath, 0o644)
     report = certs.inspect(certPath, "pop.test", keyPath, trust_roots=[CA.root])
     assert _codes(report.problems) == ["hostname", "key-mode"]
-
-
-# -- install ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def pending(tmp_path):
-    keyPath = str(tmp_path / "pending-key.pem")
-    key = selfsigned.generate_private_key("rsa-2048")
-    selfsigned.write_private_key(keyPath, key)
-    csr = issue.build_csr(key, "mail.example.test")
-    return keyPath, csr
-
-
-def test_install_assembles_chain_and_moves_key(tmp_path, pending):
-    keyPath, csr = pending
-    signed = CA.sign_csr(csr)
-    answer = tmp_path / "answer.pem"
-    selfsigned.write_certificates(str(answer), [signed])
-    chainFile = tmp_path / "chain.pem"
-    selfsigned.write_certificates(str(chainFile), [CA.root, CA.intermediate])  # any order
-    dest, destKey = str(tmp_path / "out" / "cert.pem"), str(tmp_path / "out" / "key.pem")
-    problems = issue.install(str(answer), str(chainFile), keyPath, "mail.example.test",
-                             dest, destKey, trust_roots=[CA.root])
-    assert problems == []
-    assert checks.load_chain(dest) == [signed, CA.intermediate, CA.root]
-    assert mode(destKey) == 0o600
-    assert checks.key_matches(signed, checks.load_private_key(destKey))
-    assert not os.path.exists(keyPath)
-
-
-def test_install_refuses_other_key(tmp_path, pending):
-    keyPath, _ = pending
-    stranger, _ = CA.issue(["mail.example.test"])
-    answer = tmp_path / "answer.pem"
-    selfsigned.write_certificates(str(answer), [stranger])
-    dest = str(tmp_path / "cert.pem")
-    with pytest.raises(ConfigError, match="not for the pending key"):
-        issue.install(str(answer), None, keyPath, "mail.example.test", dest,
-                      str(tmp_path / "key.pem"))
-    assert not os.path.exists(dest) and os.path.exists(keyPath)
-
-
-def test_install_refuses_wrong_name(tmp_path, pending):
-    keyPath, _ = pending
-    key = checks.load_private_key(keyPath)
-    wrong, _ = CA.issue(["www.example.test"], publicKey=key.public_key())
-    answer = tmp_path / "answer.pem"
-    selfsigned.write_certificates(str(answer), [wrong])
-    with pytest.raises(ConfigError, match="does not cover the host name"):
-        issue.install(str(answer), None, keyPath, "mail.example.test",
-                      str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
-
-
-def test_install_refuses_expired(tmp_path, pending):
-    keyPath, _ = pending
-    key = checks.load_private_key(keyPath)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    old, _ = CA.issue(["mail.example.test"], publicKey=key.public_key(),
-                      not_before=now - datetime.timedelta(days=100),
-                      not_after=now - datetime.timedelta(days=1))
-    answer = tmp_path / "answer.pem"
-    selfsigned.write_certificates(str(answer), [old])
-    with pytest.raises(ConfigError, match="expired"):
-        issue.install(str(answer), None, keyPath, "mail.example.test",
-                      str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
-
-
-def test_install_reports_incomplete_chain(tmp_path, pending):
-    keyPath, csr = pending
-    answer = tmp_path / "answer.pem"
-    selfsigned.write_certificates(str(answer), [CA.sign_csr(csr)])
-    problems = issue.install(str(answer), None, keyPath, "mail.example.test",
-                             str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"),
-                             trust_roots=[CA.root])
-    assert _codes(problems) == ["incomplete-chain"]
-
-
-@pytest.mark.parametrize("content", [b"", b"junk", b"\xff" * 64])
-def test_install_refuses_hostile_answer(tmp_path, pending, content):
-    keyPath, _ = pending
-    answer = tmp_path / "answer.pem"
-    answer.write_bytes(content)
-    with pytest.raises(ConfigError, match="no PEM certificate"):
-        issue.install(str(answer), None, keyPath, "mail.example.test",
-                      str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
