@@ -5,17 +5,26 @@ a network.
 
 import datetime
 
+import pytest
+
+from securepop.audit import judge
 from securepop.audit.judge import (
     FAIL,
     INFO,
     PASS,
     WARN,
+    Finding,
+    classifyCleartextAnswer,
     describe_exposure,
+    exposingMechanisms,
     judge_capa_after_stls,
     judge_cleartext_probe,
     judge_expiry,
     judge_suite_answer,
     judge_version,
+    judgeKey,
+    judgeSignature,
+    mechanismsOf,
 )
 from securepop.audit.pop3client import Response
 from securepop.audit.tlsprobe import HandshakeFacts, HelloAnswer
@@ -83,3 +92,75 @@ def test_describe_exposure():
     text = describe_exposure(["USER", "CRAM-MD5", "X-NEW", "USER"])
     assert text == "send the password itself: USER; do not: CRAM-MD5; unknown: X-NEW"
     assert describe_exposure(["SCRAM-SHA-256"]).startswith("send the password itself: none")
+
+
+STAMPED = Response("+OK", "ready <1896.697170952@dbc.mtview.ca.us>")
+UNSTAMPED = Response("+OK", "securepop ready")
+
+
+def test_findingStatusIsChecked():
+    assert Finding("x", PASS, "ok").status == PASS
+    with pytest.raises(ValueError):
+        Finding("x", "OK", "no such status")
+
+
+def test_mechanismsOf():
+    greeting = Response("+OK", "ready <1896.697170952@dbc.mtview.ca.us>")
+    caps = {"USER": (), "SASL": ("PLAIN", "CRAM-MD5")}
+    assert mechanismsOf(caps, greeting) == ["USER", "PLAIN", "CRAM-MD5", "APOP"]
+    assert mechanismsOf({}, Response("+OK", "ready")) == []
+    assert mechanismsOf({"SASL": ()}) == []
+
+
+def test_apopTimestampNeedsTheShape():
+    assert judge.APOP_TIMESTAMP.search("<1.2@host>")
+    assert not judge.APOP_TIMESTAMP.search("ready <no-at-sign>")
+    assert not judge.APOP_TIMESTAMP.search("ready")
+
+
+@pytest.mark.parametrize("greeting, implicitTLS, status", [
+    (STAMPED, False, WARN),        # a timestamp in clear: APOP before TLS
+    (UNSTAMPED, False, PASS),
+    (STAMPED, True, PASS),         # the greeting itself is inside TLS
+    (UNSTAMPED, True, PASS),
+])
+def test_judgeApopGreeting(greeting, implicitTLS, status):
+    got, reason = judge.judgeApopGreeting(greeting, implicitTLS)
+    assert got == status, reason
+    assert ("before TLS" in reason) == (status == WARN)
+
+
+def test_exposingMechanisms():
+    exposing, safe, unknown = exposingMechanisms(
+        ["USER", "PLAIN", "LOGIN", "SCRAM-SHA-256", "NTLM", "X-WEIRD", "XOAUTH2"])
+    assert exposing == ["USER", "PLAIN", "LOGIN", "XOAUTH2"]
+    assert safe == ["SCRAM-SHA-256", "NTLM"]
+    assert unknown == ["X-WEIRD"]
+
+
+@pytest.mark.parametrize("response, accepted", [
+    (Response("+OK", ""), True),
+    (Response("+", ""), True),
+    (Response("+", "VXNlcm5hbWU6"), True),
+    (Response("-ERR", "[AUTH] Plaintext authentication disallowed"), False),
+    (Response("-ERR", "not allowed without TLS"), False),
+    (Response("?", "garbage"), False),
+])
+def test_classifyCleartextAnswer(response, accepted):
+    assert classifyCleartextAnswer(response) is accepted
+
+
+@pytest.mark.parametrize("kind, bits, status", [
+    ("RSA", 4096, PASS), ("RSA", 2048, PASS), ("RSA", 1024, FAIL),
+    ("EC secp256r1", 256, PASS), ("EC secp192r1", 192, FAIL),
+    ("Ed25519", 256, PASS), ("DSA", 2048, FAIL), ("Mystery", 0, WARN),
+])
+def test_judgeKey(kind, bits, status):
+    assert judgeKey(kind, bits)[0] == status
+
+
+@pytest.mark.parametrize("name, status", [
+    ("sha256", PASS), ("sha384", PASS), (None, PASS), ("sha1", FAIL), ("md5", FAIL),
+])
+def test_judgeSignature(name, status):
+    assert judgeSignature(name)[0] == status
