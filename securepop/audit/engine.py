@@ -14,7 +14,19 @@ import base64
 import secrets
 from dataclasses import dataclass, field
 
-from securepop.audit import tlsprobe
+from securepop.audit.tlsprobe import (
+    PROTOCOL_VERSIONS,
+    WEAK_SUITE_CATEGORIES,
+    describeKey,
+    handshakeFacts,
+    makeContext,
+    offerSuites,
+    signatureHash,
+    utcNow,
+    validityWindow,
+    verifyChain,
+    verifyName,
+)
 from securepop.audit.judge import (
     FAIL,
     INFO,
@@ -79,7 +91,7 @@ class Audit:
     Usage: C{Audit(AuditOptions(...)).run()} returns an L{AuditResult}.
     """
 
-    def __init__(self, options, now=tlsprobe.utcNow):
+    def __init__(self, options, now=utcNow):
         self.options = options
         self.now = now
         self.budget = ProbeBudget(options.maxConnections, options.maxSeconds)
@@ -100,7 +112,7 @@ class Audit:
                          self.options.timeout, self.budget)
 
     def _context(self, version=None):
-        return tlsprobe.makeContext(version)
+        return makeContext(version)
 
     def _connect(self, probe, context=None):
         """Connect and demand a +OK greeting."""
@@ -234,7 +246,7 @@ class Audit:
             except ProbeError as e:
                 r.add("stls.works", FAIL, f"STLS answered +OK but {e}")
                 return
-            self.facts = tlsprobe.handshakeFacts(probe.tls)
+            self.facts = handshakeFacts(probe.tls)
             self.tlsWorks = True
             r.add("stls.works", PASS,
                   f"TLS started: {self.facts.version} {self.facts.cipher} "
@@ -326,7 +338,7 @@ class Audit:
         r = self.result
         probe = self.mainProbe
         try:
-            self.facts = tlsprobe.handshakeFacts(probe.tls)
+            self.facts = handshakeFacts(probe.tls)
             self.tlsWorks = True
             r.add("tls.implicit", PASS,
                   f"implicit TLS: {self.facts.version} {self.facts.cipher} ({self.facts.bits}-bit)")
@@ -350,7 +362,7 @@ class Audit:
     def _versions(self):
         r = self.result
         accepted = {}
-        for name, version in tlsprobe.PROTOCOL_VERSIONS:
+        for name, version in PROTOCOL_VERSIONS:
             refusal = ""
             try:
                 probe = self._openAtTLSStart()
@@ -359,7 +371,7 @@ class Audit:
                 continue
             try:
                 probe.startTLS(self._context(version), self.options.checkedName)
-                accepted[name] = tlsprobe.handshakeFacts(probe.tls)
+                accepted[name] = handshakeFacts(probe.tls)
             except ProbeError as e:
                 accepted[name] = None
                 refusal = str(e)
@@ -369,7 +381,7 @@ class Audit:
 
     def _weakSuites(self):
         r = self.result
-        for key, (label, suites) in tlsprobe.WEAK_SUITE_CATEGORIES.items():
+        for key, (label, suites) in WEAK_SUITE_CATEGORIES.items():
             check = f"tls.cipher.{key}"
             try:
                 probe = self._openAtTLSStart()
@@ -377,7 +389,7 @@ class Audit:
                 r.add(check, WARN, f"{label} suites not tested: {e}")
                 continue
             try:
-                answer = tlsprobe.offerSuites(probe.sock, suites, self.options.checkedName,
+                answer = offerSuites(probe.sock, suites, self.options.checkedName,
                                               self.options.timeout)
             finally:
                 probe.close()
@@ -391,14 +403,14 @@ class Audit:
             r.add("tls.cert.chain", FAIL, "server sent no certificate")
             return
         leaf = chain[0]
-        chainOK, why = tlsprobe.verifyChain(chain, o.cafile)
+        chainOK, why = verifyChain(chain, o.cafile)
         r.add("tls.cert.chain", PASS if chainOK else FAIL, why)
-        nameOK, why = tlsprobe.verifyName(leaf, o.checkedName)
+        nameOK, why = verifyName(leaf, o.checkedName)
         r.add("tls.cert.name", PASS if nameOK else FAIL, why)
         self.certificateTrusted = chainOK and nameOK
-        r.add("tls.cert.expiry", *judge_expiry(*tlsprobe.validityWindow(leaf), self.now()))
-        r.add("tls.cert.key", *judgeKey(*tlsprobe.describeKey(leaf)))
-        r.add("tls.cert.signature", *judgeSignature(tlsprobe.signatureHash(leaf)))
+        r.add("tls.cert.expiry", *judge_expiry(*validityWindow(leaf), self.now()))
+        r.add("tls.cert.key", *judgeKey(*describeKey(leaf)))
+        r.add("tls.cert.signature", *judgeSignature(signatureHash(leaf)))
 
     # -- authentication --------------------------------------------------------------
 

@@ -45,7 +45,11 @@ from zope.interface import implementer
 from securepop.errors import SecurePOPError
 from securepop.fileio import fsync_directory
 from securepop.interfaces import ISecureMailbox
-from securepop.mailstore import lock as lockModule
+from securepop.mailstore.lock import (
+    DEFAULT_METHOD,
+    DEFAULT_STALE_AFTER,
+    acquire as acquire_lock,
+)
 from securepop.mailstore.delivery import ensureMaildir
 from securepop.mailstore.paths import confine, mailbox_path, mailRoot
 from securepop.mailstore.sizes import openRegularFile
@@ -110,7 +114,7 @@ class MaildirMailbox:
         self._runner = runner
         self._committed = False
         self._refresher = None
-        self._refreshInterval = refreshInterval or lockModule.DEFAULT_STALE_AFTER / 6
+        self._refreshInterval = refreshInterval or DEFAULT_STALE_AFTER / 6
         if clock is not None:
             self.startRefreshing(clock)
 
@@ -129,8 +133,8 @@ class MaildirMailbox:
 
     @classmethod
     def open(cls, path, create=True, trash=None, clock=None, lockPath=None,
-             staleAfter=lockModule.DEFAULT_STALE_AFTER, runner=None,
-             lockMethod=lockModule.DEFAULT_METHOD, mayCount=True):
+             staleAfter=DEFAULT_STALE_AFTER, runner=None,
+             lockMethod=DEFAULT_METHOD, mayCount=True):
         """
         Lock the Maildir at C{path} and snapshot it.  Blocking and slow for
         big mailboxes (directory scan, sizes): call it in a thread, e.g.
@@ -147,7 +151,7 @@ class MaildirMailbox:
             called on the reactor thread; from a thread leave it None and
             call L{startRefreshing} afterwards (as L{MaildirStore.login}).
         @param lockPath: lock file; default C{<path>/securepop.lock}.
-        @param lockMethod: C{"flock"} or C{"dotlock"} (L{lockModule}).
+        @param lockMethod: C{"flock"} or C{"dotlock"} (L{securepop.mailstore.lock}).
         @param mayCount: False to raise L{SizesUnknown} (lock released)
             rather than read a message to learn its size.
         @param runner: C{runner(f, *args) -> Deferred} used by L{commit}
@@ -163,7 +167,7 @@ class MaildirMailbox:
             ensureMaildir(path)
         elif not all(os.path.isdir(os.path.join(path, sub)) for sub in ("new", "cur")):
             raise FileNotFoundError(errno.ENOENT, "no Maildir", path)
-        mailboxLock = lockModule.acquire(
+        mailboxLock = acquire_lock(
             lockPath if lockPath is not None else os.path.join(path, LOCK_NAME),
             staleAfter=staleAfter, method=lockMethod,
         )
@@ -411,8 +415,8 @@ class MaildirStore:
 
     def __init__(self, rootTemplate="mail/{user}/Maildir", dataDir=".", trash=None,
                  reactor=None, threadpool=None,
-                 staleAfter=lockModule.DEFAULT_STALE_AFTER, create=True,
-                 lockMethod=lockModule.DEFAULT_METHOD,
+                 staleAfter=DEFAULT_STALE_AFTER, create=True,
+                 lockMethod=DEFAULT_METHOD,
                  inlineOpenMax=INLINE_OPEN_MAX_MESSAGES):
         """
         @param reactor: IReactorTime (and IReactorThreads when C{threadpool}

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from securepop.tls import issue
+from securepop.tls.issue import general_names, write_certificates, write_private_key
 
 
 def _now():
@@ -124,7 +124,7 @@ class TestCA:
             .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(
-                x509.SubjectAlternativeName(issue.general_names(list(names))),
+                x509.SubjectAlternativeName(general_names(list(names))),
                 critical=False,
             )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
@@ -153,7 +153,7 @@ class TestCA:
         return cert
 
     def write_root(self, path):
-        issue.write_certificates(path, [self.root])
+        write_certificates(path, [self.root])
         return path
 
 
@@ -165,8 +165,8 @@ def write_identity(directory, name, chain, privateKey, key_mode=0o600):
     """
     certPath = os.path.join(directory, f"{name}.pem")
     keyPath = os.path.join(directory, f"{name}.key")
-    issue.write_certificates(certPath, chain)
-    issue.write_private_key(keyPath, privateKey)
+    write_certificates(certPath, chain)
+    write_private_key(keyPath, privateKey)
     os.chmod(keyPath, key_mode)
     return certPath, keyPath
 

@@ -28,7 +28,16 @@ from zope.interface import implementer
 
 from securepop import events
 from securepop.errors import ConfigError
-from securepop.tls import checks
+from securepop.tls.checks import (
+    CertificateProblem,
+    certificate_problems,
+    check_key_file_mode,
+    check_key_matches,
+    load_chain,
+    load_trust_roots,
+    parse_private_key,
+    read_file,
+)
 from securepop.tls.profiles import TLSPolicy
 
 RELOAD_CHECK_INTERVAL = 1.0  # seconds between two stat() rounds
@@ -54,12 +63,12 @@ class _Identity:
         self.certificate_path = certificate
         self.key_path = key
         self.hostname = hostname
-        checks.check_key_file_mode(key)
-        self.chain = checks.load_chain(certificate)
-        self.private_key = checks.parse_private_key(
-            checks.read_file(key, "tls.key"), key
+        check_key_file_mode(key)
+        self.chain = load_chain(certificate)
+        self.private_key = parse_private_key(
+            read_file(key, "tls.key"), key
         )
-        checks.check_key_matches(self.chain[0], self.private_key, certificate, key)
+        check_key_matches(self.chain[0], self.private_key, certificate, key)
         context = policy.new_context()
         try:
             context.use_certificate(self.chain[0])
@@ -270,26 +279,26 @@ class ServerTLS:
         does not cover its name, a certificate expired or expires within 30
         days, a chain is incomplete.
 
-        @return: list of L{securepop.tls.checks.CertificateProblem}.
+        @return: list of L{securepop.tls.CertificateProblem}.
         """
         trustRoots = self._trust_roots
         if trustRoots is None:
-            trustRoots = self._trust_roots = checks.load_trust_roots()
+            trustRoots = self._trust_roots = load_trust_roots()
         now = datetime.datetime.fromtimestamp(
             self.clock.seconds(), datetime.timezone.utc
         )
-        problems = checks.certificate_problems(
+        problems = certificate_problems(
             self._default.chain, self.hostname, now, trustRoots
         )
         for name, identity in sorted(self._byName.items()):
             checkName = name[2:] if name.startswith("*.") else name
             if name.startswith("*."):
                 checkName = "x." + checkName
-            for problem in checks.certificate_problems(
+            for problem in certificate_problems(
                 identity.chain, checkName, now, trustRoots
             ):
                 problems.append(
-                    checks.CertificateProblem(
+                    CertificateProblem(
                         problem.code, f"SNI {name}: {problem.message}"
                     )
                 )
