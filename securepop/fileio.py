@@ -48,7 +48,8 @@ def atomic_write(path, data, mode=0o600, *, replace=True, temp_dir=None, temp_na
         fails with L{FileExistsError} instead, as a Maildir delivery must.
     @param temp_dir: the directory of the temporary file, on the same file
         system as C{path} (a Maildir's C{tmp/}); C{path}'s directory,
-        created with mode 0700 when missing, by default.
+        created with mode 0700 when missing, by default (needed when
+        C{path} is a callable).
     @param temp_names: the temporary file's names to try in turn (created
         exclusively); random hidden names by default.
     @raise FileExistsError: every name in C{temp_names} is taken, or
@@ -56,6 +57,8 @@ def atomic_write(path, data, mode=0o600, *, replace=True, temp_dir=None, temp_na
     @return: the final path.
     """
     if temp_dir is None:
+        if callable(path):
+            raise TypeError("atomic_write: a callable path needs temp_dir")
         temp_dir = os.path.dirname(os.path.abspath(path))
         os.makedirs(temp_dir, mode=0o700, exist_ok=True)
     if temp_names is None:

@@ -141,8 +141,6 @@ def inspect(path, hostname=None, key_path=None, now=None, trust_roots=None):
     )
 
 
-
-
 # The subject the embedded default's certificate carries: it marks the
 # certificate as securepop's own, which it may re-make; a certificate an
 # administrator made or installed never carries it and is never touched.

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from securepop.errors import ConfigError
-from securepop.fileio import atomic_write as _write_atomically  # noqa: F401 (the CSR)
+from securepop.fileio import atomic_write as _write_atomically  # noqa: F401 (cert request)
 from securepop.tls.certificates import default_paths, inspect  # noqa: F401 (cert show)
 from securepop.tls.checks import (
     certificate_problems,
@@ -49,7 +49,6 @@ def pending_paths(data_dir):
     """
     base = os.path.join(data_dir, "tls")
     return os.path.join(base, "pending-key.pem"), os.path.join(base, "request.csr")
-
 
 
 def build_csr(privateKey, common_name, sans=(), **attributes):

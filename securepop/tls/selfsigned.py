@@ -2,7 +2,7 @@
 Making keys and self-signed certificates, and writing them as PEM files:
 the daemon's default certificate and C{securepop cert selfsigned}.
 
-Files are written atomically with their final mode (L{atomic_write}): a
+Files are written atomically with their final mode (L{securepop.fileio.atomic_write}): a
 key is never readable by others, and a server that reloads never reads
 half a file.  Blocking (key generation, writes): at start or in a thread.
 """

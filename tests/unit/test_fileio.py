@@ -113,6 +113,12 @@ def test_chunks_and_a_name_computed_after_writing(tmp_path):
     assert entries(tmp_path / "tmp") == []
 
 
+def test_a_computed_name_needs_the_temporary_directory(tmp_path):
+    with pytest.raises(TypeError):
+        atomic_write(lambda temp: str(tmp_path / "x"), b"x")
+    assert entries(tmp_path) == []
+
+
 def test_no_replace_never_replaces(tmp_path):
     target = tmp_path / "msg"
     target.write_bytes(b"first delivery")
