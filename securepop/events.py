@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 log = Logger(namespace="securepop")
 
@@ -41,7 +41,7 @@ def emit(name: str, level: str = "info", message: str = "", **fields) -> None:
     text = f"securepop {name} {parts}".rstrip()
     if message:
         text += " -- " + _CONTROL.sub(" ", message)
-    getattr(log, level)(
-        "{securepop_text}", securepop_event=name, securepop_text=text,
+    log.emit(
+        LogLevel.levelWithName(level), "{securepop_text}", securepop_event=name, securepop_text=text,
         **{f"sp_{k}": v for k, v in fields.items()},
     )

@@ -129,6 +129,13 @@ def _negativeTTL(authority, default):
     return default
 
 
+def _nameErrorTTL(error, default):
+    """L{_negativeTTL} of the answer a L{dnserror.DNSNameError} carries."""
+    message = error.args[0] if error.args else None
+    return _negativeTTL(message.authority if isinstance(message, dns.Message) else (),
+                        default)
+
+
 def _addressesOf(name, answers, recordType):
     """
     Collect the addresses of C{name} from an answer section, following a
@@ -331,8 +338,7 @@ class AccessResolver:
                 qname, self._remaining(deadline)
             )
         except dnserror.DNSNameError as e:
-            message = e.args[0] if e.args else None
-            ttl = _negativeTTL(getattr(message, "authority", ()), self.negativeTTL)
+            ttl = _nameErrorTTL(e, self.negativeTTL)
             return ReverseResult(NO_NAME, None, f"no PTR record for {ip}"), ttl
         except Exception as e:
             return (
@@ -366,11 +372,7 @@ class AccessResolver:
             try:
                 fanswers, fauthority, _ = await lookup(name, self._remaining(deadline))
             except dnserror.DNSNameError as e:
-                message = e.args[0] if e.args else None
-                unconfirmedTTL = min(
-                    unconfirmedTTL,
-                    _negativeTTL(getattr(message, "authority", ()), self.negativeTTL),
-                )
+                unconfirmedTTL = min(unconfirmedTTL, _nameErrorTTL(e, self.negativeTTL))
                 continue
             except Exception:
                 failed = True
@@ -413,10 +415,7 @@ class AccessResolver:
         for (ok, value), recordType in zip(results, (dns.A, dns.AAAA)):
             if not ok:
                 if value.check(dnserror.DNSNameError):
-                    message = value.value.args[0] if value.value.args else None
-                    ttls.append(
-                        _negativeTTL(getattr(message, "authority", ()), self.negativeTTL)
-                    )
+                    ttls.append(_nameErrorTTL(value.value, self.negativeTTL))
                 else:
                     failures += 1
                 continue

@@ -32,7 +32,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-import securepop.access.dns as accessdns
+from securepop.access.dns import (
+    CONFIRMED,
+    FAILED,
+    HostAddressWatcher,
+    ReverseResult,
+)
 from securepop.access.rules import (
     ALLOW_LISTED,
     Decision,
@@ -65,13 +70,13 @@ class AccessPolicy:
         """
         @param rules: rule strings or parsed rules (L{securepop.access.rules}).
         @param mode: C{"allow-listed"} or C{"deny-listed"}.
-        @param resolver: an L{accessdns.AccessResolver}; may be L{None}
+        @param resolver: an L{securepop.access.dns.AccessResolver}; may be L{None}
             when no rule needs DNS (no host rules, and no domain rules or
             C{reverse_dns} off).
         @param clock: IReactorTime (host-name refresh timers).
         @param reverse_dns: when false, no reverse lookup is ever made.
         @param dns_failure: C{"no-match"} or C{"decline"}.
-        @param hostWatcher: an L{accessdns.HostAddressWatcher} to use
+        @param hostWatcher: an L{HostAddressWatcher} to use
             instead of building one (tests).
         @raise ValueError: bad mode, bad dns_failure, a bad rule, or a
             rule that needs a resolver when none is given.
@@ -95,7 +100,7 @@ class AccessPolicy:
         if resolver is None and (hostNames or (self.domainRules and self.reverseDNS)):
             raise ValueError("host: and domain: rules need a DNS resolver")
         if hostWatcher is None and hostNames:
-            hostWatcher = accessdns.HostAddressWatcher(resolver, clock, hostNames)
+            hostWatcher = HostAddressWatcher(resolver, clock, hostNames)
         self.hostWatcher = hostWatcher
 
     def start(self) -> defer.Deferred:
@@ -113,11 +118,6 @@ class AccessPolicy:
         """Stop refreshing host names."""
         if self.hostWatcher is not None:
             self.hostWatcher.stop()
-
-    @property
-    def needsReverseDNS(self) -> bool:
-        """Whether some connection may cause a reverse lookup."""
-        return bool(self.domainRules) and self.reverseDNS
 
     def _matchesAddress(self, rule, ip) -> bool:
         if isinstance(rule, NetworkRule):
@@ -160,12 +160,12 @@ class AccessPolicy:
         return d
 
     def _decideByName(self, result, ip) -> Decision:
-        if result.status == accessdns.CONFIRMED:
+        if result.status == CONFIRMED:
             for rule in self.domainRules:
                 if rule.matchesName(result.name):
                     return self._matched(rule, f"{ip} ({result.name})")
             return self._noMatch(f"{ip} is {result.name}: no rule matches")
-        if result.status == accessdns.FAILED:
+        if result.status == FAILED:
             if self.dnsFailure == DNS_FAILURE_DECLINE:
                 return Decision(
                     False, None, f"declined: reverse DNS failed ({result.reason})"
@@ -177,7 +177,7 @@ class AccessPolicy:
 
     def _lookupError(self, failure, ip):
         _log.failure("access check for {ip} failed", failure, ip=str(ip))
-        result = accessdns.ReverseResult(accessdns.FAILED, None, "internal error")
+        result = ReverseResult(FAILED, None, "internal error")
         return self._decideByName(result, ip)
 
     def describe(self) -> list:

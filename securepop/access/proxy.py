@@ -84,6 +84,13 @@ def _twistedAddress(ip, port):
     return IPv6Address("TCP", str(ip), port)
 
 
+def _hostOf(address):
+    """The IP of an IPv4/IPv6 address, or L{None} (a UNIX socket, ...)."""
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return address.host
+    return None
+
+
 def _v1Port(raw: bytes) -> int:
     if not raw.isdigit() or len(raw) > 5 or (len(raw) > 1 and raw[:1] == b"0"):
         raise ProxyHeaderError(f"bad port {raw[:8]!r}")
@@ -280,7 +287,7 @@ class ProxyProtocolWrapper(policies.ProtocolWrapper):
         self._cancelTimer()
         _log.warn(
             "access.proxy_header_refused peer={peer} reason={reason}",
-            peer=str(getattr(self._proxyPeer, "host", self._proxyPeer)), reason=reason,
+            peer=str(_hostOf(self._proxyPeer) or self._proxyPeer), reason=reason,
         )
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
@@ -383,7 +390,7 @@ class ProxyProtocolFactory(policies.WrappingFactory):
 
     def isTrusted(self, address) -> bool:
         """Whether the socket peer C{address} may send a PROXY header."""
-        host = getattr(address, "host", None)
+        host = _hostOf(address)
         if host is None:
             return False
         try:

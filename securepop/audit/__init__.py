@@ -4,16 +4,8 @@ The self-audit engine behind C{securepop audit}: the administrator's
 TLS, authentication) as one repeatable command against any POP3 server.
 """
 
-from securepop.audit.engine import (
-    FAIL,
-    INFO,
-    PASS,
-    WARN,
-    Audit,
-    AuditOptions,
-    AuditResult,
-    Finding,
-)
+from securepop.audit.engine import Audit, AuditOptions
+from securepop.audit.judge import FAIL, INFO, PASS, WARN, AuditResult, Finding
 from securepop.audit.pop3client import Target, parseURL
 from securepop.audit.report import exitStatus, formatJSON, formatText, verdict
 

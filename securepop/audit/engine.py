@@ -6,15 +6,46 @@ Each check yields L{Finding}s (check name, PASS/WARN/FAIL/INFO, reason).
 No real credential is ever sent before TLS: cleartext exposure is probed
 with a made-up user name and every SASL exchange is cancelled with C{*}
 before a response would be needed.  The optional login runs only under
-TLS, and only after the certificate has been verified.
+TLS, and only after the certificate has been verified.  What each observed
+fact means is decided in L{securepop.audit.judge}.
 """
 
 import base64
-import re
 import secrets
 from dataclasses import dataclass, field
 
-import securepop.audit.tlsprobe as tlsprobe
+from securepop.audit.tlsprobe import (
+    PROTOCOL_VERSIONS,
+    WEAK_SUITE_CATEGORIES,
+    describeKey,
+    handshakeFacts,
+    makeContext,
+    offerSuites,
+    signatureHash,
+    utcNow,
+    validityWindow,
+    verifyChain,
+    verifyName,
+)
+from securepop.audit.judge import (
+    FAIL,
+    INFO,
+    PASS,
+    WARN,
+    AuditResult,
+    describe_exposure,
+    describeCapabilities,
+    judge_capa_after_stls,
+    judge_cleartext_probe,
+    judge_expiry,
+    judge_suite_answer,
+    judge_version,
+    judgeApopGreeting,
+    judgeKey,
+    judgeSignature,
+    mechanismsOf,
+    shorten,
+)
 from securepop.audit.pop3client import (
     BudgetExhausted,
     ConnectionClosed,
@@ -24,43 +55,6 @@ from securepop.audit.pop3client import (
     ProbeTimeout,
     openSocket,
 )
-
-PASS, WARN, FAIL, INFO = "PASS", "WARN", "FAIL", "INFO"
-STATUSES = (PASS, WARN, FAIL, INFO)
-
-# What each mechanism puts on the wire: True = the password itself (or an
-# equivalent bearer secret), protected only by TLS.
-PASSWORD_EXPOSING = {
-    "USER": True, "PLAIN": True, "LOGIN": True, "XOAUTH2": True,
-    "OAUTHBEARER": True,
-    "APOP": False, "CRAM-MD5": False, "DIGEST-MD5": False, "NTLM": False,
-    "GSSAPI": False, "GSS-SPNEGO": False, "EXTERNAL": False, "ANONYMOUS": False,
-    "SCRAM-SHA-1": False, "SCRAM-SHA-1-PLUS": False, "SCRAM-SHA-256": False,
-    "SCRAM-SHA-256-PLUS": False, "SCRAM-SHA-512": False,
-}
-
-APOP_TIMESTAMP = re.compile(r"<[^<>\s]{1,200}@[^<>\s]{1,200}>")
-EXPIRY_WARNING_DAYS = 14
-
-
-@dataclass(frozen=True)
-class Finding:
-    """
-    One line of the report.
-
-    @ivar check: a stable dotted name (e.g. C{"cleartext.user-pass"}).
-    @ivar status: one of PASS, WARN, FAIL, INFO.
-    @ivar reason: why, in one sentence (never a credential).
-    """
-
-    check: str
-    status: str
-    reason: str
-
-    def __post_init__(self):
-        if self.status not in STATUSES:
-            raise ValueError(f"unknown status {self.status!r}")
-
 
 @dataclass(frozen=True)
 class AuditOptions:
@@ -90,75 +84,6 @@ class AuditOptions:
         return self.servername or self.target.host
 
 
-@dataclass
-class AuditResult:
-    """
-    @ivar declined: True when the server declined our connection before
-        greeting (the rest could not be audited).
-    """
-
-    target: object
-    findings: list = field(default_factory=list)
-    declined: bool = False
-    sourceAddress: str = None
-
-    def add(self, check, status, reason):
-        self.findings.append(Finding(check, status, reason))
-
-    def status(self, check):
-        for finding in self.findings:
-            if finding.check == check:
-                return finding.status
-        return None
-
-
-def mechanismsOf(capabilities, greeting=None):
-    """
-    @return: the login methods the capabilities announce, as names in
-        L{PASSWORD_EXPOSING} style (C{"USER"} for USER/PASS, C{"APOP"} when the
-        greeting carries a timestamp).
-    """
-    names = []
-    if "USER" in capabilities:
-        names.append("USER")
-    names.extend(m for m in capabilities.get("SASL", ()) if m not in names)
-    if greeting is not None and APOP_TIMESTAMP.search(greeting.text):
-        names.append("APOP")
-    return names
-
-
-def exposingMechanisms(names):
-    """
-    @return: (exposing, not exposing, unknown) lists.
-    """
-    exposing = [n for n in names if PASSWORD_EXPOSING.get(n) is True]
-    safe = [n for n in names if PASSWORD_EXPOSING.get(n) is False]
-    unknown = [n for n in names if n not in PASSWORD_EXPOSING]
-    return exposing, safe, unknown
-
-
-def classifyCleartextAnswer(response):
-    """
-    Judge the answer to a USER or AUTH probe sent before TLS.
-
-    @return: True when the server accepted it (C{+OK} to USER, a C{+}
-        continuation to AUTH), False when it refused.
-    """
-    return response.ok or response.continuation
-
-
-def describeCapabilities(capabilities):
-    parts = []
-    for name, args in capabilities.items():
-        parts.append(" ".join((name,) + tuple(args)))
-    return ", ".join(parts) if parts else "nothing"
-
-
-def shorten(text, limit=120):
-    text = text.replace("\r", "\\r").replace("\n", "\\n")
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 class Audit:
     """
     Run every check against one server.
@@ -166,7 +91,7 @@ class Audit:
     Usage: C{Audit(AuditOptions(...)).run()} returns an L{AuditResult}.
     """
 
-    def __init__(self, options, now=tlsprobe.utcNow):
+    def __init__(self, options, now=utcNow):
         self.options = options
         self.now = now
         self.budget = ProbeBudget(options.maxConnections, options.maxSeconds)
@@ -187,7 +112,7 @@ class Audit:
                          self.options.timeout, self.budget)
 
     def _context(self, version=None):
-        return tlsprobe.makeContext(version)
+        return makeContext(version)
 
     def _connect(self, probe, context=None):
         """Connect and demand a +OK greeting."""
@@ -321,18 +246,13 @@ class Audit:
             except ProbeError as e:
                 r.add("stls.works", FAIL, f"STLS answered +OK but {e}")
                 return
-            self.facts = tlsprobe.handshakeFacts(probe.tls)
+            self.facts = handshakeFacts(probe.tls)
             self.tlsWorks = True
             r.add("stls.works", PASS,
                   f"TLS started: {self.facts.version} {self.facts.cipher} "
                   f"({self.facts.bits}-bit)")
             response, self.capabilitiesUnderTLS = probe.capa()
-            if not response.ok:
-                r.add("stls.capa-after", WARN, f"CAPA refused under TLS: {shorten(response.text)}")
-            elif "STLS" in self.capabilitiesUnderTLS:
-                r.add("stls.capa-after", FAIL, "CAPA under TLS still offers STLS")
-            else:
-                r.add("stls.capa-after", PASS, "CAPA under TLS no longer offers STLS")
+            r.add("stls.capa-after", *judge_capa_after_stls(response, self.capabilitiesUnderTLS))
         except ProbeError as e:
             r.add("stls.works", FAIL, f"session failed: {e}")
         finally:
@@ -360,19 +280,11 @@ class Audit:
                     probe.sendRaw(b"*\r\n")   # cancel: nothing secret is ever sent
                 advertised = (mechanism in self.capabilitiesBefore if mechanism == "USER"
                               else mechanism in self.capabilitiesBefore.get("SASL", ()))
-                if classifyCleartextAnswer(answer):
+                status, reason = judge_cleartext_probe(label, line, mechanism, answer,
+                                                       advertised)
+                if status == FAIL:
                     self.cleartextAccepted.append(label)
-                    r.add(check, FAIL,
-                          f"{label} accepted before TLS (answered {answer.status} to "
-                          f"{line.split()[0]} {line.split()[1] if mechanism != 'USER' else '<made-up user>'}): "
-                          "passwords cross the network in clear")
-                elif advertised:
-                    r.add(check, WARN,
-                          f"{label} refused before TLS ({shorten(answer.status + ' ' + answer.text)}) "
-                          "but CAPA advertises it before TLS")
-                else:
-                    r.add(check, PASS,
-                          f"{label} refused before TLS: {shorten(answer.status + ' ' + answer.text)}")
+                r.add(check, status, reason)
             except ProbeError as e:
                 r.add(check, WARN, f"{label} probe failed: {e}")
             finally:
@@ -426,7 +338,7 @@ class Audit:
         r = self.result
         probe = self.mainProbe
         try:
-            self.facts = tlsprobe.handshakeFacts(probe.tls)
+            self.facts = handshakeFacts(probe.tls)
             self.tlsWorks = True
             r.add("tls.implicit", PASS,
                   f"implicit TLS: {self.facts.version} {self.facts.cipher} ({self.facts.bits}-bit)")
@@ -450,7 +362,8 @@ class Audit:
     def _versions(self):
         r = self.result
         accepted = {}
-        for name, version in tlsprobe.PROTOCOL_VERSIONS:
+        for name, version in PROTOCOL_VERSIONS:
+            refusal = ""
             try:
                 probe = self._openAtTLSStart()
             except ProbeError as e:
@@ -458,29 +371,17 @@ class Audit:
                 continue
             try:
                 probe.startTLS(self._context(version), self.options.checkedName)
-                accepted[name] = tlsprobe.handshakeFacts(probe.tls)
+                accepted[name] = handshakeFacts(probe.tls)
             except ProbeError as e:
                 accepted[name] = None
                 refusal = str(e)
             finally:
                 probe.close()
-            facts = accepted[name]
-            if name in ("1.0", "1.1"):
-                if facts:
-                    r.add(f"tls.version.{name}", FAIL,
-                          f"TLS {name} accepted ({facts.cipher}): deprecated by RFC 8996")
-                else:
-                    r.add(f"tls.version.{name}", PASS, f"TLS {name} refused")
-            elif facts:
-                r.add(f"tls.version.{name}", PASS, f"TLS {name} accepted ({facts.cipher})")
-            elif name == "1.3":
-                r.add(f"tls.version.{name}", WARN, f"TLS 1.3 not accepted: {shorten(refusal, 80)}")
-            else:
-                r.add(f"tls.version.{name}", INFO, f"TLS 1.2 not accepted: {shorten(refusal, 80)}")
+            r.add(f"tls.version.{name}", *judge_version(name, accepted[name], refusal))
 
     def _weakSuites(self):
         r = self.result
-        for key, (label, suites) in tlsprobe.WEAK_SUITE_CATEGORIES.items():
+        for key, (label, suites) in WEAK_SUITE_CATEGORIES.items():
             check = f"tls.cipher.{key}"
             try:
                 probe = self._openAtTLSStart()
@@ -488,20 +389,11 @@ class Audit:
                 r.add(check, WARN, f"{label} suites not tested: {e}")
                 continue
             try:
-                answer = tlsprobe.offerSuites(probe.sock, suites, self.options.checkedName,
+                answer = offerSuites(probe.sock, suites, self.options.checkedName,
                                               self.options.timeout)
             finally:
                 probe.close()
-            if answer.kind == "hello" and answer.suite in suites:
-                r.add(check, FAIL,
-                      f"{label} suite accepted: server chose 0x{answer.suite:04X}")
-            elif answer.kind == "hello":
-                r.add(check, WARN,
-                      f"server chose 0x{answer.suite:04X}, which was not offered")
-            elif answer.kind in ("alert", "closed"):
-                r.add(check, PASS, f"{label} suites refused")
-            else:
-                r.add(check, WARN, f"{label} probe inconclusive: {answer.kind} {answer.detail}")
+            r.add(check, *judge_suite_answer(label, suites, answer))
 
     def _certificate(self):
         r = self.result
@@ -511,24 +403,14 @@ class Audit:
             r.add("tls.cert.chain", FAIL, "server sent no certificate")
             return
         leaf = chain[0]
-        chainOK, why = tlsprobe.verifyChain(chain, o.cafile)
+        chainOK, why = verifyChain(chain, o.cafile)
         r.add("tls.cert.chain", PASS if chainOK else FAIL, why)
-        nameOK, why = tlsprobe.verifyName(leaf, o.checkedName)
+        nameOK, why = verifyName(leaf, o.checkedName)
         r.add("tls.cert.name", PASS if nameOK else FAIL, why)
         self.certificateTrusted = chainOK and nameOK
-        notBefore, notAfter = tlsprobe.validityWindow(leaf)
-        now = self.now()
-        if now < notBefore:
-            r.add("tls.cert.expiry", FAIL, f"certificate not valid before {notBefore:%Y-%m-%d %H:%M} UTC")
-        elif now > notAfter:
-            r.add("tls.cert.expiry", FAIL, f"certificate expired on {notAfter:%Y-%m-%d %H:%M} UTC")
-        elif (notAfter - now).days < EXPIRY_WARNING_DAYS:
-            r.add("tls.cert.expiry", WARN,
-                  f"certificate expires in {(notAfter - now).days} days ({notAfter:%Y-%m-%d})")
-        else:
-            r.add("tls.cert.expiry", PASS, f"certificate valid until {notAfter:%Y-%m-%d}")
-        r.add("tls.cert.key", *judgeKey(*tlsprobe.describeKey(leaf)))
-        r.add("tls.cert.signature", *judgeSignature(tlsprobe.signatureHash(leaf)))
+        r.add("tls.cert.expiry", *judge_expiry(*validityWindow(leaf), self.now()))
+        r.add("tls.cert.key", *judgeKey(*describeKey(leaf)))
+        r.add("tls.cert.signature", *judgeSignature(signatureHash(leaf)))
 
     # -- authentication --------------------------------------------------------------
 
@@ -544,13 +426,7 @@ class Audit:
         if self.capabilitiesUnderTLS is not None:
             parts.append(f"under TLS: {', '.join(under) or 'none'}")
         r.add("auth.mechanisms", INFO, "; ".join(parts) or "none announced")
-        exposing, safe, unknown = exposingMechanisms(list(dict.fromkeys(before + under)))
-        text = f"send the password itself: {', '.join(exposing) or 'none'}"
-        if safe:
-            text += f"; do not: {', '.join(safe)}"
-        if unknown:
-            text += f"; unknown: {', '.join(unknown)}"
-        r.add("auth.password-exposing", INFO, text)
+        r.add("auth.password-exposing", INFO, describe_exposure(before + under))
         if self.cleartextAccepted:
             r.add("auth.cleartext", FAIL,
                   "password-exposing login usable without TLS: "
@@ -583,20 +459,8 @@ class Audit:
                 probe.greeting = probe.readResponse()
                 if not probe.greeting.ok:
                     raise ProbeError(f"greeting was {shorten(probe.greeting.text)}")
-            if "PLAIN" in capabilities.get("SASL", ()):
-                method = "AUTH PLAIN"
-                token = base64.b64encode(
-                    b"\0" + o.user.encode("utf-8") + b"\0" + (o.password or b"")).decode()
-                answer = probe.command("AUTH PLAIN")
-                if answer.continuation:
-                    answer = probe.command(token)
-            elif "USER" in capabilities or not capabilities:
-                method = "USER/PASS"
-                answer = probe.command(f"USER {o.user}")
-                if answer.ok:
-                    probe.sendRaw(b"PASS " + (o.password or b"") + b"\r\n")
-                    answer = probe.readResponse()
-            else:
+            method, answer = send_login(probe, o.user, o.password or b"", capabilities)
+            if method is None:
                 r.add("login", INFO, "not attempted: no USER or PLAIN offered under TLS")
                 return
             if answer.ok:
@@ -614,50 +478,24 @@ class Audit:
                 probe.quit()
 
 
-def judgeApopGreeting(greeting, implicitTLS):
+def send_login(probe, user, password, capabilities):
     """
-    @param greeting: the greeting L{Response}.
-    @param implicitTLS: whether the greeting came inside TLS (pop3s).
-    @return: (status, reason) of C{cleartext.apop}: a WARN only when an APOP
-        timestamp is offered in a cleartext greeting, which invites clients
-        to send the digest before STLS.
-    """
-    offered = APOP_TIMESTAMP.search(greeting.text) is not None
-    if implicitTLS:
-        if offered:
-            return PASS, "APOP timestamp offered only inside TLS (implicit TLS)"
-        return PASS, "implicit TLS: the greeting carries no APOP timestamp"
-    if offered:
-        return WARN, ("cleartext greeting carries an APOP timestamp: clients may send the "
-                      "APOP digest before TLS, open to offline guessing, and the server "
-                      "must store the secret in clear")
-    return PASS, "cleartext greeting carries no APOP timestamp"
+    Log in on C{probe} (under verified TLS) with AUTH PLAIN when offered,
+    else USER/PASS.
 
-
-def judgeKey(kind, bits):
+    @return: C{(method, final answer)}, or C{(None, None)} when the server
+        offers neither.
     """
-    @return: (status, reason) for a certificate key.
-    """
-    if kind == "RSA":
-        if bits < 2048:
-            return FAIL, f"RSA key of {bits} bits (at least 2048 needed)"
-        return PASS, f"RSA key of {bits} bits"
-    if kind.startswith("EC "):
-        if bits < 256:
-            return FAIL, f"{kind} key of {bits} bits (at least 256 needed)"
-        return PASS, f"{kind} key of {bits} bits"
-    if kind in ("Ed25519", "Ed448"):
-        return PASS, f"{kind} key"
-    if kind == "DSA":
-        return FAIL, f"DSA key of {bits} bits (DSA is obsolete)"
-    return WARN, f"unrecognised key type {kind}"
-
-
-def judgeSignature(hashName):
-    """
-    @param hashName: the certificate signature's hash (None for EdDSA).
-    @return: (status, reason).
-    """
-    if hashName in ("md2", "md4", "md5", "sha1"):
-        return FAIL, f"certificate signed with {hashName.upper()} (collisions are practical)"
-    return PASS, f"certificate signed with {(hashName or 'EdDSA').upper()}"
+    if "PLAIN" in capabilities.get("SASL", ()):
+        token = base64.b64encode(b"\0" + user.encode("utf-8") + b"\0" + password).decode()
+        answer = probe.command("AUTH PLAIN")
+        if answer.continuation:
+            answer = probe.command(token)
+        return "AUTH PLAIN", answer
+    if "USER" in capabilities or not capabilities:
+        answer = probe.command(f"USER {user}")
+        if answer.ok:
+            probe.sendRaw(b"PASS " + password + b"\r\n")
+            answer = probe.readResponse()
+        return "USER/PASS", answer
+    return None, None

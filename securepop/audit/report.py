@@ -4,7 +4,7 @@ The audit's output: one line per check and a one-line verdict, or JSON.
 
 import json
 
-from securepop.audit.engine import FAIL, INFO, PASS, WARN
+from securepop.audit.judge import FAIL, INFO, PASS, WARN
 
 EXIT_OK = 0
 EXIT_FAIL = 1

@@ -134,27 +134,10 @@ class UsersFile:
         return users
 
     def save(self, users: dict[str, UserEntry]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".users.", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for name in sorted(users):
-                    f.write(users[name].line() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        dirfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        from securepop.fileio import atomic_write
+
+        data = "".join(users[name].line() + "\n" for name in sorted(users))
+        atomic_write(self.path, data.encode("utf-8"), 0o600)
 
     def check_permissions(self):
         """Refuse a users file others can read: it holds password equivalents."""

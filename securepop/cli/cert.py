@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from securepop import config
 from securepop.errors import ConfigError
-from securepop.tls import certificates as _certs
+from securepop.tls import issue as _certs
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 

@@ -12,29 +12,18 @@ Blocking (writes and fsyncs the whole message): call it off the reactor
 thread.
 """
 
-import errno
 import os
 import stat
 import secrets
 import socket
 import time
 
+from securepop.fileio import atomic_write, fsync_directory
 from securepop.mailstore.sizes import CHUNK_SIZE, CRLFCounter
 
 MAILDIR_SUBDIRS = ("tmp", "new", "cur")
 DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
-
-
-def fsyncDirectory(path):
-    """
-    Make the names in directory C{path} durable.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _makeDirectory(path):
@@ -70,7 +59,7 @@ def ensureMaildir(path):
         if _makeDirectory(os.path.join(path, sub)):
             created.append(os.path.join(path, sub))
     for directory in {os.path.dirname(p) for p in created}:
-        fsyncDirectory(directory)
+        fsync_directory(directory)
     return path
 
 
@@ -104,29 +93,6 @@ def _chunks(dataOrFile):
         yield chunk
 
 
-def _writeAll(fd, data):
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _publish(source, target):
-    """
-    Move C{source} to C{target} without ever replacing an existing file.
-    """
-    try:
-        os.link(source, target, follow_symlinks=False)
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
-            raise
-        if os.path.lexists(target):
-            raise FileExistsError(errno.EEXIST, "target exists", target) from None
-        os.rename(source, target)
-    else:
-        os.unlink(source)
-
-
 def deliver(maildir_path, data_or_file, now=time.time):
     """
     Deliver one message into the Maildir at C{maildir_path}, creating it
@@ -137,38 +103,21 @@ def deliver(maildir_path, data_or_file, now=time.time):
     @return: the file name in C{new/} (L{str}).
     """
     maildir = ensureMaildir(maildir_path)
-    tmpDir = os.path.join(maildir, "tmp")
-    newDir = os.path.join(maildir, "new")
-    for _ in range(10):
-        unique = uniqueName(now)
-        tmpPath = os.path.join(tmpDir, unique)
-        try:
-            fd = os.open(
-                tmpPath,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                FILE_MODE,
-            )
-        except FileExistsError:
-            continue
-        break
-    else:
-        raise FileExistsError(errno.EEXIST, "no unique name in tmp/", tmpDir)
-    try:
-        try:
-            counter = CRLFCounter()
-            for chunk in _chunks(data_or_file):
-                counter.feed(chunk)
-                _writeAll(fd, chunk)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        name = f"{unique},S={counter.rawSize},W={counter.crlfSize}"
-        _publish(tmpPath, os.path.join(newDir, name))
-    except BaseException:
-        try:
-            os.unlink(tmpPath)
-        except OSError:
-            pass
-        raise
-    fsyncDirectory(newDir)
-    return name
+    new_dir = os.path.join(maildir, "new")
+    counter = CRLFCounter()
+
+    def counted():
+        for chunk in _chunks(data_or_file):
+            counter.feed(chunk)
+            yield chunk
+
+    def in_new(tmp_path):
+        unique = os.path.basename(tmp_path)
+        return os.path.join(new_dir, f"{unique},S={counter.rawSize},W={counter.crlfSize}")
+
+    # Linked into new/, never renamed over a file there: a name clash fails
+    # the delivery instead of losing the message already delivered.
+    final = atomic_write(in_new, counted(), FILE_MODE, replace=False,
+                         temp_dir=os.path.join(maildir, "tmp"),
+                         temp_names=(uniqueName(now) for _ in range(10)))
+    return os.path.basename(final)

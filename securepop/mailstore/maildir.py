@@ -5,6 +5,10 @@ Why not L{twisted.mail.maildir.MaildirMailbox}: it moves files at DELE
 (RFC 1939 removes them at QUIT), reorders at RSET, lists subdirectories,
 has no lock and changes UIDLs when another program renames a file.
 
+Reading the snapshot (names, UIDLs, sizes, tmp/ cleanup) is
+L{securepop.mailstore.snapshot}; this module is the session's mailbox
+(L{MaildirMailbox}) and the store that opens one per login (L{MaildirStore}).
+
 Decisions:
  - B{Snapshot}: C{new/} and C{cur/} are read once, when the mailbox is
    opened.  Only regular files count: subdirectories, symlinks (a symlink
@@ -31,37 +35,38 @@ Decisions:
 """
 
 import errno
-import hashlib
-import json
 import os
-import re
 import shutil
-import threading
 import time
 
 from twisted.internet import defer, task, threads
 from zope.interface import implementer
 
 from securepop.errors import SecurePOPError
+from securepop.fileio import fsync_directory
 from securepop.interfaces import ISecureMailbox
-import securepop.mailstore.lock as lockModule
-from securepop.mailstore.delivery import (
-    ensureMaildir,
-    fsyncDirectory,
-    FILE_MODE,
+from securepop.mailstore.lock import (
+    DEFAULT_METHOD,
+    DEFAULT_STALE_AFTER,
+    acquire as acquire_lock,
 )
+from securepop.mailstore.delivery import ensureMaildir
 from securepop.mailstore.paths import confine, mailbox_path, mailRoot
-from securepop.mailstore.sizes import crlfSizeOfPath, openRegularFile
+from securepop.mailstore.sizes import openRegularFile
+from securepop.mailstore.snapshot import (
+    SizesUnknown,
+    assignUidls,
+    cleanTmpSometimes,
+    computeSizes,
+    known_message_count,
+    scanMaildir,
+    uniquePart,
+)
 
-SIZE_CACHE_NAME = "securepop-sizes.json"
 LOCK_NAME = "securepop.lock"
-_CACHE_VERSION = 2
 # Maildirs up to this many messages (when last opened) are opened on the
 # reactor thread (L{MaildirStore._openQuickly}).
 INLINE_OPEN_MAX_MESSAGES = 1000
-_UIDL_RE = re.compile(rb"[\x21-\x7e]{1,70}")
-_HASHED_RE = re.compile(rb"h[0-9a-f]{40}")
-_FIELD_RE = re.compile(r"^([A-Za-z])=(\d+)$")
 
 
 class MessageGone(IndexError):
@@ -82,306 +87,6 @@ class CommitIncomplete(SecurePOPError):
     def __init__(self, failed):
         self.failed = failed
         super().__init__(f"{failed} marked message(s) not removed")
-
-
-def uniquePart(name):
-    """
-    @return: the unique base of a Maildir file name (before "," or ":").
-    """
-    return re.split("[,:]", name, maxsplit=1)[0]
-
-
-def uidlFor(unique):
-    """
-    @type unique: L{str} (file system encoding, surrogateescape)
-    @return: the UIDL (L{bytes}, 1-70 octets in 0x21-0x7E).
-    """
-    raw = os.fsencode(unique)
-    if _UIDL_RE.fullmatch(raw) and not _HASHED_RE.fullmatch(raw):
-        return raw
-    return b"h" + hashlib.sha256(raw).hexdigest()[:40].encode("ascii")
-
-
-def nameFields(name):
-    """
-    @return: C{dict} of the C{,X=<digits>} fields of the base name
-        (e.g. C{{"S": 1234, "W": 1260}}).
-    """
-    base = name.split(":", 1)[0]
-    fields = {}
-    for part in base.split(",")[1:]:
-        match = _FIELD_RE.match(part)
-        if match:
-            fields[match.group(1)] = int(match.group(2))
-    return fields
-
-
-class MessageEntry:
-    """
-    One message of the snapshot.
-
-    @ivar subdir: "new" or "cur"; @ivar name: the file name at snapshot;
-    @ivar unique: its unique base; @ivar rawSize: octets on disk;
-    @ivar mtimeNs: mtime; @ivar crlfSize: POP3 size or None until known;
-    @ivar uidl: bytes.
-    """
-
-    __slots__ = ("subdir", "name", "unique", "rawSize", "mtimeNs", "crlfSize", "uidl")
-
-    def __init__(self, subdir, name, rawSize, mtimeNs):
-        self.subdir = subdir
-        self.name = name
-        self.unique = uniquePart(name)
-        self.rawSize = rawSize
-        self.mtimeNs = mtimeNs
-        self.crlfSize = None
-        self.uidl = None
-
-
-def scanMaildir(maildirPath):
-    """
-    List the regular, non-hidden files of C{new/} and C{cur/} in delivery
-    order.  Slow for big mailboxes (a stat per file): off the reactor.
-
-    @rtype: L{list} of L{MessageEntry}
-    """
-    entries = []
-    for subdir in ("new", "cur"):
-        try:
-            iterator = os.scandir(os.path.join(maildirPath, subdir))
-        except FileNotFoundError:
-            continue
-        with iterator:
-            for dirEntry in iterator:
-                if dirEntry.name.startswith("."):
-                    continue
-                try:
-                    if not dirEntry.is_file(follow_symlinks=False):
-                        continue
-                    stat = dirEntry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # removed while we looked
-                entries.append(MessageEntry(subdir, dirEntry.name, stat.st_size, stat.st_mtime_ns))
-    entries.sort(key=lambda entry: (entry.mtimeNs, entry.name))
-    return entries
-
-
-TMP_MAX_AGE = 36 * 3600
-
-
-# When each Maildir's tmp/ was last cleaned by this process: a file there
-# must be 36 hours old to go, so once an hour is as good as every login.
-TMP_CLEAN_INTERVAL = 3600.0
-_tmpCleaned = {}
-_TMP_CLEANED_MAX = 100_000
-
-
-def cleanTmpSometimes(maildirPath, now, interval=TMP_CLEAN_INTERVAL):
-    """
-    L{cleanTmp}, at most once per C{interval} seconds per Maildir.
-
-    @return: how many files were removed (0 when skipped).
-    """
-    last = _tmpCleaned.get(maildirPath)
-    if last is not None and 0 <= now - last < interval:
-        return 0
-    if len(_tmpCleaned) >= _TMP_CLEANED_MAX:
-        _tmpCleaned.clear()
-    _tmpCleaned[maildirPath] = now
-    return cleanTmp(maildirPath, now)
-
-
-def cleanTmp(maildirPath, now, maxAge=TMP_MAX_AGE):
-    """
-    Remove files left in C{tmp/} by deliveries that died, once they are
-    older than 36 hours (the Maildir specification's rule; a delivery in
-    progress is never that old).
-
-    @return: how many were removed.
-    """
-    removed = 0
-    tmpDir = os.path.join(maildirPath, "tmp")
-    try:
-        iterator = os.scandir(tmpDir)
-    except OSError:
-        return 0
-    with iterator:
-        for dirEntry in iterator:
-            try:
-                if not dirEntry.is_file(follow_symlinks=False) and not dirEntry.is_symlink():
-                    continue
-                if now - dirEntry.stat(follow_symlinks=False).st_mtime > maxAge:
-                    os.unlink(dirEntry.path)
-                    removed += 1
-            except OSError:
-                continue
-    return removed
-
-
-def _loadSizeCache(path):
-    try:
-        fd = openRegularFile(path)
-    except OSError:
-        return {}
-    try:
-        with os.fdopen(fd, "rb") as cacheFile:
-            data = json.loads(cacheFile.read(64 * 1024 * 1024))
-        if data.get("version") != _CACHE_VERSION:
-            return {}
-        entries = data["sizes"]
-        if not isinstance(entries, dict):
-            return {}
-        return entries
-    except (OSError, ValueError, KeyError, AttributeError, TypeError):
-        return {}
-
-
-def _writeSizeCache(path, sizes):
-    """
-    Atomically replace the cache file (write, fsync, rename).
-    """
-    tmpPath = f"{path}.{os.getpid()}.tmp"
-    payload = json.dumps({"version": _CACHE_VERSION, "sizes": sizes}).encode("ascii")
-    try:
-        fd = os.open(
-            tmpPath,
-            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-            FILE_MODE,
-        )
-        try:
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmpPath, path)
-    except OSError:
-        try:
-            os.unlink(tmpPath)
-        except OSError:
-            pass  # the cache is only a cache
-
-
-class _SizeMemo:
-    """
-    The size caches of recently opened Maildirs, in memory: a login then
-    reads no cache file.  Bounded by the number of messages remembered
-    (least recently used Maildirs go first).  Entries are checked against
-    each file's size and mtime like the file cache, so a stale memo only
-    costs a recount.  Shared by the thread pool's threads, hence the lock.
-    """
-
-    def __init__(self, maxEntries=200_000):
-        self.maxEntries = maxEntries
-        self._maildirs = {}  # insertion order = least recently used first
-        self._counts = {}    # messages in the Maildir when last opened
-        self._entries = 0
-        self._lock = threading.Lock()
-
-    def get(self, path):
-        with self._lock:
-            sizes = self._maildirs.pop(path, None)
-            if sizes is not None:
-                self._maildirs[path] = sizes
-            return sizes
-
-    def count(self, path):
-        """How many messages C{path}'s Maildir had when last opened, or None."""
-        return self._counts.get(path)
-
-    def put(self, path, sizes, count=None):
-        """
-        @param sizes: the cache entries (messages without C{,W=});
-        @param count: all messages of the Maildir (default: C{len(sizes)}).
-        """
-        with self._lock:
-            old = self._maildirs.pop(path, None)
-            if old is not None:
-                self._entries -= len(old) + 1
-                del self._counts[path]
-            if len(sizes) > self.maxEntries:
-                return
-            self._maildirs[path] = sizes
-            self._counts[path] = len(sizes) if count is None else count
-            self._entries += len(sizes) + 1
-            while self._entries > self.maxEntries:
-                oldest = next(iter(self._maildirs))
-                self._entries -= len(self._maildirs.pop(oldest)) + 1
-                del self._counts[oldest]
-
-    def clear(self):
-        with self._lock:
-            self._maildirs.clear()
-            self._counts.clear()
-            self._entries = 0
-
-
-_sizeMemo = _SizeMemo()
-
-
-class SizesUnknown(Exception):
-    """
-    A message's size is neither in its name nor cached: the file must be
-    read (L{computeSizes} with C{mayCount=False}, on the reactor thread).
-    """
-
-
-def computeSizes(maildirPath, entries, cacheName=SIZE_CACHE_NAME, countFile=None,
-                 mayCount=True):
-    """
-    Fill in C{crlfSize} of every entry: from C{,W=} when C{,S=} matches the
-    file, from the cache when unique name, size and mtime match, else by
-    reading the file once; then rewrite the cache if it changed.  Slow when
-    many files must be read: off the reactor.
-    """
-    countFile = countFile or crlfSizeOfPath
-    cachePath = os.path.join(maildirPath, cacheName)
-    cached = _sizeMemo.get(cachePath)
-    if cached is None:
-        cached = _loadSizeCache(cachePath)
-    fresh = {}
-    for entry in entries:
-        fields = nameFields(entry.name)
-        if fields.get("S") == entry.rawSize and "W" in fields:
-            entry.crlfSize = fields["W"]
-            continue
-        known = cached.get(entry.unique)
-        if (
-            isinstance(known, list)
-            and len(known) == 3
-            and known[0] == entry.rawSize
-            and known[1] == entry.mtimeNs
-            and isinstance(known[2], int)
-        ):
-            entry.crlfSize = known[2]
-        else:
-            if not mayCount:
-                raise SizesUnknown(entry.name)
-            try:
-                entry.crlfSize = countFile(os.path.join(maildirPath, entry.subdir, entry.name))
-            except OSError:
-                entry.crlfSize = entry.rawSize + 2  # vanished or unreadable: best guess
-                continue
-        fresh[entry.unique] = [entry.rawSize, entry.mtimeNs, entry.crlfSize]
-    if fresh != cached:
-        _writeSizeCache(cachePath, fresh)
-    _sizeMemo.put(cachePath, fresh, len(entries))
-
-
-def assignUidls(entries):
-    """
-    Give every entry a UIDL, unique within the snapshot.
-    """
-    seen = set()
-    for entry in entries:
-        uidl = uidlFor(entry.unique)
-        if uidl in seen:  # two files with one unique name: keep both apart
-            uidl = uidlFor(entry.name.split(":", 1)[0] + "\0dup")
-        counter = 0
-        while uidl in seen:
-            counter += 1
-            uidl = uidlFor(f"{entry.name}\0{counter}")
-        seen.add(uidl)
-        entry.uidl = uidl
 
 
 def _runSynchronously(function, *args):
@@ -409,7 +114,7 @@ class MaildirMailbox:
         self._runner = runner
         self._committed = False
         self._refresher = None
-        self._refreshInterval = refreshInterval or lockModule.DEFAULT_STALE_AFTER / 6
+        self._refreshInterval = refreshInterval or DEFAULT_STALE_AFTER / 6
         if clock is not None:
             self.startRefreshing(clock)
 
@@ -428,8 +133,8 @@ class MaildirMailbox:
 
     @classmethod
     def open(cls, path, create=True, trash=None, clock=None, lockPath=None,
-             staleAfter=lockModule.DEFAULT_STALE_AFTER, runner=None,
-             lockMethod=lockModule.DEFAULT_METHOD, mayCount=True):
+             staleAfter=DEFAULT_STALE_AFTER, runner=None,
+             lockMethod=DEFAULT_METHOD, mayCount=True):
         """
         Lock the Maildir at C{path} and snapshot it.  Blocking and slow for
         big mailboxes (directory scan, sizes): call it in a thread, e.g.
@@ -446,7 +151,7 @@ class MaildirMailbox:
             called on the reactor thread; from a thread leave it None and
             call L{startRefreshing} afterwards (as L{MaildirStore.login}).
         @param lockPath: lock file; default C{<path>/securepop.lock}.
-        @param lockMethod: C{"flock"} or C{"dotlock"} (L{lockModule}).
+        @param lockMethod: C{"flock"} or C{"dotlock"} (L{securepop.mailstore.lock}).
         @param mayCount: False to raise L{SizesUnknown} (lock released)
             rather than read a message to learn its size.
         @param runner: C{runner(f, *args) -> Deferred} used by L{commit}
@@ -462,7 +167,7 @@ class MaildirMailbox:
             ensureMaildir(path)
         elif not all(os.path.isdir(os.path.join(path, sub)) for sub in ("new", "cur")):
             raise FileNotFoundError(errno.ENOENT, "no Maildir", path)
-        mailboxLock = lockModule.acquire(
+        mailboxLock = acquire_lock(
             lockPath if lockPath is not None else os.path.join(path, LOCK_NAME),
             staleAfter=staleAfter, method=lockMethod,
         )
@@ -643,7 +348,7 @@ class MaildirMailbox:
             touched.add(os.path.dirname(path))
         for directory in touched:
             try:
-                fsyncDirectory(directory)
+                fsync_directory(directory)
             except OSError:
                 failed += 1
         if failed:
@@ -710,8 +415,8 @@ class MaildirStore:
 
     def __init__(self, rootTemplate="mail/{user}/Maildir", dataDir=".", trash=None,
                  reactor=None, threadpool=None,
-                 staleAfter=lockModule.DEFAULT_STALE_AFTER, create=True,
-                 lockMethod=lockModule.DEFAULT_METHOD,
+                 staleAfter=DEFAULT_STALE_AFTER, create=True,
+                 lockMethod=DEFAULT_METHOD,
                  inlineOpenMax=INLINE_OPEN_MAX_MESSAGES):
         """
         @param reactor: IReactorTime (and IReactorThreads when C{threadpool}
@@ -780,7 +485,7 @@ class MaildirStore:
             path = self.pathFor(username, explicit)
         except ValueError:
             return None  # the thread path reports it
-        known = _sizeMemo.count(os.path.join(os.fspath(path), SIZE_CACHE_NAME))
+        known = known_message_count(path)
         if known is None or known > self.inlineOpenMax:
             return None
         try:

@@ -232,16 +232,3 @@ class MessageProducer:
         else:
             d.errback(error)
 
-
-def stuff_whole(data: bytes, top_lines=None) -> bytes:
-    """The complete wire form of a message (tests and small messages)."""
-    s = DotStuffer()
-    out = s.feed(data)
-    if top_lines is None:
-        return out + s.finish()
-    t = TopFilter(top_lines)
-    body = t.feed(out)
-    if t.done:
-        return body + b".\r\n"
-    return body + t.feed(s.finish()[:-3]) + b".\r\n"
-

@@ -192,12 +192,6 @@ def parse_negotiate(data):
     return NegotiateMessage(flags, domain, workstation, data)
 
 
-def build_negotiate(flags, version=SERVER_VERSION):
-    """A NEGOTIATE_MESSAGE without domain and workstation (for tests)."""
-    return (SIGNATURE + struct.pack("<II", NEGOTIATE_TYPE, flags)
-            + struct.pack("<HHIHHI", 0, 0, 40, 0, 0, 40) + version)
-
-
 def build_challenge(flags, server_challenge, target_name, target_info,
                     version=SERVER_VERSION):
     """
@@ -267,30 +261,6 @@ def parse_authenticate(data):
         payload_start=min(offsets, default=len(data)),
         raw=data,
     )
-
-
-def build_authenticate(flags, lm_response, nt_response, domain, user,
-                       workstation, encrypted_session_key=b"",
-                       version=SERVER_VERSION, with_mic=True):
-    """
-    An AUTHENTICATE_MESSAGE with a zero MIC field (for tests and tools;
-    a caller that needs a MIC computes it over this and splices it in at
-    offset 72).
-    """
-    unicode = bool(flags & NEGOTIATE_UNICODE)
-    payloads = [lm_response, nt_response, encode_string(domain, unicode),
-                encode_string(user, unicode),
-                encode_string(workstation, unicode), encrypted_session_key]
-    offset = _MIC_END if with_mic else _AUTHENTICATE_HEADER + len(version)
-    descriptors = b""
-    for payload in payloads:
-        descriptors += struct.pack("<HHI", len(payload), len(payload), offset)
-        offset += len(payload)
-    header = (SIGNATURE + struct.pack("<I", AUTHENTICATE_TYPE) + descriptors
-              + struct.pack("<I", flags) + version)
-    if with_mic:
-        header += b"\x00" * 16
-    return header + b"".join(payloads)
 
 
 def parse_av_pairs(data):

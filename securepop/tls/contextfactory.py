@@ -19,6 +19,7 @@ import time
 
 from OpenSSL import SSL
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet.interfaces import (
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
@@ -27,7 +28,16 @@ from zope.interface import implementer
 
 from securepop import events
 from securepop.errors import ConfigError
-import securepop.tls.certificates as _certs
+from securepop.tls.checks import (
+    CertificateProblem,
+    certificate_problems,
+    check_key_file_mode,
+    check_key_matches,
+    load_chain,
+    load_trust_roots,
+    parse_private_key,
+    read_file,
+)
 from securepop.tls.profiles import TLSPolicy
 
 RELOAD_CHECK_INTERVAL = 1.0  # seconds between two stat() rounds
@@ -53,12 +63,12 @@ class _Identity:
         self.certificate_path = certificate
         self.key_path = key
         self.hostname = hostname
-        _certs.check_key_file_mode(key)
-        self.chain = _certs.load_chain(certificate)
-        self.private_key = _certs.parse_private_key(
-            _certs.read_file(key, "tls.key"), key
+        check_key_file_mode(key)
+        self.chain = load_chain(certificate)
+        self.private_key = parse_private_key(
+            read_file(key, "tls.key"), key
         )
-        _certs.check_key_matches(self.chain[0], self.private_key, certificate, key)
+        check_key_matches(self.chain[0], self.private_key, certificate, key)
         context = policy.new_context()
         try:
             context.use_certificate(self.chain[0])
@@ -262,12 +272,6 @@ class ServerTLS:
         """
         return list(self._default.chain)
 
-    def chain_for(self, servername):
-        """
-        @return: the chain a client asking for C{servername} gets.
-        """
-        return list(self._identityFor(servername).chain)
-
     def warnings(self):
         """
         What an administrator should fix, without stopping the start: the
@@ -275,26 +279,26 @@ class ServerTLS:
         does not cover its name, a certificate expired or expires within 30
         days, a chain is incomplete.
 
-        @return: list of L{securepop.tls.certificates.CertificateProblem}.
+        @return: list of L{securepop.tls.CertificateProblem}.
         """
         trustRoots = self._trust_roots
         if trustRoots is None:
-            trustRoots = self._trust_roots = _certs.load_trust_roots()
+            trustRoots = self._trust_roots = load_trust_roots()
         now = datetime.datetime.fromtimestamp(
             self.clock.seconds(), datetime.timezone.utc
         )
-        problems = _certs.certificate_problems(
+        problems = certificate_problems(
             self._default.chain, self.hostname, now, trustRoots
         )
         for name, identity in sorted(self._byName.items()):
             checkName = name[2:] if name.startswith("*.") else name
             if name.startswith("*."):
                 checkName = "x." + checkName
-            for problem in _certs.certificate_problems(
+            for problem in certificate_problems(
                 identity.chain, checkName, now, trustRoots
             ):
                 problems.append(
-                    _certs.CertificateProblem(
+                    CertificateProblem(
                         problem.code, f"SNI {name}: {problem.message}"
                     )
                 )
@@ -374,8 +378,6 @@ def channel_binding(transport, kind="tls-server-end-point"):
         certificate = connection.get_certificate(as_cryptography=True)
         if certificate is None:
             return None
-        from cryptography.hazmat.primitives.serialization import Encoding
-
         der = certificate.public_bytes(Encoding.DER)
         return hashlib.new(_endPointHash(certificate), der).digest()
     if kind == "tls-exporter":

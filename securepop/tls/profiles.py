@@ -248,7 +248,7 @@ class TLSPolicy:
             | SSL.OP_CIPHER_SERVER_PREFERENCE
             | SSL.OP_SINGLE_ECDH_USE
         )
-        options |= getattr(SSL, "OP_NO_RENEGOTIATION", 0)
+        options |= SSL.OP_NO_RENEGOTIATION
         context.set_options(options)
         context.set_cipher_list(self.cipher_string())
         context.set_tls13_ciphersuites(":".join(self.tls13_suites).encode("ascii"))

@@ -129,7 +129,7 @@ class MemoryMailbox:
 
 
 def _crlf(data):
-    from securepop.protocol.streaming import stuff_whole
+    from securepop.testing.pop3 import stuff_whole
 
     # The size a client counts: the stuffed form minus the stuffing and the terminator.
     wire = stuff_whole(data)[:-3]

@@ -11,7 +11,8 @@ import re
 import pytest
 from hypothesis import assume, example, given, strategies as st
 
-from securepop.protocol.streaming import DotStuffer, MessageProducer, TopFilter, stuff_whole
+from securepop.protocol.streaming import DotStuffer, MessageProducer, TopFilter
+from securepop.testing.pop3 import stuff_whole
 from tests.fuzz.harness import corpus, fuzz_settings
 
 # Bytes rich in what matters here: CR, LF, dots, and the blank line.

@@ -31,7 +31,7 @@ from securepop.protocol.server import POP3Factory
 from securepop.protocol.streaming import MessageProducer
 from securepop.sasl import registry
 from securepop.tls.contextfactory import ServerTLS
-from securepop.tls import testing as tlstesting
+from securepop.testing import tls as tlstesting
 
 
 PASSWORD = b"s3cret pass"

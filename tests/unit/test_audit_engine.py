@@ -1,27 +1,14 @@
 """
-Tests for L{securepop.audit.engine}: the judgement of each fact, without a
-network (the checks against real servers are in tests/integration).
+Tests for L{securepop.audit.engine}: the checks' findings from given facts,
+without a network (the checks against real servers are in tests/integration).
 """
 
 import datetime
 
 import pytest
 
-from securepop.audit import engine
-from securepop.audit.engine import (
-    FAIL,
-    INFO,
-    PASS,
-    WARN,
-    Audit,
-    AuditOptions,
-    Finding,
-    classifyCleartextAnswer,
-    exposingMechanisms,
-    judgeKey,
-    judgeSignature,
-    mechanismsOf,
-)
+from securepop.audit.engine import Audit, AuditOptions
+from securepop.audit.judge import FAIL, INFO, PASS, WARN, Finding
 from securepop.audit.pop3client import Response, parseURL
 from securepop.audit.tlsprobe import HandshakeFacts
 
@@ -34,12 +21,6 @@ def options(url="pop3://127.0.0.1:1110", **kw):
     return AuditOptions(target=parseURL(url), **kw)
 
 
-def test_findingStatusIsChecked():
-    assert Finding("x", PASS, "ok").status == PASS
-    with pytest.raises(ValueError):
-        Finding("x", "OK", "no such status")
-
-
 def test_optionsNeverShowThePassword():
     o = options(user="alice", password=b"s3cr3t-pw")
     assert "s3cr3t-pw" not in repr(o)
@@ -47,34 +28,8 @@ def test_optionsNeverShowThePassword():
     assert options(servername="mail.example.com").checkedName == "mail.example.com"
 
 
-def test_mechanismsOf():
-    greeting = Response("+OK", "ready <1896.697170952@dbc.mtview.ca.us>")
-    caps = {"USER": (), "SASL": ("PLAIN", "CRAM-MD5")}
-    assert mechanismsOf(caps, greeting) == ["USER", "PLAIN", "CRAM-MD5", "APOP"]
-    assert mechanismsOf({}, Response("+OK", "ready")) == []
-    assert mechanismsOf({"SASL": ()}) == []
-
-
-def test_apopTimestampNeedsTheShape():
-    assert engine.APOP_TIMESTAMP.search("<1.2@host>")
-    assert not engine.APOP_TIMESTAMP.search("ready <no-at-sign>")
-    assert not engine.APOP_TIMESTAMP.search("ready")
-
-
 STAMPED = Response("+OK", "ready <1896.697170952@dbc.mtview.ca.us>")
 UNSTAMPED = Response("+OK", "securepop ready")
-
-
-@pytest.mark.parametrize("greeting, implicitTLS, status", [
-    (STAMPED, False, WARN),        # a timestamp in clear: APOP before TLS
-    (UNSTAMPED, False, PASS),
-    (STAMPED, True, PASS),         # the greeting itself is inside TLS
-    (UNSTAMPED, True, PASS),
-])
-def test_judgeApopGreeting(greeting, implicitTLS, status):
-    got, reason = engine.judgeApopGreeting(greeting, implicitTLS)
-    assert got == status, reason
-    assert ("before TLS" in reason) == (status == WARN)
 
 
 def test_apopUnderImplicitTLSIsListedUnderTLS():
@@ -92,42 +47,6 @@ def test_apopInACleartextGreetingIsListedBeforeTLSOnly():
     audit.capabilitiesUnderTLS = {"USER": ()}
     f = authFindings(audit)
     assert f["auth.mechanisms"].reason == "before TLS: APOP; under TLS: USER"
-
-
-def test_exposingMechanisms():
-    exposing, safe, unknown = exposingMechanisms(
-        ["USER", "PLAIN", "LOGIN", "SCRAM-SHA-256", "NTLM", "X-WEIRD", "XOAUTH2"])
-    assert exposing == ["USER", "PLAIN", "LOGIN", "XOAUTH2"]
-    assert safe == ["SCRAM-SHA-256", "NTLM"]
-    assert unknown == ["X-WEIRD"]
-
-
-@pytest.mark.parametrize("response, accepted", [
-    (Response("+OK", ""), True),
-    (Response("+", ""), True),
-    (Response("+", "VXNlcm5hbWU6"), True),
-    (Response("-ERR", "[AUTH] Plaintext authentication disallowed"), False),
-    (Response("-ERR", "not allowed without TLS"), False),
-    (Response("?", "garbage"), False),
-])
-def test_classifyCleartextAnswer(response, accepted):
-    assert classifyCleartextAnswer(response) is accepted
-
-
-@pytest.mark.parametrize("kind, bits, status", [
-    ("RSA", 4096, PASS), ("RSA", 2048, PASS), ("RSA", 1024, FAIL),
-    ("EC secp256r1", 256, PASS), ("EC secp192r1", 192, FAIL),
-    ("Ed25519", 256, PASS), ("DSA", 2048, FAIL), ("Mystery", 0, WARN),
-])
-def test_judgeKey(kind, bits, status):
-    assert judgeKey(kind, bits)[0] == status
-
-
-@pytest.mark.parametrize("name, status", [
-    ("sha256", PASS), ("sha384", PASS), (None, PASS), ("sha1", FAIL), ("md5", FAIL),
-])
-def test_judgeSignature(name, status):
-    assert judgeSignature(name)[0] == status
 
 
 # -- certificate findings with a fixed "now" ---------------------------------------------

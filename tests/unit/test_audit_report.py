@@ -4,7 +4,7 @@ Tests for L{securepop.audit.report}: verdict, exit status, text and JSON.
 
 import json
 
-from securepop.audit.engine import FAIL, INFO, PASS, WARN, AuditResult
+from securepop.audit.judge import FAIL, INFO, PASS, WARN, AuditResult
 from securepop.audit.pop3client import parseURL
 from securepop.audit.report import (
     EXIT_DECLINED,

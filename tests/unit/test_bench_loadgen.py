@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bench import loadgen, run
-from securepop.protocol.streaming import stuff_whole
+from securepop.testing.pop3 import stuff_whole
 
 MESSAGE = b"Subject: x\r\n\r\n.dotted\r\nplain\r\n..two\r\n"
 

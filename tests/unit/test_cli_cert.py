@@ -12,7 +12,7 @@ from cryptography import x509
 
 from securepop.cli import cert
 from securepop.tls import certificates as certs
-from securepop.tls import testing
+from securepop.testing import tls as testing
 
 CA = testing.TestCA()
 HOST = "mail.example.test"

@@ -240,7 +240,7 @@ def _target_names(auth, hostname="mail.example.test"):
 
     from twisted.internet.task import Clock
 
-    from securepop.sasl import ntlm_messages as m
+    from securepop.testing import ntlm as m
     from securepop.sasl.ntlm import NTLMMechanism
 
     context = SimpleNamespace(hostname=hostname, settings=auth, clock=Clock(), secure=True)

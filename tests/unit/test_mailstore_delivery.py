@@ -9,7 +9,8 @@ import pytest
 
 from securepop.mailstore import delivery as deliveryModule
 from securepop.mailstore.delivery import deliver, ensureMaildir, uniqueName
-from securepop.mailstore.maildir import MaildirMailbox, nameFields
+from securepop.mailstore.maildir import MaildirMailbox
+from securepop.mailstore.snapshot import nameFields
 
 
 def listing(maildir):

@@ -19,9 +19,8 @@ from securepop.mailstore.maildir import (
     MaildirMailbox,
     MaildirStore,
     MessageGone,
-    SIZE_CACHE_NAME,
-    uidlFor,
 )
+from securepop.mailstore.snapshot import SIZE_CACHE_NAME
 
 
 def place(maildir, subdir, name, data, mtime):
@@ -301,23 +300,6 @@ def test_uidl_ignores_size_fields(maildir):
         assert mailbox.getUidl(0) == b"1000.A.host"
 
 
-@pytest.mark.parametrize(
-    "unique",
-    ["with space", "caf\u00e9", "x" * 71, "tab\there", "h" + "0" * 40, "\udcff"],
-)
-def test_uidl_hashed_when_not_printable(unique):
-    uidl = uidlFor(unique)
-    assert 1 <= len(uidl) <= 70
-    assert all(0x21 <= octet <= 0x7E for octet in uidl)
-    assert uidl != os.fsencode(unique)
-    assert uidl == uidlFor(unique)  # stable
-
-
-def test_uidl_kept_when_printable():
-    assert uidlFor("x" * 70) == b"x" * 70
-    assert uidlFor("1.M2P3.host") == b"1.M2P3.host"
-
-
 def test_uidls_unique_in_snapshot(maildir):
     # two files with one unique base (a broken MDA): UIDLs still differ
     place(maildir, "new", "1000.A.host", b"a\n", 1000)
@@ -434,31 +416,6 @@ def test_size_memo_spares_the_cache_file_and_follows_changes(maildir, monkeypatc
     place(maildir, "cur", "1000.A.host:2,", b"a\nb\nc\n", 2000)
     with MaildirMailbox.open(maildir) as mailbox:
         assert mailbox.listMessages() == [9]
-
-
-def test_size_memo_is_bounded_by_messages():
-    memo = maildirModule._SizeMemo(maxEntries=7)       # a Maildir counts 1 + its entries
-    memo.put("a", {str(i): [1, 1, 1] for i in range(3)}, count=10)
-    memo.put("b", {str(i): [1, 1, 1] for i in range(1)})
-    assert memo.get("a") is not None and memo.count("a") == 10   # a: most recent
-    memo.put("c", {"x": [1, 1, 1]})                     # 8 > 7: the oldest (b) goes
-    assert memo.get("b") is None and memo.count("b") is None
-    assert memo.get("a") and memo.get("c")
-    memo.put("huge", {str(i): [1, 1, 1] for i in range(8)})   # never held at all
-    assert memo.get("huge") is None and memo._entries <= 7
-    memo.put("a", {})                                   # replaced, counted again
-    assert memo._entries == 3 and memo.count("a") == 0
-
-
-def test_tmp_cleaned_at_most_once_an_hour(maildir):
-    old = 1000.0
-    place(maildir, "tmp", "1.dead.host", b"half", old)
-    now = old + maildirModule.TMP_MAX_AGE + 10
-    assert maildirModule.cleanTmpSometimes(maildir, now) == 1
-    place(maildir, "tmp", "2.dead.host", b"half", old)
-    assert maildirModule.cleanTmpSometimes(maildir, now + 60) == 0      # skipped
-    assert os.path.exists(os.path.join(maildir, "tmp", "2.dead.host"))
-    assert maildirModule.cleanTmpSometimes(maildir, now + 3601) == 1    # an hour later
 
 
 def test_size_fields_in_name_avoid_reading(maildir, monkeypatch):

@@ -12,7 +12,8 @@ from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 from twisted.internet.interfaces import IPushProducer
 
-from securepop.protocol.streaming import DotStuffer, MessageProducer, TopFilter, stuff_whole
+from securepop.protocol.streaming import DotStuffer, MessageProducer, TopFilter
+from securepop.testing.pop3 import stuff_whole
 
 LINE_BYTES = st.sampled_from([b".", b"\r", b"\n", b"\r\n", b"a", b"..", b"\x00", b"\xff", b" "])
 MESSAGES = st.lists(LINE_BYTES, max_size=60).map(b"".join) | st.binary(max_size=300)

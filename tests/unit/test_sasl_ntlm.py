@@ -16,7 +16,7 @@ from securepop.interfaces import (
     NT_HASH, NTLM_DELEGATE, ISASLContext, ISASLExchange, ISASLMechanism,
     ISecretCredentials, IVerifiedCredentials,
 )
-from securepop.sasl import ntlm_messages as m
+from securepop.testing import ntlm as m
 from securepop.sasl.base import Challenge
 from securepop.sasl.ntlm import (
     NTLM, NTLM_DELEGATED, INTLMDelegate, NTLMCredentials, NTLMMechanism,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from securepop.errors import SASLError
-from securepop.sasl import ntlm_messages as m
+from securepop.testing import ntlm as m
 
 from tests.unit.nlmp_vectors import SPEC_AUTHENTICATE, SPEC_CHALLENGE  # noqa: E402
 

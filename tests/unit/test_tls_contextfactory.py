@@ -22,7 +22,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface.verify import verifyObject
 
 from securepop.errors import ConfigError
-from securepop.tls import ServerTLS, TLSPolicy, channel_binding, testing, tls_facts
+from securepop.testing import tls as testing
+from securepop.tls import ServerTLS, TLSPolicy, channel_binding, tls_facts
 
 CA = testing.TestCA()
 
@@ -63,7 +64,7 @@ def make(files, clock=None, **kw):
 
 
 def leafNames(chain):
-    from securepop.tls.certificates import subject_alt_names
+    from securepop.tls.checks import subject_alt_names
 
     return subject_alt_names(chain[0])
 
@@ -234,7 +235,7 @@ def test_sni_selects_certificate(files):
         result = connect(serverTLS, servername=servername)
         assert result.ok, (servername, result.error)
         assert leafNames(result.peer_chain()) == [expected], servername
-        assert serverTLS.chain_for(servername)[0] == result.peer_chain()[0]
+        assert testing.chain_for(serverTLS, servername)[0] == result.peer_chain()[0]
 
 
 def test_sni_entry_with_bad_key_refused(files):

@@ -5,7 +5,7 @@ TLS profiles: what each one enables, proven by handshakes in memory.
 import pytest
 from OpenSSL import SSL
 
-from securepop.tls import testing
+from securepop.testing import tls as testing
 from securepop.tls.profiles import CIPHER_BITS, GROUPS, TLSPolicy
 
 _CA = testing.TestCA(intermediate=False)

@@ -3,12 +3,28 @@ Tests for L{securepop.tls.transport}: the lean TLS layer (real TLS in
 memory over iosim, no reactor).
 """
 
+import ast
+import hashlib
+import inspect
+import re
+import socket
+import textwrap
+from configparser import ConfigParser
+from pathlib import Path
+
+import twisted
+from twisted.internet import _newtls, tcp, unix
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import ISSLTransport, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.protocols.tls import (
+    BufferingTLSTransport,
+    TLSMemoryBIOFactory,
+    TLSMemoryBIOProtocol,
+)
 from twisted.test import iosim
 from zope.interface.verify import verifyObject
 
@@ -17,9 +33,10 @@ from types import SimpleNamespace
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from securepop.tls import testing as tlstesting
+from securepop.testing import tls as tlstesting
 from securepop.tls.contextfactory import ServerTLS
 from securepop.tls.profiles import TLSPolicy
+from securepop.tls import transport
 from securepop.tls.transport import BATCH_LIMIT, ServerTLSFactory, ServerTLSProtocol, startTLS
 
 
@@ -178,11 +195,6 @@ class SocketPair:
     """
 
     def __init__(self, creator, ca, sndbuf=None):
-        import socket
-
-        from twisted.internet import tcp
-        from twisted.internet.testing import MemoryReactor
-
         self.ours, self.peer = socket.socketpair()
         if sndbuf:
             self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
@@ -282,3 +294,151 @@ def test_what_the_socket_refuses_is_queued_in_order(creator, ca):
 
 def test_other_transports_are_not_sent_on_directly(ours):
     assert ours.proto._socketOwner is None        # iosim: Twisted's write path
+
+
+# -- Twisted's private names -------------------------------------------------
+#
+# securepop.tls.transport overrides and copies private Twisted code.  These
+# tests fail, naming what changed, when a Twisted release renames or rewrites
+# it: then re-read that Twisted code, adapt transport.py, and widen the pin
+# in setup.cfg.
+
+# (owner, name, what securepop.tls.transport does with it)
+PRIVATE_METHODS = [
+    (TLSMemoryBIOProtocol, "_flushSendBIO",
+     "ServerTLSProtocol overrides it: Twisted calls it to send what OpenSSL produced"),
+    (TLSMemoryBIOProtocol, "_write", "ServerTLSProtocol encrypts its batches with it"),
+    (TLSMemoryBIOProtocol, "_checkHandshakeStatus",
+     "ServerTLSProtocol.makeConnection starts the handshake with it"),
+]
+# Attributes of a connected TLSMemoryBIOProtocol (set by Twisted's code).
+PRIVATE_PROTOCOL_ATTRIBUTES = [
+    ("_tlsConnection", "the pyOpenSSL connection ServerTLSProtocol reads and writes"),
+    ("_appSendBuffer", "initialised by ServerTLSProtocol.makeConnection"),
+    ("_connectWrapped", "read by ServerTLSProtocol.makeConnection"),
+    ("_producer", "read by ServerTLSProtocol.write"),
+]
+# The TCP connection's write buffer, read to decide whether TLS bytes may go
+# straight to the socket.
+PRIVATE_CONNECTION_ATTRIBUTES = [
+    ("dataBuffer", "bytes queued before ours"),
+    ("_tempDataLen", "bytes queued before ours"),
+    ("_writeDisconnected", "the write side was closed"),
+]
+
+# Twisted functions whose code securepop.tls.transport copies, with the
+# fingerprints (docstring and comments left out) of the versions it was
+# checked against.
+COPIED = {
+    "twisted.protocols.tls.TLSMemoryBIOProtocol.makeConnection":
+        (TLSMemoryBIOProtocol.makeConnection, {"a7cc8000dcfdab5d"},   # 26.10.0
+         "ServerTLSProtocol.makeConnection"),
+    "twisted.internet._newtls.startTLS":
+        (_newtls.startTLS, {"8f5a01a49e8d8e49"},                      # 26.10.0
+         "securepop.tls.transport.startTLS"),
+    "twisted.protocols.tls.TLSMemoryBIOProtocol.write":
+        (TLSMemoryBIOProtocol.write, {"1db0b9b6fdcb1640"},            # 26.10.0
+         "ServerTLSProtocol.write"),
+}
+
+
+def fingerprint(function):
+    node = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0]
+    if node.body and isinstance(node.body[0], ast.Expr) \
+            and isinstance(node.body[0].value, ast.Constant):
+        node.body = node.body[1:]
+    node.name = "f"
+    return hashlib.sha256(ast.unparse(node).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("owner, name, use", PRIVATE_METHODS,
+                         ids=[n for _, n, _ in PRIVATE_METHODS])
+def test_private_twisted_methods_exist(owner, name, use):
+    assert callable(getattr(owner, name, None)), (
+        f"Twisted {twisted.__version__} has no {owner.__qualname__}.{name}: {use}; "
+        f"securepop.tls.transport must be adapted to this Twisted")
+
+
+def test_private_protocol_attributes_exist(ours):
+    missing = [f"TLSMemoryBIOProtocol.{name} ({use})"
+               for name, use in PRIVATE_PROTOCOL_ATTRIBUTES
+               if not hasattr(ours.proto, name)]
+    assert not missing, (
+        f"Twisted {twisted.__version__} no longer sets: {', '.join(missing)}; "
+        f"securepop.tls.transport must be adapted to this Twisted")
+
+
+def test_private_factory_attribute_exists(creator):
+    factory = ServerTLSFactory(creator, Factory.forProtocol(Protocol))
+    assert callable(getattr(factory, "_creatorCallable", None)), (
+        f"Twisted {twisted.__version__} has no TLSMemoryBIOFactory._creatorCallable: "
+        f"ServerTLSProtocol.makeConnection makes the TLS connection with it")
+
+
+def test_private_connection_attributes_exist(pair):
+    missing = [f"{name} ({use})" for name, use in PRIVATE_CONNECTION_ATTRIBUTES
+               if not hasattr(pair.conn, name)]
+    assert not missing, (
+        f"Twisted {twisted.__version__}'s TCP connection has no {', '.join(missing)}: "
+        f"ServerTLSProtocol._flushSendBIO reads them")
+    assert isinstance(pair.conn.socket, socket.socket)
+
+
+def test_bypass_tls_exists():
+    assert transport._BypassTLS is _newtls._BypassTLS, (
+        f"Twisted {twisted.__version__} has no twisted.internet._newtls._BypassTLS: "
+        f"STLS falls back to Twisted's own (slower) TLS layer")
+    bypass = _newtls._BypassTLS(FileDescriptor, "connection")
+    assert bypass._connection == "connection", (
+        "twisted.internet._newtls._BypassTLS no longer keeps the connection in "
+        "_connection: ServerTLSProtocol finds the socket through it")
+
+
+def test_server_connections_are_tcp_servers():
+    # startTLS takes its own path only for tcp.Server (and unix.Server, a
+    # subclass); anything else gets the transport's startTLS.
+    assert issubclass(unix.Server, tcp.Server)
+    assert tcp.Server._tlsClientDefault is False
+
+
+@pytest.mark.parametrize("name", sorted(COPIED))
+def test_copied_twisted_code_unchanged(name):
+    function, known, ours_ = COPIED[name]
+    got = fingerprint(function)
+    assert got in known, (
+        f"{name} changed in Twisted {twisted.__version__} (fingerprint {got}): "
+        f"{ours_} copies it.  Compare the two, adapt {ours_}, then add {got!r} to "
+        f"COPIED in {__name__}")
+
+
+def test_fingerprint_sees_a_change():
+    # The negative control: two functions differing in one statement.
+    def a(self):
+        """Doc."""
+        self.x = 1
+
+    def b(self):
+        """Doc."""
+        self.x = 2
+
+    def c(self):
+        # a comment, another docstring: the same code
+        """Other doc."""
+        self.x = 1
+
+    assert fingerprint(a) != fingerprint(b)
+    assert fingerprint(a) == fingerprint(c)
+
+
+def test_twisted_version_is_within_the_pin():
+    config = ConfigParser()
+    config.read(Path(__file__).resolve().parents[2] / "setup.cfg")
+    requirement = next(line for line in config["options"]["install_requires"].splitlines()
+                       if line.strip().startswith("twisted"))
+    upper = re.search(r"<\s*([\d.]+)", requirement)
+    assert upper, f"setup.cfg must bound Twisted from above: {requirement.strip()!r}"
+    installed = tuple(int(p) for p in twisted.__version__.split(".")[:2])
+    bound = tuple(int(p) for p in upper.group(1).split("."))
+    assert installed < bound, (
+        f"Twisted {twisted.__version__} is outside setup.cfg's {requirement.strip()!r}: "
+        f"run these tests, adapt securepop.tls.transport, then raise the bound")

@@ -1,7 +1,8 @@
 """
 Test helpers for TLS (as C{twisted.internet.testing}): a throwaway CA,
-certificates it issues, files written with the right modes, and a TLS
-handshake between two pyOpenSSL connections entirely in memory.
+certificates it issues, files written with the right modes, a TLS
+handshake between two pyOpenSSL connections entirely in memory, and the
+chain a L{securepop.tls.ServerTLS} serves for a name.
 
 For tests only; production code never imports this module.
 """
@@ -9,13 +10,13 @@ For tests only; production code never imports this module.
 import datetime
 import os
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from securepop.tls import certificates as _certs
+from securepop.tls.issue import general_names, write_certificates, write_private_key
 
 
 def _now():
@@ -123,7 +124,7 @@ class TestCA:
             .not_valid_before(not_before)
             .not_valid_after(not_after)
             .add_extension(
-                x509.SubjectAlternativeName(_certs._general_names(list(names))),
+                x509.SubjectAlternativeName(general_names(list(names))),
                 critical=False,
             )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
@@ -152,7 +153,7 @@ class TestCA:
         return cert
 
     def write_root(self, path):
-        _certs.write_certificates(path, [self.root])
+        write_certificates(path, [self.root])
         return path
 
 
@@ -164,8 +165,8 @@ def write_identity(directory, name, chain, privateKey, key_mode=0o600):
     """
     certPath = os.path.join(directory, f"{name}.pem")
     keyPath = os.path.join(directory, f"{name}.key")
-    _certs.write_certificates(certPath, chain)
-    _certs.write_private_key(keyPath, privateKey)
+    write_certificates(certPath, chain)
+    write_private_key(keyPath, privateKey)
     os.chmod(keyPath, key_mode)
     return certPath, keyPath
 
@@ -198,7 +199,7 @@ def client_context(
         context.set_tls13_ciphersuites(tls13_suites.encode("ascii"))
     if ca is not None:
         store = context.get_cert_store()
-        store.add_cert(__import__("OpenSSL").crypto.X509.from_cryptography(ca))
+        store.add_cert(crypto.X509.from_cryptography(ca))
         context.set_verify(SSL.VERIFY_PEER, lambda *a: a[-1])
     return context
 
@@ -261,3 +262,11 @@ def handshake(
     if error is None and not all(done.values()):
         error = SSL.Error("handshake did not finish")
     return HandshakeResult(client, server, error)
+
+
+def chain_for(server_tls, servername):
+    """
+    @return: the chain a client asking C{server_tls} for C{servername}
+        (an SNI name, or L{None}) gets, leaf first.
+    """
+    return list(server_tls._identityFor(servername).chain)
