@@ -17,6 +17,7 @@ import socket
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from securepop.errors import ConfigError
 
@@ -91,6 +92,22 @@ ARGON2_BOUNDS = {
 
 @dataclass(frozen=True)
 class LDAPSettings:
+    """
+    C{[auth.ldap]} and C{[auth.ad]}: a directory reached over LDAP.  The
+    credential sources (L{securepop.auth.ldap}, L{securepop.auth.ad}) take
+    this object as it is; L{AD_DEFAULTS} holds Active Directory's defaults.
+
+    @ivar urls: C{ldaps://host[:port]}, or C{ldap://host[:port]} with
+        C{start_tls} (or, insecurely, C{insecure_cleartext}); tried in order.
+    @ivar user_filter: C{{user}} is replaced by the escaped user name.
+    @ivar timeout: seconds for one network operation (each search, bind).
+    @ivar request_timeout: seconds for a whole login, failover included.
+    @ivar retry_down_after: seconds a failed server is skipped.
+    @ivar pool_size: threads (and so parallel directory operations).
+    @ivar max_pending: queued logins beyond which the source answers
+        C{SourceUnavailable} at once instead of queueing more.
+    """
+
     urls: tuple[str, ...] = ()
     ca_file: str = ""
     bind_dn: str = ""
@@ -98,12 +115,12 @@ class LDAPSettings:
     base_dn: str = ""
     user_filter: str = "(uid={user})"
     required_group: str = ""
-    pop3_enabled_attribute: str = ""
-    nt_hash_attribute: str = ""
-    apop_secret_attribute: str = ""
+    pop3_enabled_attribute: str = ""   # per-user POP3 switch (TRUE/FALSE)
+    nt_hash_attribute: str = ""        # enables NTLM (never with AD)
+    apop_secret_attribute: str = ""    # enables APOP and CRAM-MD5 (never with AD)
     mailbox_attribute: str = ""
-    start_tls: bool = False
-    insecure_cleartext: bool = False
+    start_tls: bool = False            # for ldap:// URLs
+    insecure_cleartext: bool = False   # ldap:// without TLS: passwords in clear
     timeout: float = 5.0
     pool_size: int = 4
     group_base_dn: str = ""            # where test-auth lists groups
@@ -123,6 +140,47 @@ class LDAPSettings:
     ntlm_timeout: float = 10.0
     ntlm_exchange_timeout: float = 30.0
     ntlm_max_queue: int = 32
+
+
+#: C{[auth.ad]}: every C{[auth.ldap]} key, with Active Directory's defaults.
+AD_DEFAULTS = LDAPSettings(
+    user_filter="(sAMAccountName={user})",
+    username_attribute="sAMAccountName",
+    nested_groups=True,
+)
+
+
+def parse_ldap_url(url, section):
+    """
+    Split a directory URL and hold it to the TLS policy: C{ldaps://}, or
+    C{ldap://} with C{start_tls}; C{ldap://} in clear only when
+    C{insecure_cleartext} asks for it.
+
+    @param section: the L{LDAPSettings} the URL belongs to.
+    @return: C{(host, port, use_ssl, use_start_tls)}.
+    @raise ValueError: for another scheme, a user, path or query in the
+        URL, or cleartext not asked for.
+    """
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        # never echoed: it may hold a password
+        raise ValueError("an LDAP URL must not carry a user or password (the service "
+                         "account goes in bind_dn and bind_password_file)")
+    scheme = parts.scheme.lower()
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if scheme not in ("ldap", "ldaps") or not host:
+        raise ValueError(f"not an ldap:// or ldaps:// URL: {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"an LDAP URL must be scheme://host[:port]: {url!r}")
+    use_ssl = scheme == "ldaps"
+    use_start_tls = not use_ssl and section.start_tls
+    if not use_ssl and not use_start_tls and not section.insecure_cleartext:
+        raise ValueError(f"{url} is cleartext LDAP: use ldaps://, start_tls = true, "
+                         "or insecure_cleartext = true")
+    return host, port or (636 if use_ssl else 389), use_ssl, use_start_tls
 
 
 @dataclass(frozen=True)
@@ -149,8 +207,7 @@ class AuthSettings:
     cache_max_entries: int = 50000     # least recently used goes first
     file: FileSourceSettings = FileSourceSettings()
     ldap: LDAPSettings = LDAPSettings()
-    ad: LDAPSettings = LDAPSettings(user_filter="(sAMAccountName={user})", nested_groups=True,
-                                    username_attribute="sAMAccountName")
+    ad: LDAPSettings = AD_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -346,26 +403,34 @@ def _check(reader, settings):
     if bool(settings.tls.certificate) != bool(settings.tls.key):
         raise reader.error("tls.key", "tls.certificate and tls.key go together")
     if settings.auth.source in ("ldap", "ad"):
-        section = getattr(settings.auth, settings.auth.source)
-        if not section.urls:
-            raise reader.error(
-                f"auth.{settings.auth.source}.urls", "at least one URL is needed"
-            )
-        if not section.base_dn:
-            raise reader.error(f"auth.{settings.auth.source}.base_dn", "is required")
-        for url in section.urls:
-            if url.startswith("ldap://") and not (
-                section.start_tls or section.insecure_cleartext
-            ):
-                raise reader.error(
-                    f"auth.{settings.auth.source}.urls",
-                    f"{url} is cleartext LDAP: use ldaps://, start_tls = true, "
-                    "or insecure_cleartext = true",
-                )
+        _check_directory(reader, settings.auth)
     if settings.auth.source == "ad":
         reason = ntlm_auth_problem(settings.auth)
         if reason:
             raise reader.error("auth.ad.ntlm_auth", reason)
+
+
+def _check_directory(reader, auth):
+    """The C{[auth.ldap]} or C{[auth.ad]} section the source uses."""
+    prefix = f"auth.{auth.source}"
+    section = auth.ldap if auth.source == "ldap" else auth.ad
+    if not section.urls:
+        raise reader.error(f"{prefix}.urls", "at least one URL is needed")
+    if not section.base_dn:
+        raise reader.error(f"{prefix}.base_dn", "is required")
+    for url in section.urls:
+        try:
+            parse_ldap_url(url, section)
+        except ValueError as e:
+            raise reader.error(f"{prefix}.urls", str(e))
+    if auth.source == "ad":
+        for key, value in (("nt_hash_attribute", section.nt_hash_attribute),
+                           ("apop_secret_attribute", section.apop_secret_attribute)):
+            if value:
+                raise reader.error(
+                    f"auth.ad.{key}",
+                    "must stay empty: Active Directory never reveals NT hashes or "
+                    "passwords (the domain controller verifies NTLM through winbind)")
 
 
 def ntlm_auth_problem(auth):
@@ -449,11 +514,10 @@ def parse(text, path="<string>", data_dir=None):
             raise reader.error("auth", "must be a table")
         table = dict(table)
         subs = {}
-        for sub, cls in (("file", FileSourceSettings), ("ldap", LDAPSettings), ("ad", LDAPSettings)):
+        for sub, base in (("file", FileSourceSettings()), ("ldap", LDAPSettings()),
+                          ("ad", AD_DEFAULTS)):
             if sub in table:
-                subs[sub] = reader.build(
-                    cls, table.pop(sub), f"auth.{sub}", getattr(AuthSettings(), sub)
-                )
+                subs[sub] = reader.build(type(base), table.pop(sub), f"auth.{sub}", base)
         auth = reader.build(AuthSettings, table, "auth")
         settings = replace(settings, auth=replace(auth, **subs))
     for name, cls in (("access", AccessSettings), ("mail", MailSettings), ("log", LogSettings),

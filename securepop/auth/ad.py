@@ -9,11 +9,10 @@ user may log in).  User names may be written C{alice}, C{alice@example.com}
 (userPrincipalName) or C{EXAMPLE\\alice}.
 """
 
-import dataclasses
-
 from ldap3.utils.conv import escape_filter_chars
 
-from securepop.auth.ldap import LDAPCredentialSource, LDAPSettings, _firstValue
+from securepop.auth.ldap import LDAPCredentialSource, first_value, resolved_settings
+from securepop.auth.winbind import WinbindNTLMVerifier, WinbindSettings
 from securepop.interfaces import NTLM_DELEGATE, PLAINTEXT
 
 # userAccountControl / msDS-User-Account-Control-Computed bits.
@@ -25,6 +24,8 @@ UF_PASSWORD_EXPIRED = 0x800000
 _NEVER_EXPIRES = (0, 0x7FFFFFFFFFFFFFFF)
 _EPOCH_AS_FILETIME_SECONDS = 11644473600
 
+#: What every user search asks for besides the configured attributes: the
+#: account state and the groups.
 AD_ATTRIBUTES = (
     "userAccountControl",
     "lockoutTime",
@@ -32,33 +33,6 @@ AD_ATTRIBUTES = (
     "msDS-User-Account-Control-Computed",
     "memberOf",
 )
-
-
-def adSettings(**overrides):
-    """
-    L{LDAPSettings} with Active Directory defaults.
-
-    @param overrides: any L{LDAPSettings} field (C{urls} and C{base_dn} are
-        required).
-    """
-    values = dict(
-        user_filter="(sAMAccountName={user})",
-        username_attribute="sAMAccountName",
-        lowercase_username=True,
-        nested_groups=True,
-        group_member_attribute="member",
-        extra_attributes=AD_ATTRIBUTES,
-    )
-    values.update(overrides)
-    if values.get("nt_hash_attribute") or values.get("secret_attribute"):
-        raise ValueError(
-            "Active Directory never reveals NT hashes or passwords: "
-            "nt_hash_attribute and secret_attribute must stay empty "
-            "(NTLM is verified by the domain controller through winbind)")
-    extra = tuple(values["extra_attributes"])
-    values["extra_attributes"] = extra + tuple(
-        name for name in AD_ATTRIBUTES if name not in extra)
-    return LDAPSettings(**values)
 
 
 def _int(raw):
@@ -72,46 +46,36 @@ class ADCredentialSource(LDAPCredentialSource):
     """
     Users in Active Directory (or a Samba AD DC).
 
+    Its defaults (C{sAMAccountName}, nested groups) are
+    L{securepop.config.AD_DEFAULTS}, the C{[auth.ad]} section's.
+
     @ivar domain: the NetBIOS domain name accepted in C{DOMAIN\\user}.
     @ivar realm: the DNS domain; C{user@realm} also matches C{sAMAccountName}.
+    @ivar ntlmVerifier: the L{WinbindNTLMVerifier}, or L{None}.
+    @ivar ntlmDelegateFactory: the hook the server gives the NTLM delegate
+        mechanism (the verifier's C{newExchange}), or L{None}.
     """
 
     name = "ad"
+    lowercase_username = True
 
-    def __init__(self, settings, reactor, domain, realm="",
-                 ntlmDelegate=True, **kwargs):
+    def __init__(self, settings, reactor, domain, realm="", ntlm_delegate=True,
+                 **kwargs):
         """
-        @param settings: L{LDAPSettings}, best made by L{adSettings}.
+        @param settings: L{securepop.config.LDAPSettings}, best
+            L{securepop.config.AD_DEFAULTS} with the site's values.
         @param domain: NetBIOS domain name (e.g. C{"EXAMPLE"}).
         @param realm: DNS domain (e.g. C{"example.com"}), optional.
-        @param ntlmDelegate: whether NTLM is verified by the DC (a
+        @param ntlm_delegate: whether NTLM is verified by the DC (a
             WinbindNTLMVerifier is configured): adds NTLM_DELEGATE.
         @param kwargs: as L{LDAPCredentialSource}.
         """
-        if settings.nt_hash_attribute or settings.secret_attribute:
-            raise ValueError("Active Directory never reveals NT hashes or "
-                             "passwords: nt_hash_attribute and "
-                             "secret_attribute must stay empty")
-        missing = [name for name in AD_ATTRIBUTES
-                   if name not in settings.extra_attributes]
-        if missing:
-            settings = dataclasses.replace(
-                settings,
-                extra_attributes=tuple(settings.extra_attributes) + tuple(missing))
         self.domain = domain
         self.realm = realm
         self.ntlmVerifier = None
         self.ntlmDelegateFactory = None
-        self._ntlmDelegate = ntlmDelegate
+        self._ntlm_delegate = ntlm_delegate
         super().__init__(settings, reactor, **kwargs)
-
-    @classmethod
-    def defaultOverrides(cls):
-        values = dict(
-            user_filter="(sAMAccountName={user})",
-            username_attribute="sAMAccountName", lowercase_username=True,
-            nested_groups=True, extra_attributes=AD_ATTRIBUTES)
-        return values
 
     @classmethod
     def fromSettings(cls, section, reactor, settings, **kwargs):
@@ -122,44 +86,27 @@ class ADCredentialSource(LDAPCredentialSource):
         The verifier's C{newExchange} becomes L{ntlmDelegateFactory}, the
         hook the server gives the NTLM delegate mechanism.
         """
-        from securepop.auth.ldap import _fromConfig
-        from securepop.auth.winbind import WinbindNTLMVerifier, WinbindSettings
-        from securepop.errors import ConfigError
-
-        ldapSettings = _fromConfig(section, settings, cls.defaultOverrides())
-        where = getattr(settings, "path", None) or "(defaults)"
-        if ldapSettings.nt_hash_attribute or ldapSettings.secret_attribute:
-            raise ConfigError(where, "auth.ad", "Active Directory never reveals "
-                              "NT hashes or passwords: leave nt_hash_attribute "
-                              "and apop_secret_attribute empty")
         auth = settings.auth
-        helpers = getattr(section, "helpers", 4)
         verifier = None
-        if helpers > 0 and getattr(section, "ntlm_auth", ""):
-            verifier = WinbindNTLMVerifier(reactor, WinbindSettings(
-                ntlm_auth=section.ntlm_auth,
-                configfile=getattr(section, "ntlm_auth_config", ""),
-                helpers=helpers,
-                timeout=getattr(section, "ntlm_timeout", 10.0),
-                exchange_timeout=getattr(section, "ntlm_exchange_timeout", 30.0),
-                max_queue=getattr(section, "ntlm_max_queue", 32),
-                insecure_allow_ntlmv1=getattr(auth, "insecure_allow_ntlmv1", False)))
-        source = cls(ldapSettings, reactor,
-                     domain=getattr(section, "domain", "") or auth.netbios_domain,
-                     realm=getattr(auth, "dns_domain", ""),
-                     ntlmDelegate=verifier is not None, **kwargs)
+        if section.helpers > 0 and section.ntlm_auth:
+            verifier = WinbindNTLMVerifier(reactor, WinbindSettings.from_settings(auth))
+        source = cls(resolved_settings(section, settings), reactor,
+                     domain=section.domain or auth.netbios_domain,
+                     realm=auth.dns_domain, ntlm_delegate=verifier is not None,
+                     **kwargs)
         source.ntlmVerifier = verifier
         if verifier is not None:
             source.ntlmDelegateFactory = verifier.newExchange
         return source
 
     def capabilities(self):
+        # never NT_HASH nor CLEARTEXT_SECRET: AD reveals neither
         kinds = {PLAINTEXT}
-        if self._ntlmDelegate:
+        if self._ntlm_delegate:
             kinds.add(NTLM_DELEGATE)
         return frozenset(kinds)
 
-    def userFilter(self, username):
+    def user_filter(self, username):
         """
         Map the three AD spellings of a user name to one escaped filter.
         """
@@ -169,37 +116,40 @@ class ADCredentialSource(LDAPCredentialSource):
                 return None
             if domain.upper() != self.domain.upper():
                 return None
-            return self._accountFilter(
+            return self._account_filter(
                 f"(sAMAccountName={escape_filter_chars(account)})")
         if "@" in username:
             account, _, suffix = username.rpartition("@")
             if not account or not suffix:
                 return None
-            byUPN = f"(userPrincipalName={escape_filter_chars(username)})"
+            by_upn = f"(userPrincipalName={escape_filter_chars(username)})"
             if self.realm and suffix.lower() == self.realm.lower():
-                byUPN = (f"(|{byUPN}"
-                         f"(sAMAccountName={escape_filter_chars(account)}))")
-            return self._accountFilter(byUPN)
-        return self._accountFilter(super().userFilter(username))
+                by_upn = (f"(|{by_upn}"
+                          f"(sAMAccountName={escape_filter_chars(account)}))")
+            return self._account_filter(by_upn)
+        return self._account_filter(super().user_filter(username))
 
-    def _accountFilter(self, userPart):
-        return f"(&(objectCategory=person)(objectClass=user){userPart})"
+    def attributes_wanted(self):
+        return super().attributes_wanted() + list(AD_ATTRIBUTES)
 
-    def _accountState(self, entry):
+    def _account_filter(self, user_part):
+        return f"(&(objectCategory=person)(objectClass=user){user_part})"
+
+    def _account_state(self, entry):
         """
         Disabled, locked out and expired accounts may not log in.
         """
-        flags = _int(_firstValue(entry, "userAccountControl")) or 0
-        computed = _int(_firstValue(entry, "msDS-User-Account-Control-Computed")) or 0
+        flags = _int(first_value(entry, "userAccountControl")) or 0
+        computed = _int(first_value(entry, "msDS-User-Account-Control-Computed")) or 0
         if flags & UF_ACCOUNTDISABLE:
             return False, "disabled"
-        lockoutTime = _int(_firstValue(entry, "lockoutTime")) or 0
-        if lockoutTime > 0 or computed & UF_LOCKOUT:
+        lockout_time = _int(first_value(entry, "lockoutTime")) or 0
+        if lockout_time > 0 or computed & UF_LOCKOUT:
             return False, "locked"
-        expires = _int(_firstValue(entry, "accountExpires"))
+        expires = _int(first_value(entry, "accountExpires"))
         if expires is not None and expires not in _NEVER_EXPIRES:
-            expiresAt = expires / 10_000_000 - _EPOCH_AS_FILETIME_SECONDS
-            if self._reactor.seconds() >= expiresAt:
+            expires_at = expires / 10_000_000 - _EPOCH_AS_FILETIME_SECONDS
+            if self._reactor.seconds() >= expires_at:
                 return False, "expired"
         if computed & UF_PASSWORD_EXPIRED:
             return False, "password expired"

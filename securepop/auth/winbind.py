@@ -25,6 +25,7 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
+from securepop.config import AD_DEFAULTS, AuthSettings
 from securepop.errors import SourceUnavailable
 
 _SIGNATURE = b"NTLMSSP\x00"
@@ -49,6 +50,10 @@ UNAVAILABLE_STATUSES = frozenset({
 @dataclass(frozen=True)
 class WinbindSettings:
     """
+    What L{WinbindNTLMVerifier} needs: C{[auth.ad]}'s helper keys, C{[auth]}'s
+    C{insecure_allow_ntlmv1}, and process limits that are no configuration
+    key.  The defaults of the configured ones are the configuration's.
+
     @ivar ntlm_auth: path of Samba's helper.
     @ivar configfile: smb.conf for the helper (empty: Samba's default).
     @ivar helpers: number of helper processes.
@@ -62,17 +67,29 @@ class WinbindSettings:
         (the DC must also allow them: smb.conf C{ntlm auth}).
     """
 
-    ntlm_auth: str = "/usr/bin/ntlm_auth"
-    configfile: str = ""
-    helpers: int = 4
-    max_queue: int = 32
-    timeout: float = 10.0
-    exchange_timeout: float = 30.0
-    insecure_allow_ntlmv1: bool = False
+    ntlm_auth: str = AD_DEFAULTS.ntlm_auth
+    configfile: str = AD_DEFAULTS.ntlm_auth_config
+    helpers: int = AD_DEFAULTS.helpers
+    max_queue: int = AD_DEFAULTS.ntlm_max_queue
+    timeout: float = AD_DEFAULTS.ntlm_timeout
+    exchange_timeout: float = AD_DEFAULTS.ntlm_exchange_timeout
+    insecure_allow_ntlmv1: bool = AuthSettings.insecure_allow_ntlmv1
     max_token_size: int = 8192
     restart_delay_max: float = 5.0
     extra_args: tuple = ()
     env: tuple = field(default=())
+
+    @classmethod
+    def from_settings(cls, auth):
+        """
+        @param auth: the configuration's L{securepop.config.AuthSettings}
+            (its C{ad} section and C{insecure_allow_ntlmv1}).
+        """
+        ad = auth.ad
+        return cls(ntlm_auth=ad.ntlm_auth, configfile=ad.ntlm_auth_config,
+                   helpers=ad.helpers, max_queue=ad.ntlm_max_queue,
+                   timeout=ad.ntlm_timeout, exchange_timeout=ad.ntlm_exchange_timeout,
+                   insecure_allow_ntlmv1=auth.insecure_allow_ntlmv1)
 
 
 def _messageType(token):

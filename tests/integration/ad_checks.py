@@ -12,12 +12,14 @@ module asserts on it.
 import json
 import os
 import sys
+from dataclasses import replace
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, task
 
-from securepop.auth.ad import ADCredentialSource, adSettings
+from securepop.auth.ad import ADCredentialSource
 from securepop.auth.winbind import WinbindNTLMVerifier, WinbindSettings
+from securepop.config import AD_DEFAULTS
 from securepop.errors import SourceUnavailable
 from tests.integration import fixtures_samba as S
 
@@ -59,9 +61,9 @@ def makeSource(reactor, caFile, **overrides):
         required_group=S.GROUP_DN, timeout=3, connect_timeout=2,
         request_timeout=10)
     values.update(overrides)
-    return ADCredentialSource(adSettings(**values), reactor, domain=S.DOMAIN,
+    return ADCredentialSource(replace(AD_DEFAULTS, **values), reactor, domain=S.DOMAIN,
                               realm=S.REALM.lower(),
-                              bindPassword=S.SERVICE_PASSWORD)
+                              bind_password=S.SERVICE_PASSWORD)
 
 
 async def main(reactor, smbConf, caFile):
@@ -99,7 +101,8 @@ async def main(reactor, smbConf, caFile):
                               ("result", "account")}
 
     # StartTLS on 389 works too; a wrong CA is an outage, not a refusal.
-    startTLS = makeSource(reactor, caFile, urls=(f"ldap://{S.HOSTNAME}",))
+    startTLS = makeSource(reactor, caFile, urls=(f"ldap://{S.HOSTNAME}",),
+                          start_tls=True)
     results["starttls_alice"] = await outcome(
         startTLS.verifyPassword("alice", b"Secret-pass-1"))
     otherCA = os.path.join(os.path.dirname(caFile), "other-ca.pem")

@@ -120,15 +120,17 @@ def slapd(slapdPair):
 
 
 def ldapConfig(directory, servers, tmp_path, mechanisms=("PLAIN", "LOGIN", "NTLM", "CRAM-MD5"),
-               apop=True, ntHash="sambaNTPassword", secret="securepopSecret"):
+               apop=True, ntHash="sambaNTPassword", secret="securepopSecret", urls=None,
+               extra=""):
+    """The daemon's configuration; C{extra} lines go in C{[auth.ldap]}."""
     passwordFile = tmp_path / "ldap-password"
     passwordFile.write_text(F.SERVICE_PASSWORD + "\n")
     passwordFile.chmod(0o600)
     return LISTEN + brace(LDAP_AUTH.format(
         mechanisms=toml(mechanisms), apop=str(apop).lower(),
-        urls=toml(server.ldaps_url for server in servers), ca=directory.tls["ca"],
+        urls=toml(urls or [server.ldaps_url for server in servers]), ca=directory.tls["ca"],
         bind_dn=F.SERVICE_DN, password_file=passwordFile, base_dn=F.PEOPLE,
-        group=F.GROUP_DN, nt_hash=ntHash, secret=secret))
+        group=F.GROUP_DN, nt_hash=ntHash, secret=secret) + extra)
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +271,29 @@ def test_ldapImpossiblePairingStopsTheStart(slapd, tmp_path, mechanisms, apop, n
     code, log = daemon.startFails()
     assert code != 0
     assert "auth.mechanisms" in log and named in log, log[-2000:]
+
+
+def test_ldapStartTLSFromTheConfiguration(slapd, tmp_path):
+    """
+    C{start_tls = true} reaches the source: an ldap:// URL is upgraded
+    before any bind.  Without it (cleartext, insecure_cleartext) slapd
+    refuses the simple bind: an outage, never "wrong password".
+    """
+    directory, servers = slapd
+    for name, extra, expected in (("starttls", "start_tls = true\n", OK),
+                                  ("cleartext", "insecure_cleartext = true\n", SYS_TEMP)):
+        path = tmp_path / name
+        path.mkdir()
+        daemon = DirectoryDaemon(path, ldapConfig(
+            directory, servers, path, mechanisms=("PLAIN",), apop=False, ntHash="",
+            secret="", urls=[servers[0].ldap_url], extra=extra))
+        daemon.start()
+        try:
+            assert login(daemon, "plain", "alice", ALICE).startswith(expected), name
+            if expected == OK:
+                assert login(daemon, "plain", "alice", "wrong").startswith(AUTH_FAILED)
+        finally:
+            daemon.stop()
 
 
 # -- outages --------------------------------------------------------------------

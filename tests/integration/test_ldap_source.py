@@ -13,7 +13,8 @@ import pytest_twisted
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import reactor, task
 
-from securepop.auth.ldap import LDAPCredentialSource, LDAPSettings
+from securepop.auth.ldap import LDAPCredentialSource
+from securepop.config import LDAPSettings
 from securepop.errors import SourceUnavailable
 from securepop.interfaces import CLEARTEXT_SECRET, NT_HASH
 from tests.integration import fixtures_slapd as F
@@ -60,15 +61,15 @@ def makeSource(slapd):
             base_dn=F.PEOPLE, bind_dn=F.SERVICE_DN, ca_file=directory.tls["ca"],
             required_group=F.GROUP_DN, mailbox_attribute="securepopMailbox",
             nt_hash_attribute="sambaNTPassword",
-            secret_attribute="securepopSecret",
-            pop3_attribute="securepopPOP3Enabled", pop3_attribute_default=True,
+            apop_secret_attribute="securepopSecret",
+            pop3_enabled_attribute="securepopPOP3Enabled", pop3_attribute_default=True,
             pop3_denied_group=F.DENIED_GROUP_DN,
             group_base_dn=f"ou=groups,{F.SUFFIX}",
             timeout=1, connect_timeout=1, request_timeout=8,
             retry_down_after=2)
         values.update(overrides)
         source = LDAPCredentialSource(LDAPSettings(**values), reactor,
-                                      bindPassword=F.SERVICE_PASSWORD)
+                                      bind_password=F.SERVICE_PASSWORD)
         made.append(source)
         return source
 
@@ -117,7 +118,7 @@ async def test_logins(makeSource):
 ])
 @pytest_twisted.ensureDeferred
 async def test_hostileUserNamesFailSafely(makeSource, hostile):
-    source = makeSource(required_group="", pop3_attribute="",
+    source = makeSource(required_group="", pop3_enabled_attribute="",
                         pop3_denied_group="")
     for password in (b"Secret-pass-1", b"Secret-pass-6", b"*"):
         assert await outcome(source.verifyPassword(hostile, password)) == "refused"
@@ -141,10 +142,11 @@ async def test_ntHashAndSecretFromTheDirectory(makeSource):
 @pytest_twisted.ensureDeferred
 async def test_tlsPolicy(slapd, makeSource):
     directory, servers = slapd
-    startTLS = makeSource(urls=[servers[0].ldap_url])
+    startTLS = makeSource(urls=[servers[0].ldap_url], start_tls=True)
     assert (await startTLS.verifyPassword("alice", b"Secret-pass-1")).username == "alice"
     for url in (servers[0].ldaps_url, servers[0].ldap_url):
-        wrongCA = makeSource(urls=[url], ca_file=directory.tls["other_ca"])
+        wrongCA = makeSource(urls=[url], ca_file=directory.tls["other_ca"],
+                             start_tls=True)
         assert await outcome(wrongCA.verifyPassword(
             "alice", b"Secret-pass-1")) == "unavailable"
     # the server refuses simple binds without TLS: an outage, never "wrong

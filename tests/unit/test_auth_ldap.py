@@ -1,21 +1,16 @@
 """
-Tests for securepop.auth.ldap.LDAPCredentialSource.
-
-The directory is ldap3's in-memory MOCK_SYNC strategy (unit tests only; the
-integration tests use real slapd), and directory work runs inline instead
-of on the thread pool, so a fake clock drives every timeout.
+Tests for securepop.auth.ldap.LDAPCredentialSource: search, bind, group
+checks and attribute mapping (MOCK_SYNC directory inline; the servers,
+failover and threads are tested in test_auth_ldappool.py).
 """
 
-import ldap3
 import pytest
-from ldap3.core.exceptions import LDAPSocketOpenError
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
 
-from securepop.auth.cache import AuthCache
-from securepop.auth.ldap import LDAPCredentialSource, LDAPSettings, parseURL
+from securepop import config
+from securepop.auth.ldap import LDAPCredentialSource
 from securepop.auth.records import UserRecord
 from securepop.errors import SourceUnavailable
 from securepop.interfaces import (
@@ -25,194 +20,87 @@ from securepop.interfaces import (
     PLAINTEXT,
     ICredentialSource,
 )
-
-SERVICE = "cn=svc,dc=t"
-PEOPLE = "ou=p,dc=t"
-GROUP = "cn=pop3,dc=t"
-DENIED = "cn=nopop3,dc=t"
-NT = "0701327011" + "73C003589BA38563C67B5F"
-
-ENTRIES = [
-    (SERVICE, {"objectClass": "person", "cn": "svc", "userPassword": "svcpw"}),
-    (f"uid=alice,{PEOPLE}", {"objectClass": "person", "uid": "alice",
-                             "userPassword": "pw-alice", "mailbox": "/m/alice",
-                             "ntHash": NT, "secret": "apop-alice",
-                             "pop3": "TRUE"}),
-    (f"uid=bob,{PEOPLE}", {"objectClass": "person", "uid": "bob",
-                           "userPassword": "pw-bob"}),
-    (f"uid=dave,{PEOPLE}", {"objectClass": "person", "uid": "dave",
-                            "userPassword": "pw-dave", "pop3": "FALSE",
-                            "ntHash": "not-hex"}),
-    (f"uid=erin,{PEOPLE}", {"objectClass": "person", "uid": "erin",
-                            "userPassword": "pw-erin"}),
-    (f"uid=odd*(x),{PEOPLE}", {"objectClass": "person", "uid": "odd*(x)",
-                               "userPassword": "pw-odd"}),
-    (GROUP, {"objectClass": "groupOfNames", "member": [
-        f"uid=alice,{PEOPLE}", f"uid=dave,{PEOPLE}", f"uid=erin,{PEOPLE}",
-        f"uid=odd*(x),{PEOPLE}"]}),
-    (DENIED, {"objectClass": "groupOfNames", "member": [f"uid=erin,{PEOPLE}"]}),
-]
+from tests.unit.ldap_directory import (
+    GROUP,
+    DENIED,
+    NT,
+    PEOPLE,
+    failure_of,
+    make_source,
+    result,
+)
 
 
-class MockDirectory:
-    """
-    A connection factory making MOCK_SYNC connections; counts connections
-    and records filters; servers in C{down} refuse to connect.
-    """
-
-    def __init__(self):
-        self.down = set()
-        self.opened = []
-        self.filters = []
-
-    def __call__(self, server, user, password):
-        if server.port in self.down:
-            raise LDAPSocketOpenError("connection refused")
-        self.opened.append(server.port)
-        connection = ldap3.Connection(
-            server, user=user, password=password,
-            client_strategy=ldap3.MOCK_SYNC, raise_exceptions=False)
-        for dn, attributes in ENTRIES:
-            connection.strategy.add_entry(dn, attributes)
-        directory = self
-        search = connection.search
-
-        def recordingSearch(base, searchFilter, *args, **kwargs):
-            directory.filters.append(searchFilter)
-            return search(base, searchFilter, *args, **kwargs)
-
-        connection.search = recordingSearch
-        return connection
-
-
-def inline(function):
-    return maybeDeferred(function)
-
-
-def makeSource(directory=None, runInThread=inline, cache=None, **overrides):
-    values = dict(urls=("ldaps://127.0.0.1:1636", "ldaps://127.0.0.1:2636"),
-                  base_dn=PEOPLE, bind_dn=SERVICE, required_group=GROUP,
-                  mailbox_attribute="mailbox", request_timeout=10,
-                  retry_down_after=30)
-    values.update(overrides)
-    reactor = MemoryReactorClock()
-    directory = directory or MockDirectory()
-    source = LDAPCredentialSource(
-        LDAPSettings(**values), reactor, cache=cache,
-        connectionFactory=directory, runInThread=runInThread,
-        bindPassword="svcpw")
-    return reactor, directory, source
-
-
-def result(deferred):
-    outcome = []
-    deferred.addBoth(outcome.append)
-    assert outcome, "Deferred has not fired"
-    return outcome[0]
-
-
-def failureOf(deferred, *types):
-    value = result(deferred)
-    assert hasattr(value, "check"), f"expected a failure, got {value!r}"
-    assert value.check(*types), value
-    return value
-
-
-def test_providesTheInterface():
-    _, _, source = makeSource()
+def test_provides_the_interface():
+    _, _, source = make_source()
     assert verifyObject(ICredentialSource, source)
     assert source.name == "ldap"
 
 
-def test_capabilitiesFollowTheConfiguredAttributes():
-    assert makeSource()[2].capabilities() == {PLAINTEXT}
-    _, _, source = makeSource(nt_hash_attribute="ntHash",
-                              secret_attribute="secret")
+def test_capabilities_follow_the_configured_attributes():
+    assert make_source()[2].capabilities() == {PLAINTEXT}
+    _, _, source = make_source(nt_hash_attribute="ntHash",
+                               apop_secret_attribute="secret")
     assert source.capabilities() == {PLAINTEXT, NT_HASH, CLEARTEXT_SECRET}
     assert NTLM_DELEGATE not in source.capabilities()
 
 
-def test_urlPolicy():
-    assert parseURL("ldaps://h", False, True) == ("h", 636, True, False)
-    assert parseURL("ldap://h:3890", False, True) == ("h", 3890, False, True)
-    assert parseURL("ldap://h", True, False) == ("h", 389, False, False)
-    with pytest.raises(ValueError, match="insecure_cleartext"):
-        parseURL("ldap://h", False, False)
-    for bad in ("http://h", "ldaps://", "ldaps://h/dc=x", "ldaps://u@h"):
-        with pytest.raises(ValueError):
-            parseURL(bad, False, True)
-
-
-def test_cleartextConfigurationRefusedAtConstruction():
-    with pytest.raises(ValueError):
-        makeSource(urls=("ldap://127.0.0.1:389",), start_tls=False)
-    makeSource(urls=("ldap://127.0.0.1:389",), start_tls=False,
-               insecure_cleartext=True)
-
-
-def test_passwordFileAndMissingPassword(tmp_path):
-    secret = tmp_path / "pw"
-    secret.write_bytes(b"svcpw\n")
-    source = LDAPCredentialSource(
-        LDAPSettings(urls=("ldaps://h",), base_dn=PEOPLE, bind_dn=SERVICE,
-                     bind_password_file=str(secret)),
-        MemoryReactorClock(), runInThread=inline)
-    assert source._bindPassword == "svcpw"
-    with pytest.raises(ValueError):
-        LDAPCredentialSource(
-            LDAPSettings(urls=("ldaps://h",), base_dn=PEOPLE, bind_dn=SERVICE),
-            MemoryReactorClock(), runInThread=inline)
-
-
-def test_loginSucceeds():
-    _, _, source = makeSource()
+def test_login_succeeds():
+    _, _, source = make_source()
     record = result(source.verifyPassword("alice", b"pw-alice"))
     assert record == UserRecord("alice", mailbox="/m/alice")
     assert record.info["dn"] == f"uid=alice,{PEOPLE}"
     assert record.info["server"] == "ldaps://127.0.0.1:1636"
 
 
-def test_wrongPasswordRefused():
-    _, _, source = makeSource()
-    failureOf(source.verifyPassword("alice", b"pw-bob"), UnauthorizedLogin)
+def test_record_names_the_server_that_answered():
+    _, directory, source = make_source()
+    directory.down.add(1636)
+    record = result(source.verifyPassword("alice", b"pw-alice"))
+    assert record.info["server"] == "ldaps://127.0.0.1:2636"
 
 
-def test_emptyPasswordIsNeverAnAnonymousBind():
-    _, _, source = makeSource()
-    failureOf(source.verifyPassword("alice", b""), UnauthorizedLogin)
+def test_wrong_password_refused():
+    _, _, source = make_source()
+    failure_of(source.verifyPassword("alice", b"pw-bob"), UnauthorizedLogin)
 
 
-def test_passwordMustBeBytes():
-    _, _, source = makeSource()
-    failureOf(source.verifyPassword("alice", "pw-alice"), TypeError)
+def test_empty_password_is_never_an_anonymous_bind():
+    _, _, source = make_source()
+    failure_of(source.verifyPassword("alice", b""), UnauthorizedLogin)
 
 
-def test_unknownUserRefused():
-    _, _, source = makeSource()
-    failureOf(source.verifyPassword("mallory", b"x"), UnauthorizedLogin)
+def test_password_must_be_bytes():
+    _, _, source = make_source()
+    failure_of(source.verifyPassword("alice", "pw-alice"), TypeError)
 
 
-def test_requiredGroup():
-    _, _, source = makeSource()
-    failureOf(source.verifyPassword("bob", b"pw-bob"), UnauthorizedLogin)
-    _, _, open_ = makeSource(required_group="")
+def test_unknown_user_refused():
+    _, _, source = make_source()
+    failure_of(source.verifyPassword("mallory", b"x"), UnauthorizedLogin)
+
+
+def test_required_group():
+    _, _, source = make_source()
+    failure_of(source.verifyPassword("bob", b"pw-bob"), UnauthorizedLogin)
+    _, _, open_ = make_source(required_group="")
     assert result(open_.verifyPassword("bob", b"pw-bob")).username == "bob"
 
 
-def test_pop3SwitchAttribute():
-    _, _, source = makeSource(pop3_attribute="pop3", required_group="")
-    failureOf(source.verifyPassword("dave", b"pw-dave"), UnauthorizedLogin)
+def test_pop3_switch_attribute():
+    _, _, source = make_source(pop3_enabled_attribute="pop3", required_group="")
+    failure_of(source.verifyPassword("dave", b"pw-dave"), UnauthorizedLogin)
     assert result(source.verifyPassword("alice", b"pw-alice")).username == "alice"
     # absent: the configured default decides
-    failureOf(source.verifyPassword("bob", b"pw-bob"), UnauthorizedLogin)
-    _, _, lenient = makeSource(pop3_attribute="pop3", required_group="",
-                               pop3_attribute_default=True)
+    failure_of(source.verifyPassword("bob", b"pw-bob"), UnauthorizedLogin)
+    _, _, lenient = make_source(pop3_enabled_attribute="pop3", required_group="",
+                                pop3_attribute_default=True)
     assert result(lenient.verifyPassword("bob", b"pw-bob")).username == "bob"
 
 
-def test_pop3DeniedGroup():
-    _, _, source = makeSource(pop3_denied_group=DENIED)
-    failureOf(source.verifyPassword("erin", b"pw-erin"), UnauthorizedLogin)
+def test_pop3_denied_group():
+    _, _, source = make_source(pop3_denied_group=DENIED)
+    failure_of(source.verifyPassword("erin", b"pw-erin"), UnauthorizedLogin)
     assert result(source.verifyPassword("alice", b"pw-alice")).username == "alice"
 
 
@@ -220,159 +108,64 @@ def test_pop3DeniedGroup():
     "*", "ali*", "*)(uid=*", ")(", "alice)(|(uid=*", "\\", "alice\\",
     "(uid=alice)", "alice*",
 ])
-def test_hostileNamesCannotChangeTheFilter(hostile):
-    _, directory, source = makeSource(required_group="")
-    failureOf(source.verifyPassword(hostile, b"pw-alice"), UnauthorizedLogin)
-    userFilter = directory.filters[0]
-    assert userFilter.count("(") == 1 and userFilter.count(")") == 1
-    assert "*" not in userFilter
+def test_hostile_names_cannot_change_the_filter(hostile):
+    _, directory, source = make_source(required_group="")
+    failure_of(source.verifyPassword(hostile, b"pw-alice"), UnauthorizedLogin)
+    user_filter = directory.filters[0]
+    assert user_filter.count("(") == 1 and user_filter.count(")") == 1
+    assert "*" not in user_filter
 
 
 @pytest.mark.parametrize("hostile", ["alice\x00", "\x00", "a" * 257,
                                      "alice\r\n", "", "al\x7fice"])
-def test_hostileNamesRefusedBeforeAnySearch(hostile):
-    _, directory, source = makeSource()
-    failureOf(source.verifyPassword(hostile, b"pw-alice"), UnauthorizedLogin)
+def test_hostile_names_refused_before_any_search(hostile):
+    _, directory, source = make_source()
+    failure_of(source.verifyPassword(hostile, b"pw-alice"), UnauthorizedLogin)
     assert directory.filters == []
 
 
-def test_filterCharactersInARealNameStillWork():
-    _, directory, source = makeSource()
+def test_filter_characters_in_a_real_name_still_work():
+    _, directory, source = make_source()
     assert result(source.verifyPassword("odd*(x)", b"pw-odd")).username == "odd*(x)"
     assert directory.filters[0] == "(uid=odd\\2a\\28x\\29)"
 
 
-def test_lookupSecretNTHash():
-    _, _, source = makeSource(nt_hash_attribute="ntHash", required_group="")
+def test_the_search_asks_for_the_configured_attributes():
+    _, _, source = make_source(nt_hash_attribute="ntHash", pop3_enabled_attribute="pop3")
+    assert source.attributes_wanted() == ["uid", "mailbox", "ntHash", "pop3"]
+    assert make_source(mailbox_attribute="")[2].attributes_wanted() == ["uid"]
+
+
+def test_lookup_secret_nt_hash():
+    _, _, source = make_source(nt_hash_attribute="ntHash", required_group="")
     record, secret = result(source.lookupSecret("alice", NT_HASH))
     assert record.username == "alice"
     assert secret == bytes.fromhex(NT)
-    failureOf(source.lookupSecret("dave", NT_HASH), UnauthorizedLogin)
-    failureOf(source.lookupSecret("bob", NT_HASH), UnauthorizedLogin)
+    failure_of(source.lookupSecret("dave", NT_HASH), UnauthorizedLogin)
+    failure_of(source.lookupSecret("bob", NT_HASH), UnauthorizedLogin)
 
 
-def test_lookupSecretCleartext():
-    _, _, source = makeSource(secret_attribute="secret")
+def test_lookup_secret_cleartext():
+    _, _, source = make_source(apop_secret_attribute="secret")
     record, secret = result(source.lookupSecret("alice", CLEARTEXT_SECRET))
     assert secret == b"apop-alice"
-    failureOf(source.lookupSecret("bob", CLEARTEXT_SECRET), UnauthorizedLogin)
+    failure_of(source.lookupSecret("bob", CLEARTEXT_SECRET), UnauthorizedLogin)
 
 
-def test_lookupSecretOfUnconfiguredKind():
-    _, _, source = makeSource()
-    failureOf(source.lookupSecret("alice", NT_HASH), ValueError)
-    failureOf(source.lookupSecret("alice", CLEARTEXT_SECRET), ValueError)
+def test_lookup_secret_of_unconfigured_kind():
+    _, _, source = make_source()
+    failure_of(source.lookupSecret("alice", NT_HASH), ValueError)
+    failure_of(source.lookupSecret("alice", CLEARTEXT_SECRET), ValueError)
 
 
-def test_lookupUserChecksGroupWithoutPassword():
-    _, _, source = makeSource()
+def test_lookup_user_checks_group_without_password():
+    _, _, source = make_source()
     assert result(source.lookupUser("alice")).username == "alice"
-    failureOf(source.lookupUser("bob"), UnauthorizedLogin)
+    failure_of(source.lookupUser("bob"), UnauthorizedLogin)
 
 
-def test_failoverToTheSecondServerAndBackAfterTheRetryDelay():
-    reactor, directory, source = makeSource()
-    directory.down.add(1636)
-    record = result(source.verifyPassword("alice", b"pw-alice"))
-    assert record.info["server"] == "ldaps://127.0.0.1:2636"
-    # the first server is skipped while it is marked down ...
-    directory.down.clear()
-    opened = len(directory.opened)
-    result(source.verifyPassword("alice", b"pw-alice"))
-    assert 1636 not in directory.opened[opened:]
-    # ... and tried again after retry_down_after
-    reactor.advance(30)
-    record = result(source.lookupUser("alice"))
-    assert record.info["server"] == "ldaps://127.0.0.1:1636"
-
-
-def test_allServersDownIsAnOutageNotARefusal():
-    reactor, directory, source = makeSource()
-    directory.down.update({1636, 2636})
-    failureOf(source.verifyPassword("alice", b"pw-alice"), SourceUnavailable)
-    # they come back: the next login works at once (all were down, so all
-    # are tried), without restarting anything
-    directory.down.clear()
-    assert result(source.verifyPassword("alice", b"pw-alice")).username == "alice"
-
-
-def test_serviceBindFailureIsAnOutage():
-    directory = MockDirectory()
-    reactor = MemoryReactorClock()
-    source = LDAPCredentialSource(
-        LDAPSettings(urls=("ldaps://h:1",), base_dn=PEOPLE, bind_dn=SERVICE),
-        reactor, connectionFactory=directory, runInThread=inline,
-        bindPassword="wrong")
-    failureOf(source.verifyPassword("alice", b"pw-alice"), SourceUnavailable)
-
-
-def test_connectionsAreReused():
-    _, directory, source = makeSource()
-    for _ in range(5):
-        result(source.verifyPassword("alice", b"pw-alice"))
-    # one search connection and one bind connection, reused
-    assert len(directory.opened) == 2
-
-
-def test_requestTimeoutIsAnOutage():
-    reactor, _, source = makeSource(runInThread=lambda f: Deferred(),
-                                    request_timeout=7)
-    deferred = source.verifyPassword("alice", b"pw-alice")
-    assert not deferred.called
-    reactor.advance(6.9)
-    assert not deferred.called
-    reactor.advance(0.2)
-    failureOf(deferred, SourceUnavailable)
-
-
-def test_boundedQueue():
-    hanging = []
-
-    def hang(function):
-        hanging.append(Deferred())
-        return hanging[-1]
-
-    _, _, source = makeSource(runInThread=hang, max_pending=2)
-    first = source.verifyPassword("alice", b"pw-alice")
-    second = source.lookupUser("alice")
-    failureOf(source.lookupUser("alice"), SourceUnavailable)
-    assert len(hanging) == 2
-    hanging[0].callback(UserRecord("alice"))
-    assert result(first) == UserRecord("alice")
-    assert not second.called
-    source.lookupUser("alice")  # room again
-    assert len(hanging) == 3
-
-
-def test_cachePositiveAndNegative():
-    reactor = MemoryReactorClock()
-    cache = AuthCache(reactor, ttl=60, negative_ttl=10)
-    _, directory, source = makeSource(cache=cache)
-    result(source.verifyPassword("alice", b"pw-alice"))
-    searches = len(directory.filters)
-    assert result(source.verifyPassword("alice", b"pw-alice")).username == "alice"
-    assert len(directory.filters) == searches
-    failureOf(source.verifyPassword("alice", b"bad"), UnauthorizedLogin)
-    searches = len(directory.filters)
-    failureOf(source.verifyPassword("alice", b"bad"), UnauthorizedLogin)
-    assert len(directory.filters) == searches
-    reactor.advance(11)
-    failureOf(source.verifyPassword("alice", b"bad"), UnauthorizedLogin)
-    assert len(directory.filters) > searches
-
-
-def test_outagesAreNotCached():
-    reactor = MemoryReactorClock()
-    cache = AuthCache(reactor)
-    _, directory, source = makeSource(cache=cache)
-    directory.down.update({1636, 2636})
-    failureOf(source.verifyPassword("alice", b"pw-alice"), SourceUnavailable)
-    directory.down.clear()
-    assert result(source.verifyPassword("alice", b"pw-alice")).username == "alice"
-
-
-def test_explainReportsEachStep():
-    _, _, source = makeSource(group_base_dn="dc=t")
+def test_explain_reports_each_step():
+    _, _, source = make_source(group_base_dn="dc=t")
     report = result(source.explain("alice", b"pw-alice"))
     assert report["result"] == "ok"
     assert report["dn"] == f"uid=alice,{PEOPLE}"
@@ -384,42 +177,53 @@ def test_explainReportsEachStep():
     assert "not in" in refused["reason"]
 
 
-def test_dedicatedThreadPoolStartsAndStopsWithTheReactor():
-    reactor = MemoryReactorClock()
-    source = LDAPCredentialSource(
-        LDAPSettings(urls=("ldaps://h",), base_dn=PEOPLE, pool_size=3),
-        reactor)
-    pool = source._threadpool
-    assert pool.max == 3
-    assert pool.name == "securepop-ldap"
-    assert not pool.started
-    assert [hook[0] for hook in reactor.whenRunningHooks] == [pool.start]
-    assert reactor.triggers["during"]["shutdown"] == [(source.shutdown, (), {})]
-    pool.start()
-    source.shutdown()
-    assert not pool.started
+def test_explain_reports_an_outage():
+    _, directory, source = make_source()
+    directory.down.update({1636, 2636})
+    report = result(source.explain("alice", b"pw-alice"))
+    assert report["result"] == "unavailable"
+    failure_of(source.verifyPassword("alice", b"pw-alice"), SourceUnavailable)
 
 
-def test_fromSettingsMapsTheConfigSection(tmp_path):
-    from securepop import config
+def test_source_takes_the_configuration_section_as_it_is():
+    # the configuration's class is the source's: no second definition
+    _, _, source = make_source()
+    assert isinstance(source.settings, config.LDAPSettings)
+    assert source.pool.settings is source.settings
 
+
+def test_from_settings_takes_the_config_section(tmp_path):
     (tmp_path / "pw").write_bytes(b"svcpw\n")
+    (tmp_path / "ca.pem").write_text("")
     path = tmp_path / "securepop.toml"
     path.write_text(
         '[auth]\nsource = "ldap"\nmechanisms = ["PLAIN", "CRAM-MD5"]\n'
         '[auth.ldap]\nurls = ["ldaps://ldap1.example.test", '
         '"ldap://ldap2.example.test"]\nstart_tls = true\n'
         'base_dn = "ou=p,dc=t"\nbind_dn = "cn=svc,dc=t"\n'
-        'bind_password_file = "pw"\npop3_enabled_attribute = "pop3"\n'
+        'bind_password_file = "pw"\nca_file = "ca.pem"\n'
+        'pop3_enabled_attribute = "pop3"\n'
         'apop_secret_attribute = "secret"\ntimeout = 2.5\npool_size = 2\n')
     settings = config.load(str(path), str(tmp_path))
     source = LDAPCredentialSource.fromSettings(settings.auth.ldap,
                                                MemoryReactorClock(), settings)
     assert source.settings.urls == ("ldaps://ldap1.example.test",
                                     "ldap://ldap2.example.test")
-    assert source.settings.pop3_attribute == "pop3"
-    assert source.settings.secret_attribute == "secret"
+    assert source.settings.pop3_enabled_attribute == "pop3"
+    assert source.settings.apop_secret_attribute == "secret"
     assert source.settings.bind_password_file == str(tmp_path / "pw")
-    assert source._bindPassword == "svcpw"
-    assert source._threadpool.max == 2
+    assert source.settings.ca_file == str(tmp_path / "ca.pem")
+    assert source.pool._bind_password == "svcpw"
+    assert source.pool.threadpool.max == 2
+    assert [server.start_tls for server in source.pool.servers] == [False, True]
     assert source.capabilities() == {PLAINTEXT, CLEARTEXT_SECRET}
+
+
+def test_shutdown_stops_the_pool():
+    reactor = MemoryReactorClock()
+    source = LDAPCredentialSource(
+        config.LDAPSettings(urls=("ldaps://h",), base_dn=PEOPLE), reactor)
+    threads = source.pool.threadpool
+    threads.start()
+    source.shutdown()
+    assert not threads.started

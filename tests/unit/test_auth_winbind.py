@@ -12,6 +12,7 @@ from twisted.internet.error import ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
+from securepop import config
 from securepop.auth.winbind import (
     NTLMExchange,
     WinbindNTLMVerifier,
@@ -377,3 +378,19 @@ def test_newExchangeIsFresh():
     _, verifier = makeVerifier(helpers=1)
     one, two = verifier.newExchange(), verifier.newExchange()
     assert isinstance(one, NTLMExchange) and one is not two
+
+
+def test_settings_defaults_are_the_configuration_defaults():
+    ad, auth = config.AD_DEFAULTS, config.AuthSettings()
+    assert WinbindSettings() == WinbindSettings.from_settings(auth)
+    assert (WinbindSettings().ntlm_auth, WinbindSettings().helpers) == (ad.ntlm_auth, ad.helpers)
+
+
+def test_settings_from_the_configuration():
+    settings = config.parse(
+        '[auth]\ninsecure_allow_ntlmv1 = true\n[auth.ad]\nntlm_auth = "/opt/ntlm_auth"\n'
+        'ntlm_auth_config = "/etc/samba/smb.conf"\nhelpers = 2\nntlm_timeout = 3.0\n'
+        'ntlm_exchange_timeout = 7.0\nntlm_max_queue = 5\n', "f")
+    assert WinbindSettings.from_settings(settings.auth) == WinbindSettings(
+        ntlm_auth="/opt/ntlm_auth", configfile="/etc/samba/smb.conf", helpers=2,
+        timeout=3.0, exchange_timeout=7.0, max_queue=5, insecure_allow_ntlmv1=True)

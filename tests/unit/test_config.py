@@ -176,6 +176,73 @@ def test_bad_cache_settings_name_the_key(text, key, reason):
         config.parse(f"[auth]\n{text}\n", "/etc/securepop.toml")
     assert (e.value.key, e.value.line) == (key, 2)
     assert reason in e.value.reason
+# -- [auth.ldap] / [auth.ad]: the LDAP URL policy, checked here once -------------
+
+
+def _ldap(urls, extra="", source="ldap"):
+    return (f'[auth]\nsource = "{source}"\nmechanisms = ["PLAIN"]\n[auth.{source}]\n'
+            f'urls = {urls}\nbase_dn = "dc=x"\n{extra}')
+
+
+def test_ldap_url_policy():
+    section = config.LDAPSettings()
+    starttls = config.LDAPSettings(start_tls=True)
+    clear = config.LDAPSettings(insecure_cleartext=True)
+    assert config.parse_ldap_url("ldaps://h", section) == ("h", 636, True, False)
+    assert config.parse_ldap_url("LDAPS://h:1636/", section) == ("h", 1636, True, False)
+    assert config.parse_ldap_url("ldap://h:3890", starttls) == ("h", 3890, False, True)
+    assert config.parse_ldap_url("ldap://h", clear) == ("h", 389, False, False)
+    for url in ("ldap://h", "LDAP://h"):
+        with pytest.raises(ValueError, match="insecure_cleartext"):
+            config.parse_ldap_url(url, section)
+    for bad in ("http://h", "ldaps://", "ldaps://h/dc=x", "ldaps://u@h", "ldaps://h?x",
+                "ldaps://h:port", "h", "http://u:pw@h"):
+        with pytest.raises(ValueError):
+            config.parse_ldap_url(bad, starttls)
+
+
+def test_start_tls_defaults_to_false_as_documented():
+    assert config.LDAPSettings().start_tls is False
+    assert config.AD_DEFAULTS.start_tls is False
+    assert re.search(r"^# start_tls = false ", SAMPLE.read_text(), re.M)
+
+
+@pytest.mark.parametrize("source", ["ldap", "ad"])
+@pytest.mark.parametrize("urls, extra, reason", [
+    ('["ldap://h"]', "", "cleartext"),
+    ('["ldaps://h", "LDAP://h2"]', "", "cleartext"),
+    ('["http://h"]', "start_tls = true\n", "not an ldap:// or ldaps:// URL"),
+    ('["ldaps://h/dc=x"]', "", "scheme://host[:port]"),
+    ('["ldaps://svc:s3cret@h"]', "", "must not carry a user or password"),
+    ("[]", "", "at least one URL"),
+])
+def test_bad_ldap_urls_refused_naming_the_key(source, urls, extra, reason):
+    with pytest.raises(ConfigError) as e:
+        config.parse(_ldap(urls, extra, source), "/etc/securepop.toml")
+    assert e.value.key == f"auth.{source}.urls"
+    assert reason in e.value.reason
+    assert "s3cret" not in str(e.value)
+
+
+@pytest.mark.parametrize("source", ["ldap", "ad"])
+def test_good_ldap_urls_accepted(source):
+    config.parse(_ldap('["ldaps://h", "ldap://h2"]', "start_tls = true\n", source), "f")
+    config.parse(_ldap('["ldap://h"]', "insecure_cleartext = true\n", source), "f")
+
+
+def test_ldap_urls_not_checked_for_another_source():
+    config.parse('[auth.ldap]\nurls = ["ldap://h"]\n', "f")
+
+
+def test_ad_section_starts_from_the_ad_defaults():
+    s = config.parse(_ldap('["ldaps://dc"]', 'required_group = "g"\n', "ad"), "f")
+    assert s.auth.ad.user_filter == "(sAMAccountName={user})"
+    assert s.auth.ad.username_attribute == "sAMAccountName"
+    assert s.auth.ad.nested_groups is True
+    assert s.auth.ad.required_group == "g"
+    assert s.auth.ldap == config.LDAPSettings()
+
+
 # -- auth.ad.ntlm_auth ------------------------------------------------------------
 
 
