@@ -15,7 +15,7 @@ from securepop import config
 from securepop.interfaces import ICredentialSource, ISASLContext
 from securepop.protocol.authorization import SASLContext
 from securepop.protocol.server import POP3Factory
-from securepop.tls import testing as tlstesting
+from securepop.testing import tls as tlstesting
 from tests.unit.protocol_harness import (  # noqa: F401 (fixtures)
     PASSWORD, TOML, ClientProtocol, Harness, MemorySource, RecordingTransport,
     TLSFakeTransport, identity, login, secure, starttls, stls_in_memory,
