@@ -27,7 +27,6 @@ import fcntl
 import hashlib
 import os
 import stat
-import tempfile
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +36,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from zope.interface import implementer
 
+from securepop.fileio import atomic_write
 from securepop import events
 from securepop.auth.records import UserRecord
 from securepop.auth.usernames import index_names
@@ -134,7 +134,6 @@ class UsersFile:
         return users
 
     def save(self, users: dict[str, UserEntry]) -> None:
-        from securepop.fileio import atomic_write
 
         data = "".join(users[name].line() + "\n" for name in sorted(users))
         atomic_write(self.path, data.encode("utf-8"), 0o600)

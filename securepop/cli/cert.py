@@ -23,6 +23,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from securepop.fileio import atomic_write
 from securepop import config
 from securepop.errors import ConfigError
 from securepop.tls import issue as _certs
@@ -267,7 +268,7 @@ def cmd_request(args, settings, io):
     _certs.write_private_key(keyOut, privateKey)
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    _certs._write_atomically(csrOut, csr.public_bytes(Encoding.PEM), 0o644)
+    atomic_write(csrOut, csr.public_bytes(Encoding.PEM), 0o644)
     io.say(f"private key (keep it secret, mode 0600): {keyOut}")
     io.say(f"certificate signing request:              {csrOut}")
     io.say(f"subject: {csr.subject.rfc4514_string()}")

@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from securepop.errors import ConfigError
-from securepop.fileio import atomic_write as _write_atomically  # noqa: F401 (cert request)
 from securepop.tls.certificates import default_paths, inspect  # noqa: F401 (cert show)
 from securepop.tls.checks import (
     certificate_problems,
