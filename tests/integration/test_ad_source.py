@@ -45,7 +45,7 @@ def adResults(samba):
 @pytest.mark.parametrize("check", ["alice", "alice_upn", "alice_domain",
                                    "dave_nested", "starttls_alice",
                                    "lookup_alice"])
-def test_allowedLogins(adResults, check):
+def test_allowed_logins(adResults, check):
     expected = "ok:dave" if check == "dave_nested" else "ok:alice"
     assert adResults[check] == expected
 
@@ -61,7 +61,7 @@ def test_allowedLogins(adResults, check):
     ("frank_expired", "refused:"),
     ("lookup_frank", "account expired"),
 ])
-def test_refusedLogins(adResults, check, reason):
+def test_refused_logins(adResults, check, reason):
     assert adResults[check].startswith("refused:")
     assert reason in adResults[check]
 
@@ -69,11 +69,11 @@ def test_refusedLogins(adResults, check, reason):
 @pytest.mark.parametrize("check", ["hostile_star", "hostile_prefix",
                                    "hostile_paren", "hostile_nul",
                                    "hostile_long"])
-def test_hostileNamesRefused(adResults, check):
+def test_hostile_names_refused(adResults, check):
     assert adResults[check].startswith("refused:")
 
 
-def test_wrongCAIsAnOutage(adResults):
+def test_wrong_ca_is_an_outage(adResults):
     assert adResults["wrong_ca"].startswith("unavailable:")
     assert "CERTIFICATE_VERIFY_FAILED" in adResults["wrong_ca"]
 
@@ -87,7 +87,7 @@ def test_explain(adResults):
                                         "account": "disabled"}
 
 
-def test_ntlmThenDirectory(adResults):
+def test_ntlm_then_directory(adResults):
     assert adResults["ntlm_alice"] == "ok:alice"
     assert adResults["ntlm_alice_wrong"] == (
         "refused:NTLM AUTHENTICATE: NT_STATUS_LOGON_FAILURE")
@@ -149,7 +149,7 @@ async def test_ntlmv2(verifier):
 
 
 @pytest_twisted.ensureDeferred
-async def test_ntlmv1OnlyWithTheInsecureSwitch(verifier):
+async def test_ntlmv1_only_with_the_insecure_switch(verifier):
     # The test DC has 'ntlm auth = yes', so only securepop's switch decides.
     strict = verifier()
     assert await ntlm(strict, "EXAMPLE\\alice", "Secret-pass-1",
@@ -162,7 +162,7 @@ async def test_ntlmv1OnlyWithTheInsecureSwitch(verifier):
 
 
 @pytest_twisted.ensureDeferred
-async def test_killedHelperIsRestarted(verifier):
+async def test_killed_helper_is_restarted(verifier):
     pool = verifier(helpers=2)
     assert await ntlm(pool, "EXAMPLE\\alice", "Secret-pass-1") == "EXAMPLE\\alice"
     before = pool.helperPIDs()
@@ -191,7 +191,7 @@ async def test_killedHelperIsRestarted(verifier):
 
 
 @pytest_twisted.ensureDeferred
-async def test_garbageFromAClientNeverReachesTheDC(verifier):
+async def test_garbage_from_a_client_never_reaches_the_dc(verifier):
     pool = verifier(helpers=1)
     exchange = pool.newExchange()
     with pytest.raises(UnauthorizedLogin):
@@ -203,6 +203,6 @@ async def test_garbageFromAClientNeverReachesTheDC(verifier):
 
 
 @pytest_twisted.ensureDeferred
-async def test_missingHelperIsAnOutage(verifier):
+async def test_missing_helper_is_an_outage(verifier):
     pool = verifier(ntlm_auth="/nonexistent/ntlm_auth", helpers=1, timeout=1)
     assert await ntlm(pool, "EXAMPLE\\alice", "Secret-pass-1") == "unavailable"

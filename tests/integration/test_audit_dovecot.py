@@ -101,7 +101,7 @@ def failed(result):
 # -- secure configuration --------------------------------------------------------
 
 
-def test_secureSTLSHasNoFail(secureDovecot):
+def test_secure_stls_has_no_fail(secureDovecot):
     """
     ssl=required + disable_plaintext_auth=yes: nothing fails, every cleartext
     login is refused, STLS works and is gone after TLS, old TLS refused.
@@ -123,7 +123,7 @@ def test_secureSTLSHasNoFail(secureDovecot):
     assert exitStatus(result) == EXIT_OK
 
 
-def test_secureImplicitTLSHasNoFail(secureDovecot):
+def test_secure_implicit_tls_has_no_fail(secureDovecot):
     d = secureDovecot
     result = audit(f"pop3s://127.0.0.1:{d.popsPort}", cafile=d.certificate,
                    servername="localhost")
@@ -135,7 +135,7 @@ def test_secureImplicitTLSHasNoFail(secureDovecot):
     assert "stls.injection" not in s
 
 
-def test_apopTimestampInClearIsWarned(apopDovecot, secureDovecot):
+def test_apop_timestamp_in_clear_is_warned(apopDovecot, secureDovecot):
     """
     Dovecot with APOP offers the timestamp in the STLS port's cleartext
     greeting: APOP before TLS is a WARN; without APOP it is a PASS.
@@ -153,7 +153,7 @@ def test_apopTimestampInClearIsWarned(apopDovecot, secureDovecot):
     assert statuses(result)["cleartext.apop"] == PASS
 
 
-def test_secureWrongPasswordFailsLogin(secureDovecot):
+def test_secure_wrong_password_fails_login(secureDovecot):
     """The negative of the login check: a wrong password is a FAIL."""
     d = secureDovecot
     result = audit(f"pop3://127.0.0.1:{d.popPort}", cafile=d.certificate,
@@ -163,7 +163,7 @@ def test_secureWrongPasswordFailsLogin(secureDovecot):
     assert "not-the-password" not in json.dumps([f.reason for f in result.findings])
 
 
-def test_untrustedCertificateFailsAndBlocksLogin(secureDovecot):
+def test_untrusted_certificate_fails_and_blocks_login(secureDovecot):
     """
     Without --cafile the self-signed chain is not trusted: FAIL, and the
     credentials are not sent at all.
@@ -177,7 +177,7 @@ def test_untrustedCertificateFailsAndBlocksLogin(secureDovecot):
     assert "not attempted" in reasons(result)["login"]
 
 
-def test_wrongServernameFailsNameCheck(secureDovecot):
+def test_wrong_servername_fails_name_check(secureDovecot):
     d = secureDovecot
     result = audit(f"pop3://127.0.0.1:{d.popPort}", cafile=d.certificate,
                    servername="mail.example.org")
@@ -187,7 +187,7 @@ def test_wrongServernameFailsNameCheck(secureDovecot):
     assert s["tls.cert.chain"] == PASS
 
 
-def test_sameAddressVantageIsReported(secureDovecot):
+def test_same_address_vantage_is_reported(secureDovecot):
     """
     From 127.0.0.1 to 127.0.0.1 Dovecot relaxes its rules: the audit reports
     what this client can do (USER accepted) and says why.
@@ -203,7 +203,7 @@ def test_sameAddressVantageIsReported(secureDovecot):
 # -- insecure configuration ------------------------------------------------------
 
 
-def test_insecureNamesEveryExposure(insecureDovecot):
+def test_insecure_names_every_exposure(insecureDovecot):
     """
     ssl=no + disable_plaintext_auth=no + PLAIN/LOGIN: FAIL lines that name
     USER/PASS, AUTH PLAIN, AUTH LOGIN and the missing STLS.
@@ -222,7 +222,7 @@ def test_insecureNamesEveryExposure(insecureDovecot):
     assert exitStatus(result) == EXIT_FAIL
 
 
-def test_insecureLoginIsNeverAttemptedInClear(insecureDovecot, passwordFile):
+def test_insecure_login_is_never_attempted_in_clear(insecureDovecot, passwordFile):
     """
     With credentials and no TLS, the login is refused by the audit itself;
     Dovecot's log shows no login attempt for alice.
@@ -238,7 +238,7 @@ def test_insecureLoginIsNeverAttemptedInClear(insecureDovecot, passwordFile):
 # -- legacy TLS configuration -------------------------------------------------------
 
 
-def test_legacyTLSFailsOldVersionsAndNull(legacyDovecot):
+def test_legacy_tls_fails_old_versions_and_null(legacyDovecot):
     """
     ssl_min_protocol=TLSv1 with eNULL allowed: TLS 1.0/1.1 and the NULL
     suites FAIL; the cleartext checks (plaintext auth disabled) do not.
@@ -258,7 +258,7 @@ def test_legacyTLSFailsOldVersionsAndNull(legacyDovecot):
 # -- command line --------------------------------------------------------------------
 
 
-def test_cliJSONAndExitStatus(secureDovecot, insecureDovecot, passwordFile, capsys):
+def test_cli_json_and_exit_status(secureDovecot, insecureDovecot, passwordFile, capsys):
     d = secureDovecot
     code = auditMain([f"pop3://127.0.0.1:{d.popPort}", "--source-address", CLIENT,
                       "--cafile", d.certificate, "--user", "alice",

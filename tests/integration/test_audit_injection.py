@@ -183,7 +183,7 @@ def findings(result):
 # -- STLS command injection -------------------------------------------------------
 
 
-def test_injectionFailsAgainstBrokenServer(brokenServer, certificate):
+def test_injection_fails_against_broken_server(brokenServer, certificate):
     """A server that answers the CAPA pipelined after STLS inside TLS fails."""
     result = audit(brokenServer.url, cafile=certificate[0])
     f = findings(result)
@@ -194,7 +194,7 @@ def test_injectionFailsAgainstBrokenServer(brokenServer, certificate):
     assert "stls.injection" in verdict(result)
 
 
-def test_injectionPassesAgainstCorrectServer(correctServer, certificate):
+def test_injection_passes_against_correct_server(correctServer, certificate):
     """Its correct twin, which discards the pipelined bytes, passes."""
     result = audit(correctServer.url, cafile=certificate[0])
     f = findings(result)
@@ -209,7 +209,7 @@ def test_injectionPassesAgainstCorrectServer(correctServer, certificate):
 # -- declined source address -------------------------------------------------------------
 
 
-def test_declinedSourceAddressIsReported(decliningServer):
+def test_declined_source_address_is_reported(decliningServer):
     result = audit(decliningServer.url, sourceAddress="127.0.0.9")
     f = findings(result)
     assert result.declined
@@ -224,7 +224,7 @@ def test_declinedSourceAddressIsReported(decliningServer):
     assert len(result.findings) == 2
 
 
-def test_acceptedSourceAddressIsReported(decliningServer):
+def test_accepted_source_address_is_reported(decliningServer):
     """The negative: another address is let in and the audit goes on."""
     result = audit(decliningServer.url, sourceAddress="127.0.0.8")
     f = findings(result)
@@ -235,7 +235,7 @@ def test_acceptedSourceAddressIsReported(decliningServer):
     assert "stls.works" in f
 
 
-def test_declinedByClosingIsReported(closingServer):
+def test_declined_by_closing_is_reported(closingServer):
     result = audit(closingServer.url, sourceAddress="127.0.0.9")
     f = findings(result)
     assert result.declined
@@ -243,7 +243,7 @@ def test_declinedByClosingIsReported(closingServer):
     assert exitStatus(result) == EXIT_DECLINED
 
 
-def test_nothingListeningIsAFail():
+def test_nothing_listening_is_a_fail():
     """No server at all is not 'declined': the audit could not run."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -255,7 +255,7 @@ def test_nothingListeningIsAFail():
     assert exitStatus(result) == EXIT_FAIL
 
 
-def test_unbindableSourceAddressIsAFail(correctServer):
+def test_unbindable_source_address_is_a_fail(correctServer):
     """A source address that is not ours cannot be used; say so."""
     result = audit(correctServer.url, sourceAddress="192.0.2.1")
     f = findings(result)
@@ -318,7 +318,7 @@ def hostile(request):
 
 
 @pytest.mark.parametrize("hostile", ["long-greeting"], indirect=True)
-def test_overlongGreeting(hostile):
+def test_overlong_greeting(hostile):
     result = audit(hostile.url)
     f = findings(result)
     assert f["connection.greeting"].status == FAIL
@@ -326,7 +326,7 @@ def test_overlongGreeting(hostile):
 
 
 @pytest.mark.parametrize("hostile", ["endless-capa"], indirect=True)
-def test_endlessCapa(hostile):
+def test_endless_capa(hostile):
     result = audit(hostile.url)
     f = findings(result)
     assert f["stls.works"].status == FAIL
@@ -334,7 +334,7 @@ def test_endlessCapa(hostile):
 
 
 @pytest.mark.parametrize("hostile", ["garbage-tls"], indirect=True)
-def test_garbageInsteadOfTLS(hostile):
+def test_garbage_instead_of_tls(hostile):
     from securepop.audit.report import formatText
     result = audit(hostile.url)
     f = findings(result)

@@ -54,7 +54,7 @@ def passwordFile(tmp_path_factory):
     return str(path)
 
 
-def test_secureDefaultHasNoFail(daemon):
+def test_secure_default_has_no_fail(daemon):
     result = audit(f"pop3://127.0.0.1:{daemon.pop3_port}", daemon,
                    user="alice", password=ALICE_PASSWORD.encode())
     assert failed(result) == []
@@ -68,13 +68,13 @@ def test_secureDefaultHasNoFail(daemon):
     assert exitStatus(result) == EXIT_OK
 
 
-def test_secureDefaultImplicitTLSHasNoFail(daemon):
+def test_secure_default_implicit_tls_has_no_fail(daemon):
     result = audit(f"pop3s://127.0.0.1:{daemon.pop3s_port}", daemon)
     assert failed(result) == []
     assert statuses(result)["tls.implicit"] == PASS
 
 
-def test_apopTimestampOnlyUnderTLSIsNotWarned(daemon):
+def test_apop_timestamp_only_under_tls_is_not_warned(daemon):
     """
     The fixture daemon enables APOP: its timestamp is only in the implicit
     TLS greeting, so neither port reports APOP before TLS (Dovecot, which
@@ -89,14 +89,14 @@ def test_apopTimestampOnlyUnderTLSIsNotWarned(daemon):
     assert "APOP" in reasons(result)["auth.mechanisms"].split("under TLS:")[1]
 
 
-def test_wrongPasswordFailsLogin(daemon):
+def test_wrong_password_fails_login(daemon):
     result = audit(f"pop3s://127.0.0.1:{daemon.pop3s_port}", daemon,
                    sourceAddress="127.0.0.3", user="alice", password=b"wrong-password")
     assert statuses(result)["login"] == FAIL
     assert "wrong-password" not in json.dumps(reasons(result))
 
 
-def test_cleartextAllowedNamesTheExposure(daemon_factory):
+def test_cleartext_allowed_names_the_exposure(daemon_factory):
     d = daemon_factory(CLEARTEXT_CONFIG, name="audit-cleartext")
     result = audit(f"pop3://127.0.0.1:{d.pop3_port}", d)
     r = reasons(result)
@@ -107,7 +107,7 @@ def test_cleartextAllowedNamesTheExposure(daemon_factory):
     assert exitStatus(result) == EXIT_FAIL
 
 
-def test_legacyProfileFailsOldTLS(daemon_factory):
+def test_legacy_profile_fails_old_tls(daemon_factory):
     d = daemon_factory(LEGACY_CONFIG, name="audit-legacy")
     result = audit(f"pop3://127.0.0.1:{d.pop3_port}", d)
     assert failed(result) == ["tls.version.1.0", "tls.version.1.1"]
@@ -116,7 +116,7 @@ def test_legacyProfileFailsOldTLS(daemon_factory):
 
 
 @pytest.mark.parametrize("scheme", ["pop3", "pop3s"])
-def test_declinedSourceAddress(daemon_factory, scheme):
+def test_declined_source_address(daemon_factory, scheme):
     d = daemon_factory(DECLINING_CONFIG, name="audit-declining")
     port = d.pop3_port if scheme == "pop3" else d.pop3s_port
     result = audit(f"{scheme}://127.0.0.1:{port}", d, sourceAddress="127.0.0.9")
@@ -127,7 +127,7 @@ def test_declinedSourceAddress(daemon_factory, scheme):
     assert exitStatus(result) == EXIT_DECLINED
 
 
-def test_otherSourceAddressAccepted(daemon_factory):
+def test_other_source_address_accepted(daemon_factory):
     d = daemon_factory(DECLINING_CONFIG, name="audit-declining")
     result = audit(f"pop3://127.0.0.1:{d.pop3_port}", d, sourceAddress="127.0.0.8")
     assert not result.declined
@@ -135,7 +135,7 @@ def test_otherSourceAddressAccepted(daemon_factory):
     assert failed(result) == []
 
 
-def test_cliAgainstSecurepop(daemon, passwordFile, capsys):
+def test_cli_against_securepop(daemon, passwordFile, capsys):
     code = auditMain([f"pop3://127.0.0.1:{daemon.pop3_port}", "--source-address", CLIENT,
                       "--servername", "localhost", "--cafile", daemon.ca_file,
                       "--user", "alice", "--password-file", passwordFile, "--json"])

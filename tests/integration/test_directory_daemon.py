@@ -150,13 +150,13 @@ def ldapDaemon(slapdPair, tmp_path_factory):
     ("ntlm", "carol", CAROL),
     ("apop", "alice", F.ALICE_SECRET),
 ])
-def test_ldapLogins(slapd, ldapDaemon, how, user, password):
+def test_ldap_logins(slapd, ldapDaemon, how, user, password):
     assert login(ldapDaemon, how, user, password).startswith(OK)
     wrong = b"wrong-secret" if isinstance(password, bytes) else password + "x"
     assert login(ldapDaemon, how, user, wrong).startswith(AUTH_FAILED)
 
 
-def test_ldapLoginsOverSTLS(slapd, ldapDaemon):
+def test_ldap_logins_over_stls(slapd, ldapDaemon):
     assert login(ldapDaemon, "user", "alice", ALICE, tls=STARTTLS).startswith(OK)
     assert login(ldapDaemon, "plain", "carol", CAROL, tls=STARTTLS).startswith(OK)
 
@@ -169,21 +169,21 @@ def test_ldapLoginsOverSTLS(slapd, ldapDaemon):
     ("AUTH=CRAM-MD5", "alice", F.ALICE_SECRET.decode(), IMPLICIT),
     ("AUTH=+APOP", "alice", F.ALICE_SECRET.decode(), IMPLICIT),
 ])
-def test_ldapCurl(slapd, ldapDaemon, options, user, password, tls):
+def test_ldap_curl(slapd, ldapDaemon, options, user, password, tls):
     good = curlLogin(ldapDaemon, user, password, options, tls=tls)
     assert good.returncode == 0, good.stderr.decode(errors="replace")[-2000:]
     bad = curlLogin(ldapDaemon, user, password + "x", options, tls=tls)
     assert bad.returncode == 67, bad.stderr.decode(errors="replace")[-2000:]
 
 
-def test_ldapNTLMNeedsTheHash(slapd, ldapDaemon):
+def test_ldap_ntlm_needs_the_hash(slapd, ldapDaemon):
     # alice has no sambaNTPassword: NTLM cannot prove her, whatever she sends
     assert login(ldapDaemon, "ntlm", "alice", ALICE).startswith(AUTH_FAILED)
     # carol has no APOP secret
     assert login(ldapDaemon, "apop", "carol", CAROL.encode()).startswith(AUTH_FAILED)
 
 
-def test_ldapRequiredGroup(slapd, ldapDaemon):
+def test_ldap_required_group(slapd, ldapDaemon):
     # bob's password is right, but he is not in cn=pop3users
     for how in ("user", "plain"):
         assert login(ldapDaemon, how, "bob", BOB).startswith(AUTH_FAILED)
@@ -197,7 +197,7 @@ HOSTILE_NAMES = [
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
-def test_ldapHostileNames(slapd, ldapDaemon, name):
+def test_ldap_hostile_names(slapd, ldapDaemon, name):
     for how, secret in (("user", ALICE), ("plain", ALICE), ("apop", F.ALICE_SECRET),
                         ("ntlm", CAROL)):
         reply = login(ldapDaemon, how, name, secret)
@@ -205,7 +205,7 @@ def test_ldapHostileNames(slapd, ldapDaemon, name):
     assert login(ldapDaemon, "user", "alice", ALICE).startswith(OK)
 
 
-def test_ldapHostileNulAndLongNames(slapd, ldapDaemon):
+def test_ldap_hostile_nul_and_long_names(slapd, ldapDaemon):
     client = POP3(ldapDaemon, IMPLICIT)
     try:
         # NUL in a command line never reaches the directory
@@ -225,7 +225,7 @@ def test_ldapHostileNulAndLongNames(slapd, ldapDaemon):
     assert login(ldapDaemon, "user", "alice", ALICE).startswith(OK)
 
 
-def test_ldapCapaOffersWhatTheSourceServes(slapd, ldapDaemon, tmp_path_factory):
+def test_ldap_capa_offers_what_the_source_serves(slapd, ldapDaemon, tmp_path_factory):
     client = POP3(ldapDaemon, IMPLICIT)
     try:
         capa = client.capa()
@@ -262,7 +262,7 @@ def test_ldapCapaOffersWhatTheSourceServes(slapd, ldapDaemon, tmp_path_factory):
     (("PLAIN", "CRAM-MD5"), False, "sambaNTPassword", "", "CRAM-MD5"),
     (("PLAIN",), True, "sambaNTPassword", "", "APOP"),
 ])
-def test_ldapImpossiblePairingStopsTheStart(slapd, tmp_path, mechanisms, apop, ntHash,
+def test_ldap_impossible_pairing_stops_the_start(slapd, tmp_path, mechanisms, apop, ntHash,
                                             secret, named):
     directory, servers = slapd
     daemon = DirectoryDaemon(tmp_path, ldapConfig(
@@ -273,7 +273,7 @@ def test_ldapImpossiblePairingStopsTheStart(slapd, tmp_path, mechanisms, apop, n
     assert "auth.mechanisms" in log and named in log, log[-2000:]
 
 
-def test_ldapStartTLSFromTheConfiguration(slapd, tmp_path):
+def test_ldap_start_tls_from_the_configuration(slapd, tmp_path):
     """
     C{start_tls = true} reaches the source: an ldap:// URL is upgraded
     before any bind.  Without it (cleartext, insecure_cleartext) slapd
@@ -298,7 +298,7 @@ def test_ldapStartTLSFromTheConfiguration(slapd, tmp_path):
 
 # -- outages --------------------------------------------------------------------
 
-def test_ldapFailoverAndRecovery(slapd, ldapDaemon):
+def test_ldap_failover_and_recovery(slapd, ldapDaemon):
     directory, (first, second) = slapd
     assert login(ldapDaemon, "user", "alice", ALICE).startswith(OK)
     first.stop()
@@ -331,7 +331,7 @@ def test_ldapFailoverAndRecovery(slapd, ldapDaemon):
     assert login(ldapDaemon, "user", "alice", "wrong").startswith(AUTH_FAILED)
 
 
-def test_ldapHangKeepsOtherSessionsServed(slapd, ldapDaemon):
+def test_ldap_hang_keeps_other_sessions_served(slapd, ldapDaemon):
     directory, servers = slapd
     loggedIn = POP3(ldapDaemon, IMPLICIT)
     hung = POP3(ldapDaemon, IMPLICIT)
@@ -465,7 +465,7 @@ AD_ALICE, AD_BOB, AD_CAROL, AD_DAVE, AD_FRANK = (
     "Secret-pass-1", "Secret-pass-2", "Secret-pass-3", "Secret-pass-4", "Secret-pass-6")
 
 
-def test_adCapaOffersNTLMFromTheDC(ad):
+def test_ad_capa_offers_ntlm_from_the_dc(ad):
     client = POP3(ad, IMPLICIT)
     try:
         assert b"<" not in client.greeting      # no APOP timestamp
@@ -477,7 +477,7 @@ def test_adCapaOffersNTLMFromTheDC(ad):
 
 
 @pytest.mark.parametrize("user", ["EXAMPLE\\alice", "alice"])
-def test_adCurlNTLM(ad, user):
+def test_ad_curl_ntlm(ad, user):
     good = curlLogin(ad, user, AD_ALICE, "AUTH=NTLM")
     assert good.returncode == 0, good.stderr.decode(errors="replace")[-2000:]
     bad = curlLogin(ad, user, AD_ALICE + "x", "AUTH=NTLM")
@@ -494,7 +494,7 @@ def test_adCurlNTLM(ad, user):
     ("plain", "alice@example.test", AD_ALICE, STARTTLS),
     ("login", "dave", AD_DAVE, IMPLICIT),
 ])
-def test_adLogins(ad, how, user, password, tls):
+def test_ad_logins(ad, how, user, password, tls):
     assert login(ad, how, user, password, tls).startswith(OK)
     assert login(ad, how, user, password + "x", tls).startswith(AUTH_FAILED)
 
@@ -505,20 +505,20 @@ def test_adLogins(ad, how, user, password, tls):
     ("carol", AD_CAROL),      # not in 'POP3 Users'
     ("frank", AD_FRANK),      # expired
 ])
-def test_adRefusedAccounts(ad, how, user, password):
+def test_ad_refused_accounts(ad, how, user, password):
     name = "EXAMPLE\\" + user if how == "ntlm" else user
     reply = login(ad, how, name, password)
     assert reply.startswith(AUTH_FAILED), reply
     assert login(ad, "user", "alice", AD_ALICE).startswith(OK)
 
 
-def test_adCurlRefusesDisabledAndOutsiders(ad):
+def test_ad_curl_refuses_disabled_and_outsiders(ad):
     for user, password in (("EXAMPLE\\bob", AD_BOB), ("EXAMPLE\\carol", AD_CAROL)):
         result = curlLogin(ad, user, password, "AUTH=NTLM")
         assert result.returncode == 67, result.stderr.decode(errors="replace")[-2000:]
 
 
-def test_adFetchmailNTLMv1NeedsTheInsecureSwitch(ad, adInsecureV1, tmp_path):
+def test_ad_fetchmail_ntlmv1_needs_the_insecure_switch(ad, adInsecureV1, tmp_path):
     logged = len(ad.log())
     strict = fetchmailLogin(ad, "alice", AD_ALICE, tmp_path / "strict")
     assert strict.returncode == 3, strict.stdout.decode(errors="replace")[-2000:]
@@ -568,7 +568,7 @@ def adOwnHelpers(samba, tmp_path):
     daemon.stop()
 
 
-def test_adRefusedNTLMv1ReleasesItsHelper(adOwnHelpers):
+def test_ad_refused_ntlmv1_releases_its_helper(adOwnHelpers):
     ad = adOwnHelpers
     for _ in range(2):          # as many as there are helpers
         client = POP3(ad, IMPLICIT)
@@ -583,7 +583,7 @@ def test_adRefusedNTLMv1ReleasesItsHelper(adOwnHelpers):
     assert seconds < 1.5
 
 
-def test_adCancelledNTLMReleasesItsHelper(adOwnHelpers):
+def test_ad_cancelled_ntlm_releases_its_helper(adOwnHelpers):
     ad = adOwnHelpers
     cancelled = POP3(ad, IMPLICIT)
     dropped = POP3(ad, IMPLICIT)
@@ -632,7 +632,7 @@ def killHelperMidExchange(daemon):
     return verdicts, helpers, after
 
 
-def test_adKilledHelperIsRestarted(ad):
+def test_ad_killed_helper_is_restarted(ad):
     verdicts, before, after = killHelperMidExchange(ad)
     # a new helper replaced the killed one; the other one kept running
     assert after and len(after) == 2 and before[0] not in after and before[1] in after
@@ -644,7 +644,7 @@ def test_adKilledHelperIsRestarted(ad):
     assert curlLogin(ad, "EXAMPLE\\alice", AD_ALICE, "AUTH=NTLM").returncode == 0
 
 
-def test_adKilledHelperIsAnOutageNotAWrongPassword(ad):
+def test_ad_killed_helper_is_an_outage_not_a_wrong_password(ad):
     verdicts, _, _ = killHelperMidExchange(ad)
     failed = [verdict for verdict in verdicts if not verdict.startswith(OK)]
     assert len(failed) == 1
@@ -655,7 +655,7 @@ def test_adKilledHelperIsAnOutageNotAWrongPassword(ad):
     (("PLAIN", "NTLM", "CRAM-MD5"), False, "CRAM-MD5"),
     (("PLAIN", "NTLM"), True, "APOP"),
 ])
-def test_adImpossiblePairingStopsTheStart(samba, tmp_path, mechanisms, apop, named):
+def test_ad_impossible_pairing_stops_the_start(samba, tmp_path, mechanisms, apop, named):
     daemon = DirectoryDaemon(tmp_path, adConfig(samba, tmp_path, mechanisms=mechanisms,
                                                 apop=apop))
     code, log = daemon.startFails()

@@ -117,7 +117,7 @@ async def test_logins(makeSource):
     "alice\x00", "\x00", "a" * 100000, "alice\n", "odd*",
 ])
 @pytest_twisted.ensureDeferred
-async def test_hostileUserNamesFailSafely(makeSource, hostile):
+async def test_hostile_user_names_fail_safely(makeSource, hostile):
     source = makeSource(required_group="", pop3_enabled_attribute="",
                         pop3_denied_group="")
     for password in (b"Secret-pass-1", b"Secret-pass-6", b"*"):
@@ -127,7 +127,7 @@ async def test_hostileUserNamesFailSafely(makeSource, hostile):
 
 
 @pytest_twisted.ensureDeferred
-async def test_ntHashAndSecretFromTheDirectory(makeSource):
+async def test_nt_hash_and_secret_from_the_directory(makeSource):
     source = makeSource()
     record, ntHash = await source.lookupSecret("carol", NT_HASH)
     assert record.username == "carol"
@@ -140,7 +140,7 @@ async def test_ntHashAndSecretFromTheDirectory(makeSource):
 
 
 @pytest_twisted.ensureDeferred
-async def test_tlsPolicy(slapd, makeSource):
+async def test_tls_policy(slapd, makeSource):
     directory, servers = slapd
     startTLS = makeSource(urls=[servers[0].ldap_url], start_tls=True)
     assert (await startTLS.verifyPassword("alice", b"Secret-pass-1")).username == "alice"
@@ -158,7 +158,7 @@ async def test_tlsPolicy(slapd, makeSource):
 
 
 @pytest_twisted.ensureDeferred
-async def test_failoverAndRecovery(slapd, makeSource):
+async def test_failover_and_recovery(slapd, makeSource):
     _, (first, second) = slapd
     source = makeSource()
     record = await source.verifyPassword("alice", b"Secret-pass-1")
@@ -204,7 +204,7 @@ async def measureLatency(deferred):
 
 
 @pytest_twisted.ensureDeferred
-async def test_hungDirectoryTimesOutAndTheReactorStaysResponsive(slapd, makeSource):
+async def test_hung_directory_times_out_and_the_reactor_stays_responsive(slapd, makeSource):
     _, (first, second) = slapd
     source = makeSource()
     assert (await source.verifyPassword("alice", b"Secret-pass-1")).username == "alice"

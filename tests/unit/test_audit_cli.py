@@ -19,7 +19,7 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
-def test_addParserRegistersAudit():
+def test_add_parser_registers_audit():
     args = parse(["audit", "pop3://h", "--source-address", "127.0.0.9", "--servername", "n",
                   "--cafile", "ca.pem", "--user", "alice", "--password-file", "pw", "--json",
                   "--timeout", "3"])
@@ -34,21 +34,21 @@ def test_defaults():
     assert args.json is False and args.timeout == 10.0 and args.user is None
 
 
-def test_readPassword(tmp_path):
+def test_read_password(tmp_path):
     path = tmp_path / "pw"
     path.write_bytes(b"s3cret\r\nsecond line\n")
     assert cli.readPassword(str(path)) == b"s3cret"
 
 
 @pytest.mark.parametrize("content", [b"", b"\n", b"x" * 5000])
-def test_readPasswordRefuses(tmp_path, content):
+def test_read_password_refuses(tmp_path, content):
     path = tmp_path / "pw"
     path.write_bytes(content)
     with pytest.raises(ValueError):
         cli.readPassword(str(path))
 
 
-def test_buildOptions(tmp_path):
+def test_build_options(tmp_path):
     path = tmp_path / "pw"
     path.write_text("pw\n")
     args = parse(["audit", "pop3://h:1110", "--user", "alice", "--password-file", str(path),
@@ -66,7 +66,7 @@ def test_buildOptions(tmp_path):
     ["--timeout", "1000"],
     ["--user", "al ice", "--password-file", os.devnull],
 ])
-def test_usageErrors(extra):
+def test_usage_errors(extra):
     err = io.StringIO()
     out = io.StringIO()
     args = parse(["audit", "pop3://127.0.0.1:1"] + extra)
@@ -75,14 +75,14 @@ def test_usageErrors(extra):
     assert err.getvalue().startswith("securepop audit: ")
 
 
-def test_badURLIsAUsageError():
+def test_bad_url_is_a_usage_error():
     err = io.StringIO()
     args = parse(["audit", "pop3://alice:secret@h"])
     assert cli.run(args, out=io.StringIO(), err=err) == cli.EXIT_USAGE
     assert "secret" not in err.getvalue()
 
 
-def test_missingPasswordFileIsAUsageError(tmp_path):
+def test_missing_password_file_is_a_usage_error(tmp_path):
     err = io.StringIO()
     args = parse(["audit", "pop3://h", "--user", "a", "--password-file", str(tmp_path / "none")])
     assert cli.run(args, out=io.StringIO(), err=err) == cli.EXIT_USAGE

@@ -21,7 +21,7 @@ def options(url="pop3://127.0.0.1:1110", **kw):
     return AuditOptions(target=parseURL(url), **kw)
 
 
-def test_optionsNeverShowThePassword():
+def test_options_never_show_the_password():
     o = options(user="alice", password=b"s3cr3t-pw")
     assert "s3cr3t-pw" not in repr(o)
     assert o.checkedName == "127.0.0.1"
@@ -32,7 +32,7 @@ STAMPED = Response("+OK", "ready <1896.697170952@dbc.mtview.ca.us>")
 UNSTAMPED = Response("+OK", "securepop ready")
 
 
-def test_apopUnderImplicitTLSIsListedUnderTLS():
+def test_apop_under_implicit_tls_is_listed_under_tls():
     audit = Audit(options("pop3s://127.0.0.1:1995"))
     audit.greeting = STAMPED
     audit.capabilitiesUnderTLS = {"USER": ()}
@@ -40,7 +40,7 @@ def test_apopUnderImplicitTLSIsListedUnderTLS():
     assert f["auth.mechanisms"].reason == "under TLS: USER, APOP"
 
 
-def test_apopInACleartextGreetingIsListedBeforeTLSOnly():
+def test_apop_in_a_cleartext_greeting_is_listed_before_tls_only():
     audit = Audit(options())
     audit.greeting = STAMPED
     audit.capabilitiesBefore = {"STLS": ()}
@@ -59,7 +59,7 @@ def certificateFindings(certificate, now, **kw):
     return {f.check: f for f in audit.result.findings}, audit
 
 
-def test_certificateGood(tmp_path):
+def test_certificate_good(tmp_path):
     start = datetime.datetime(2026, 1, 1, tzinfo=UTC)
     certificate, _ = makeCertificate(notBefore=start, notAfter=start + datetime.timedelta(days=365))
     cafile = writePEM(tmp_path / "ca.pem", certificate)
@@ -73,7 +73,7 @@ def test_certificateGood(tmp_path):
 @pytest.mark.parametrize("offsetDays, status, word", [
     (-5, FAIL, "not valid before"), (400, FAIL, "expired"), (360, WARN, "expires in"),
 ])
-def test_certificateExpiry(offsetDays, status, word):
+def test_certificate_expiry(offsetDays, status, word):
     start = datetime.datetime(2026, 1, 1, tzinfo=UTC)
     certificate, _ = makeCertificate(notBefore=start, notAfter=start + datetime.timedelta(days=365))
     f, _ = certificateFindings(certificate, start + datetime.timedelta(days=offsetDays))
@@ -81,7 +81,7 @@ def test_certificateExpiry(offsetDays, status, word):
     assert word in f["tls.cert.expiry"].reason
 
 
-def test_certificateWrongNameAndUntrusted():
+def test_certificate_wrong_name_and_untrusted():
     certificate, _ = makeCertificate(names=("other.example.com",), ips=())
     f, audit = certificateFindings(certificate, datetime.datetime.now(UTC),
                                    servername="mail.example.com")
@@ -90,13 +90,13 @@ def test_certificateWrongNameAndUntrusted():
     assert not audit.certificateTrusted
 
 
-def test_weakKeyFails():
+def test_weak_key_fails():
     certificate, _ = makeCertificate(makeKey("rsa", 1024))
     f, _ = certificateFindings(certificate, datetime.datetime.now(UTC))
     assert f["tls.cert.key"].status == FAIL and "1024" in f["tls.cert.key"].reason
 
 
-def test_noCertificateFails():
+def test_no_certificate_fails():
     audit = Audit(options())
     audit.facts = HandshakeFacts("TLSv1.3", "x", 128, ())
     audit._certificate()
@@ -111,7 +111,7 @@ def authFindings(audit):
     return {f.check: f for f in audit.result.findings}
 
 
-def test_authenticationCleartextUsable():
+def test_authentication_cleartext_usable():
     audit = Audit(options())
     audit.capabilitiesBefore = {"USER": (), "SASL": ("PLAIN", "CRAM-MD5")}
     audit.capabilitiesUnderTLS = {"USER": (), "SASL": ("PLAIN",)}
@@ -123,7 +123,7 @@ def test_authenticationCleartextUsable():
     assert "CRAM-MD5" in f["auth.password-exposing"].reason.split("do not:")[1]
 
 
-def test_authenticationNothingInClear():
+def test_authentication_nothing_in_clear():
     audit = Audit(options())
     audit.capabilitiesBefore = {"STLS": ()}
     audit.capabilitiesUnderTLS = {"SASL": ("SCRAM-SHA-256",)}
@@ -132,28 +132,28 @@ def test_authenticationNothingInClear():
     assert "none" in f["auth.password-exposing"].reason
 
 
-def test_loginRefusedWithoutTLS():
+def test_login_refused_without_tls():
     audit = Audit(options(user="alice", password=b"pw"))
     audit._login()
     assert audit.result.findings[0].status == INFO
     assert "never sent in clear" in audit.result.findings[0].reason
 
 
-def test_loginRefusedWithUnverifiedCertificate():
+def test_login_refused_with_unverified_certificate():
     audit = Audit(options(user="alice", password=b"pw"))
     audit.tlsWorks = True
     audit._login()
     assert "not verified" in audit.result.findings[0].reason
 
 
-def test_noLoginWithoutUser():
+def test_no_login_without_user():
     audit = Audit(options())
     audit.tlsWorks = audit.certificateTrusted = True
     audit._login()
     assert audit.result.findings == []
 
 
-def test_packageExports():
+def test_package_exports():
     import securepop.audit as package
     for name in package.__all__:
         assert getattr(package, name) is not None

@@ -98,13 +98,13 @@ STAMPED = Response("+OK", "ready <1896.697170952@dbc.mtview.ca.us>")
 UNSTAMPED = Response("+OK", "securepop ready")
 
 
-def test_findingStatusIsChecked():
+def test_finding_status_is_checked():
     assert Finding("x", PASS, "ok").status == PASS
     with pytest.raises(ValueError):
         Finding("x", "OK", "no such status")
 
 
-def test_mechanismsOf():
+def test_mechanisms_of():
     greeting = Response("+OK", "ready <1896.697170952@dbc.mtview.ca.us>")
     caps = {"USER": (), "SASL": ("PLAIN", "CRAM-MD5")}
     assert mechanismsOf(caps, greeting) == ["USER", "PLAIN", "CRAM-MD5", "APOP"]
@@ -112,7 +112,7 @@ def test_mechanismsOf():
     assert mechanismsOf({"SASL": ()}) == []
 
 
-def test_apopTimestampNeedsTheShape():
+def test_apop_timestamp_needs_the_shape():
     assert judge.APOP_TIMESTAMP.search("<1.2@host>")
     assert not judge.APOP_TIMESTAMP.search("ready <no-at-sign>")
     assert not judge.APOP_TIMESTAMP.search("ready")
@@ -124,13 +124,13 @@ def test_apopTimestampNeedsTheShape():
     (STAMPED, True, PASS),         # the greeting itself is inside TLS
     (UNSTAMPED, True, PASS),
 ])
-def test_judgeApopGreeting(greeting, implicitTLS, status):
+def test_judge_apop_greeting(greeting, implicitTLS, status):
     got, reason = judge.judgeApopGreeting(greeting, implicitTLS)
     assert got == status, reason
     assert ("before TLS" in reason) == (status == WARN)
 
 
-def test_exposingMechanisms():
+def test_exposing_mechanisms():
     exposing, safe, unknown = exposingMechanisms(
         ["USER", "PLAIN", "LOGIN", "SCRAM-SHA-256", "NTLM", "X-WEIRD", "XOAUTH2"])
     assert exposing == ["USER", "PLAIN", "LOGIN", "XOAUTH2"]
@@ -146,7 +146,7 @@ def test_exposingMechanisms():
     (Response("-ERR", "not allowed without TLS"), False),
     (Response("?", "garbage"), False),
 ])
-def test_classifyCleartextAnswer(response, accepted):
+def test_classify_cleartext_answer(response, accepted):
     assert classifyCleartextAnswer(response) is accepted
 
 
@@ -155,12 +155,12 @@ def test_classifyCleartextAnswer(response, accepted):
     ("EC secp256r1", 256, PASS), ("EC secp192r1", 192, FAIL),
     ("Ed25519", 256, PASS), ("DSA", 2048, FAIL), ("Mystery", 0, WARN),
 ])
-def test_judgeKey(kind, bits, status):
+def test_judge_key(kind, bits, status):
     assert judgeKey(kind, bits)[0] == status
 
 
 @pytest.mark.parametrize("name, status", [
     ("sha256", PASS), ("sha384", PASS), (None, PASS), ("sha1", FAIL), ("md5", FAIL),
 ])
-def test_judgeSignature(name, status):
+def test_judge_signature(name, status):
     assert judgeSignature(name)[0] == status

@@ -40,11 +40,11 @@ from tests.unit.audit_certificates import makeCertificate, serverContext
     ("POP3://127.0.0.1:1110", Target("pop3", "127.0.0.1", 1110)),
     ("pop3s://[::1]:1995/", Target("pop3s", "::1", 1995)),
 ])
-def test_parseURLAccepts(url, expected):
+def test_parse_url_accepts(url, expected):
     assert parseURL(url) == expected
 
 
-def test_implicitTLSOnlyForPop3s():
+def test_implicit_tls_only_for_pop3s():
     assert parseURL("pop3s://h").implicitTLS
     assert not parseURL("pop3://h").implicitTLS
 
@@ -55,12 +55,12 @@ def test_implicitTLSOnlyForPop3s():
     "pop3://h/INBOX", "pop3://h?x=1", "pop3://h#f", "pop3://h:99999",
     "pop3://h:abc", "pop3://" + "a" * 2000, "pop3://h\r\nQUIT", None, b"pop3://h",
 ])
-def test_parseURLRefuses(url):
+def test_parse_url_refuses(url):
     with pytest.raises(ValueError):
         parseURL(url)
 
 
-def test_parseURLNeverEchoesCredentials():
+def test_parse_url_never_echoes_credentials():
     with pytest.raises(ValueError) as e:
         parseURL("pop3://alice:s3cr3t@h")
     assert "s3cr3t" not in str(e.value)
@@ -69,7 +69,7 @@ def test_parseURLNeverEchoesCredentials():
 # -- responses -------------------------------------------------------------------
 
 
-def test_parseStatusLine():
+def test_parse_status_line():
     assert parseStatusLine(b"+OK ready") == Response("+OK", "ready")
     assert parseStatusLine(b"+OK") == Response("+OK", "")
     assert parseStatusLine(b"-ERR [AUTH] no") == Response("-ERR", "[AUTH] no")
@@ -80,13 +80,13 @@ def test_parseStatusLine():
     assert parseStatusLine(b"-ERRx").status == "?"
 
 
-def test_parseStatusLineHostileBytes():
+def test_parse_status_line_hostile_bytes():
     response = parseStatusLine(b"+OK \xff\xfe\x00\x1b[2J")
     assert response.ok
     assert "\ufffd" in response.text
 
 
-def test_responseCode():
+def test_response_code():
     assert Response("-ERR", "[AUTH] no").code == "AUTH"
     assert Response("-ERR", "[sys/temp] later").code == "SYS/TEMP"
     assert Response("-ERR", "no code").code is None
@@ -94,7 +94,7 @@ def test_responseCode():
     assert Response("-ERR", "[" + "A" * 100 + "]").code is None
 
 
-def test_parseCapabilities():
+def test_parse_capabilities():
     caps = parseCapabilities(["TOP", "SASL plain Login", "STLS", "", "IMPLEMENTATION x y"])
     assert caps["SASL"] == ("PLAIN", "LOGIN")
     assert caps["STLS"] == ()
@@ -102,12 +102,12 @@ def test_parseCapabilities():
     assert "" not in caps
 
 
-def test_parseCapabilitiesBounded():
+def test_parse_capabilities_bounded():
     caps = parseCapabilities([f"X{i}" for i in range(MAX_LINES + 50)])
     assert len(caps) == MAX_LINES
 
 
-def test_isIPAddress():
+def test_is_ip_address():
     assert isIPAddress("127.0.0.1") and isIPAddress("::1")
     assert not isIPAddress("localhost") and not isIPAddress("1.2.3")
 
@@ -115,7 +115,7 @@ def test_isIPAddress():
 # -- budget ----------------------------------------------------------------------
 
 
-def test_budgetLimitsConnections():
+def test_budget_limits_connections():
     budget = ProbeBudget(maxConnections=2)
     budget.spend()
     budget.spend()
@@ -123,7 +123,7 @@ def test_budgetLimitsConnections():
         budget.spend()
 
 
-def test_budgetLimitsTime():
+def test_budget_limits_time():
     budget = ProbeBudget(maxConnections=10, maxSeconds=5.0, started=0.0)
     with pytest.raises(BudgetExhausted):
         budget.spend()
@@ -142,7 +142,7 @@ def pair():
     server.close()
 
 
-def test_readResponseMultiline(pair):
+def test_read_response_multiline(pair):
     probe, server = pair
     server.sendall(b"+OK caps\r\nTOP\r\n..dotted\r\nSASL PLAIN\r\n.\r\n+OK next\r\n")
     response = probe.readResponse(multiline=True)
@@ -150,14 +150,14 @@ def test_readResponseMultiline(pair):
     assert probe.readResponse().text == "next"
 
 
-def test_multilineErrorHasNoBody(pair):
+def test_multiline_error_has_no_body(pair):
     probe, server = pair
     server.sendall(b"-ERR no\r\n+OK after\r\n")
     assert probe.readResponse(multiline=True) == Response("-ERR", "no")
     assert probe.readResponse().ok
 
 
-def test_commandSendsOneLine(pair):
+def test_command_sends_one_line(pair):
     probe, server = pair
     server.sendall(b"+OK\r\n")
     probe.command("NOOP")
@@ -166,21 +166,21 @@ def test_commandSendsOneLine(pair):
         probe.command("NOOP\r\nQUIT")
 
 
-def test_overlongLineRefused(pair):
+def test_overlong_line_refused(pair):
     probe, server = pair
     server.sendall(b"+OK " + b"x" * (MAX_LINE + 10))
     with pytest.raises(ProbeError):
         probe.readLine()
 
 
-def test_endlessMultilineRefused(pair):
+def test_endless_multiline_refused(pair):
     probe, server = pair
     server.sendall(b"+OK\r\n" + b"line\r\n" * (MAX_LINES + 5))
     with pytest.raises(ProbeError):
         probe.readResponse(multiline=True)
 
 
-def test_closeBeforeLine(pair):
+def test_close_before_line(pair):
     probe, server = pair
     server.sendall(b"+OK partial")
     server.shutdown(socket.SHUT_WR)
@@ -188,20 +188,20 @@ def test_closeBeforeLine(pair):
         probe.readLine()
 
 
-def test_silentServerTimesOut(pair):
+def test_silent_server_times_out(pair):
     probe, server = pair
     with pytest.raises(ProbeTimeout):
         probe.readLine(timeout=0.05)
 
 
-def test_pollDataCollectsUnsolicitedBytes(pair):
+def test_poll_data_collects_unsolicited_bytes(pair):
     probe, server = pair
     server.sendall(b"+OK surprise\r\n")
     assert probe.pollData(0.5) == b"+OK surprise\r\n"
     assert probe.pollData(0.05) == b""
 
 
-def test_startTLSHandsBackClearLeftovers(pair):
+def test_start_tls_hands_back_clear_leftovers(pair):
     """Bytes buffered after the STLS answer are returned, not fed to TLS."""
     probe, server = pair
     server.sendall(b"+OK begin\r\n-ERR injected\r\n")
@@ -223,7 +223,7 @@ def _serveTLS(sock, context, reply):
         pass
 
 
-def test_tlsChannelHandshakeAndRead(tmp_path):
+def test_tls_channel_handshake_and_read(tmp_path):
     certificate, key = makeCertificate()
     client, server = socket.socketpair()
     thread = threading.Thread(
@@ -244,7 +244,7 @@ def test_tlsChannelHandshakeAndRead(tmp_path):
         server.close()
 
 
-def test_tlsChannelHandshakeWithNonTLSPeer():
+def test_tls_channel_handshake_with_non_tls_peer():
     client, server = socket.socketpair()
     server.sendall(b"-ERR this is not TLS at all, sorry\r\n" * 4)
     server.shutdown(socket.SHUT_WR)

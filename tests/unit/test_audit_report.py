@@ -26,7 +26,7 @@ def result(*findings, declined=False, url="pop3://127.0.0.1:1110", source=None):
     return r
 
 
-def test_allPass():
+def test_all_pass():
     r = result(("a.b", PASS, "fine"), ("c", INFO, "note"))
     assert verdict(r) == "PASS: no check failed"
     assert exitStatus(r) == EXIT_OK
@@ -38,7 +38,7 @@ def test_warnings():
     assert exitStatus(r) == EXIT_OK
 
 
-def test_anyFailFails():
+def test_any_fail_fails():
     r = result(("a", PASS, "x"), ("cleartext.user-pass", FAIL, "in clear"), ("w", WARN, "y"))
     assert verdict(r) == "FAIL: 1 check(s) failed: cleartext.user-pass"
     assert exitStatus(r) == EXIT_FAIL
@@ -50,7 +50,7 @@ def test_declined():
     assert exitStatus(r) == EXIT_DECLINED
 
 
-def test_failBeatsDeclined():
+def test_fail_beats_declined():
     r = result(("x", FAIL, "bad"), declined=True)
     assert exitStatus(r) == EXIT_FAIL
 
@@ -60,7 +60,7 @@ def test_counts():
     assert counts(r.findings) == {PASS: 2, WARN: 0, FAIL: 1, INFO: 1}
 
 
-def test_textOneLinePerCheckAndVerdictLast():
+def test_text_one_line_per_check_and_verdict_last():
     r = result(("connection.greeting", PASS, "+OK hi"), ("tls.version.1.0", FAIL, "accepted"))
     lines = formatText(r).splitlines()
     assert lines[0] == "securepop audit of pop3://127.0.0.1:1110"
@@ -70,13 +70,13 @@ def test_textOneLinePerCheckAndVerdictLast():
     assert len(lines) == 5
 
 
-def test_textNeutralisesHostileServerText():
+def test_text_neutralises_hostile_server_text():
     r = result(("connection.greeting", PASS, "+OK \x1b[2J\x07evil\u202e"))
     text = formatText(r)
     assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
 
 
-def test_ipv6TargetText():
+def test_ipv6_target_text():
     r = result(url="pop3s://[::1]:995")
     assert "pop3s://[::1]:995" in formatText(r)
 

@@ -63,26 +63,26 @@ def serverHello(suite, sessionId=b"\x01" * 32, version=0x0303, split=None):
 # -- ClientHello --------------------------------------------------------------------
 
 
-def test_clientHelloOffersExactlyTheSuites():
+def test_client_hello_offers_exactly_the_suites():
     suites, extensions = parseClientHello(buildClientHello((0x0005, 0x000A), "mail.example.com"))
     assert suites == (0x0005, 0x000A, 0x00FF)
     assert b"mail.example.com" in extensions[0]
     assert 10 in extensions and 13 in extensions and 11 in extensions
 
 
-def test_clientHelloHasNoSNIForAnIPAddress():
+def test_client_hello_has_no_sni_for_an_ip_address():
     _, extensions = parseClientHello(buildClientHello((0x0005,), "127.0.0.1"))
     assert 0 not in extensions
 
 
 @pytest.mark.parametrize("category", sorted(WEAK_SUITE_CATEGORIES))
-def test_everyCategoryBuildsAValidHello(category):
+def test_every_category_builds_a_valid_hello(category):
     label, suites = WEAK_SUITE_CATEGORIES[category]
     parsed, _ = parseClientHello(buildClientHello(suites, "h"))
     assert parsed[:-1] == suites and label
 
 
-def test_categoriesHoldNoStrongSuite():
+def test_categories_hold_no_strong_suite():
     """A modern suite in a 'weak' list would make every server FAIL."""
     strong = {0x002F, 0x0035, 0x009C, 0x009D, 0xC02B, 0xC02F, 0xC030, 0x1301, 0x1302}
     for _, suites in WEAK_SUITE_CATEGORIES.values():
@@ -92,19 +92,19 @@ def test_categoriesHoldNoStrongSuite():
 # -- ServerHello ------------------------------------------------------------------------
 
 
-def test_parseServerHello():
+def test_parse_server_hello():
     assert parseServerAnswer(serverHello(0x0005)) == HelloAnswer("hello", 0x0005, 0x0303)
     assert parseServerAnswer(serverHello(0xC011, sessionId=b"")).suite == 0xC011
 
 
-def test_parseServerHelloNeedsMoreBytes():
+def test_parse_server_hello_needs_more_bytes():
     data = serverHello(0x000A)
     for cut in (0, 3, 5, 20, 40):
         assert parseServerAnswer(data[:cut]) is None
     assert parseServerAnswer(data[:80]).suite == 0x000A
 
 
-def test_parseServerHelloAcrossRecords():
+def test_parse_server_hello_across_records():
     """A ServerHello split over two handshake records still parses."""
     record = serverHello(0x0004)
     payload = record[5:]
@@ -114,7 +114,7 @@ def test_parseServerHelloAcrossRecords():
     assert parseServerAnswer(data).suite == 0x0004
 
 
-def test_parseAlert():
+def test_parse_alert():
     answer = parseServerAnswer(b"\x15\x03\x03\x00\x02\x02\x28")
     assert answer.kind == "alert" and "40" in answer.detail
 
@@ -123,7 +123,7 @@ def test_parseAlert():
     b"-ERR not TLS\r\n", b"\x17\x03\x03\x00\x01x", b"\x16\x03\x03\x00\x04\x0b\x00\x00\x00",
     b"\x16\x09\x03\x00\x01x", b"\x16\x03\x03\xff\xff",
 ])
-def test_parseGarbage(data):
+def test_parse_garbage(data):
     assert parseServerAnswer(data).kind == "garbage"
 
 
@@ -139,7 +139,7 @@ def _helloServer(sock, reply):
     (b"\x15\x03\x03\x00\x02\x02\x28", "alert"),
     (b"", "closed"),
 ])
-def test_offerSuitesReadsTheAnswer(reply, kind):
+def test_offer_suites_reads_the_answer(reply, kind):
     client, server = socket.socketpair()
     thread = threading.Thread(target=_helloServer, args=(server, reply))
     thread.start()
@@ -150,7 +150,7 @@ def test_offerSuitesReadsTheAnswer(reply, kind):
         client.close()
 
 
-def test_offerSuitesAgainstRealOpenSSL():
+def test_offer_suites_against_real_openssl():
     """
     A pyOpenSSL server that allows AES128-SHA picks it from a raw hello and
     refuses a hello that offers only RC4.
@@ -186,21 +186,21 @@ def test_offerSuitesAgainstRealOpenSSL():
 # -- certificates ---------------------------------------------------------------------------
 
 
-def test_chainTrustedWithCAFile(tmp_path):
+def test_chain_trusted_with_ca_file(tmp_path):
     certificate, _ = makeCertificate()
     cafile = writePEM(tmp_path / "ca.pem", certificate)
     ok, reason = verifyChain((certificate,), cafile)
     assert ok and "verified" in reason
 
 
-def test_chainUntrustedWithOtherCAFile(tmp_path):
+def test_chain_untrusted_with_other_ca_file(tmp_path):
     certificate, _ = makeCertificate()
     other, _ = makeCertificate()
     ok, reason = verifyChain((certificate,), writePEM(tmp_path / "o.pem", other))
     assert not ok and "not trusted" in reason
 
 
-def test_chainWithIntermediate(tmp_path):
+def test_chain_with_intermediate(tmp_path):
     rootKey = makeKey()
     root, _ = makeCertificate(rootKey, names=("Test Root",), ips=(), ca=True)
     leaf, _ = makeCertificate(issuer=root, issuerKey=rootKey)
@@ -209,17 +209,17 @@ def test_chainWithIntermediate(tmp_path):
     assert verifyChain((leaf,), cafile)[0]
 
 
-def test_chainMissingCAFile(tmp_path):
+def test_chain_missing_ca_file(tmp_path):
     certificate, _ = makeCertificate()
     ok, reason = verifyChain((certificate,), str(tmp_path / "missing.pem"))
     assert not ok and "cannot load" in reason
 
 
-def test_chainEmpty():
+def test_chain_empty():
     assert verifyChain(())[0] is False
 
 
-def test_selfSignedNotTrustedBySystem():
+def test_self_signed_not_trusted_by_system():
     certificate, _ = makeCertificate()
     assert verifyChain((certificate,))[0] is False
 
@@ -233,7 +233,7 @@ def test_names():
     assert not verifyName(certificate, "127.0.0.2")[0]
 
 
-def test_wildcardAndNoSAN():
+def test_wildcard_and_no_san():
     certificate, _ = makeCertificate(names=("*.example.com",), ips=())
     assert verifyName(certificate, "pop.example.com")[0]
     assert not verifyName(certificate, "a.b.example.com")[0]
@@ -245,12 +245,12 @@ def test_wildcardAndNoSAN():
     ("ec", 256, ("EC secp256r1", 256)),
     ("ed25519", 0, ("Ed25519", 256)),
 ])
-def test_describeKey(kind, bits, expected):
+def test_describe_key(kind, bits, expected):
     certificate, _ = makeCertificate(makeKey(kind, bits))
     assert describeKey(certificate) == expected
 
 
-def test_signatureHash():
+def test_signature_hash():
     certificate, _ = makeCertificate()
     assert signatureHash(certificate) == "sha256"
     other, _ = makeCertificate(hashAlgorithm=hashes.SHA384())
@@ -259,13 +259,13 @@ def test_signatureHash():
     assert signatureHash(edwards) is None
 
 
-def test_validityWindow():
+def test_validity_window():
     start = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
     certificate, _ = makeCertificate(notBefore=start, notAfter=start + datetime.timedelta(days=10))
     assert tlsprobe.validityWindow(certificate) == (start, start + datetime.timedelta(days=10))
 
 
-def test_contextOffersOldVersions():
+def test_context_offers_old_versions():
     """The probe context can still speak TLS 1.0 (SECLEVEL=0)."""
     context = tlsprobe.makeContext(SSL.TLS1_VERSION)
     conn = SSL.Connection(context, None)

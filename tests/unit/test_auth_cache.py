@@ -14,14 +14,14 @@ def makeCache(**kwargs):
     return clock, AuthCache(clock, **kwargs)
 
 
-def test_keyNeverContainsThePassword():
+def test_key_never_contains_the_password():
     _, cache = makeCache()
     key = cache.keyFor("ldap", "alice", b"Secret-pass-1")
     assert b"Secret-pass-1" not in key
     assert len(key) == 32
 
 
-def test_keyDependsOnEveryPartAndTheProcessKey():
+def test_key_depends_on_every_part_and_the_process_key():
     _, cache = makeCache()
     _, other = makeCache()
     key = cache.keyFor("alice", b"pw")
@@ -31,19 +31,19 @@ def test_keyDependsOnEveryPartAndTheProcessKey():
     assert key != other.keyFor("alice", b"pw")
 
 
-def test_keyPartsCannotBeShiftedIntoEachOther():
+def test_key_parts_cannot_be_shifted_into_each_other():
     _, cache = makeCache()
     assert cache.keyFor("ab", "c") != cache.keyFor("a", "bc")
     assert cache.keyFor("a\x00", "b") != cache.keyFor("a", "\x00b")
 
 
-def test_keyRefusesOtherTypes():
+def test_key_refuses_other_types():
     _, cache = makeCache()
     with pytest.raises(TypeError):
         cache.keyFor(123)
 
 
-def test_positiveHitUntilTTL():
+def test_positive_hit_until_ttl():
     clock, cache = makeCache(ttl=60, negative_ttl=5)
     record = UserRecord("alice")
     key = cache.keyFor("alice", b"pw")
@@ -56,7 +56,7 @@ def test_positiveHitUntilTTL():
     assert len(cache) == 0
 
 
-def test_negativeIsShortLived():
+def test_negative_is_short_lived():
     clock, cache = makeCache(ttl=60, negative_ttl=5)
     key = cache.keyFor("alice", b"wrong")
     cache.putNegative(key)
@@ -65,7 +65,7 @@ def test_negativeIsShortLived():
     assert cache.get(key) is MISS
 
 
-def test_zeroTTLsDisableCaching():
+def test_zero_ttls_disable_caching():
     _, cache = makeCache(ttl=0, negative_ttl=0)
     key = cache.keyFor("x")
     cache.putPositive(key, UserRecord("x"))
@@ -74,7 +74,7 @@ def test_zeroTTLsDisableCaching():
     assert cache.get(key) is MISS
 
 
-def test_boundedLeastRecentlyUsedGoesFirst():
+def test_bounded_least_recently_used_goes_first():
     _, cache = makeCache(max_entries=2)
     first, second, third = (cache.keyFor(name) for name in "abc")
     cache.putPositive(first, 1)
@@ -87,14 +87,14 @@ def test_boundedLeastRecentlyUsedGoesFirst():
     assert cache.get(third) == 3
 
 
-def test_manyEntriesNeverExceedTheBound():
+def test_many_entries_never_exceed_the_bound():
     _, cache = makeCache(max_entries=10)
     for number in range(1000):
         cache.putNegative(cache.keyFor(str(number)))
     assert len(cache) == 10
 
 
-def test_discardAndClear():
+def test_discard_and_clear():
     _, cache = makeCache()
     key = cache.keyFor("a")
     cache.putPositive(key, 1)
@@ -106,7 +106,7 @@ def test_discardAndClear():
     assert len(cache) == 0
 
 
-def test_badArguments():
+def test_bad_arguments():
     clock = Clock()
     with pytest.raises(ValueError):
         AuthCache(clock, ttl=-1)
@@ -114,19 +114,19 @@ def test_badArguments():
         AuthCache(clock, max_entries=0)
 
 
-def test_injectedKeyGivesStableKeys():
+def test_injected_key_gives_stable_keys():
     clock = Clock()
     one = AuthCache(clock, key=b"k" * 32)
     two = AuthCache(clock, key=b"k" * 32)
     assert one.keyFor("a", b"b") == two.keyFor("a", b"b")
 
 
-def test_defaultsFitPollingClients():
+def test_defaults_fit_polling_clients():
     _, cache = makeCache()
     assert (cache.ttl, cache.negative_ttl, cache.max_entries) == (3600.0, 5.0, 50000)
 
 
-def test_hitsNeverExtendAnEntry():
+def test_hits_never_extend_an_entry():
     """A client polling more often than the TTL is still verified once per TTL."""
     clock, cache = makeCache(ttl=3600, negative_ttl=5)
     key = cache.keyFor("alice", b"pw")
@@ -138,7 +138,7 @@ def test_hitsNeverExtendAnEntry():
     assert cache.get(key) is MISS
 
 
-def test_refusalReplacesAPositiveEntryForTheSameKey():
+def test_refusal_replaces_a_positive_entry_for_the_same_key():
     clock, cache = makeCache(ttl=3600, negative_ttl=5)
     key = cache.keyFor("alice", b"pw")
     cache.putPositive(key, UserRecord("alice"))
@@ -148,7 +148,7 @@ def test_refusalReplacesAPositiveEntryForTheSameKey():
     assert cache.get(key) is MISS          # not the positive one back
 
 
-def test_boundHoldsWithMixedLifetimesAndTheRecentlyUsedSurvive():
+def test_bound_holds_with_mixed_lifetimes_and_the_recently_used_survive():
     clock, cache = makeCache(ttl=3600, negative_ttl=5, max_entries=100)
     keep = cache.keyFor("keep")
     cache.putPositive(keep, 1)

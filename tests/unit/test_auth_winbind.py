@@ -111,7 +111,7 @@ def negotiated(reactor, verifier, number=0):
     return exchange
 
 
-def test_commandLine():
+def test_command_line():
     reactor, verifier = makeVerifier(configfile="/x/smb.conf", helpers=2)
     assert len(reactor.spawned) == 2
     _, executable, args, env = reactor.spawned[0]
@@ -121,7 +121,7 @@ def test_commandLine():
     assert set(env) == {"PATH", "LANG"}
 
 
-def test_autostartWithTheReactor():
+def test_autostart_with_the_reactor():
     reactor = ProcessReactor()
     verifier = WinbindNTLMVerifier(reactor, WinbindSettings(helpers=1))
     assert reactor.spawned == []
@@ -129,12 +129,12 @@ def test_autostartWithTheReactor():
     assert reactor.triggers["before"]["shutdown"] == [(verifier.stop, (), {})]
 
 
-def test_atLeastOneHelper():
+def test_at_least_one_helper():
     with pytest.raises(ValueError):
         WinbindNTLMVerifier(ProcessReactor(), WinbindSettings(helpers=0))
 
 
-def test_successfulExchangeIsPinnedToOneHelper():
+def test_successful_exchange_is_pinned_to_one_helper():
     reactor, verifier = makeVerifier(helpers=2)
     exchange = negotiated(reactor, verifier)
     first = helper(reactor, 0).transport
@@ -146,14 +146,14 @@ def test_successfulExchangeIsPinnedToOneHelper():
     assert result(deferred) == "EXAMPLE\\alice"
 
 
-def test_secondExchangeTakesAnotherHelperWhileTheFirstIsPinned():
+def test_second_exchange_takes_another_helper_while_the_first_is_pinned():
     reactor, verifier = makeVerifier(helpers=2)
     negotiated(reactor, verifier, 0)
     negotiated(reactor, verifier, 1)
     assert len(helper(reactor, 1).transport.written) == 1
 
 
-def test_wrongPasswordRefused():
+def test_wrong_password_refused():
     reactor, verifier = makeVerifier(helpers=1)
     exchange = negotiated(reactor, verifier)
     deferred = exchange.authenticate(NTLMV2)
@@ -163,7 +163,7 @@ def test_wrongPasswordRefused():
     negotiated(reactor, verifier)
 
 
-def test_domainControllerUnreachableIsAnOutage():
+def test_domain_controller_unreachable_is_an_outage():
     reactor, verifier = makeVerifier(helpers=1)
     exchange = negotiated(reactor, verifier)
     deferred = exchange.authenticate(NTLMV2)
@@ -171,7 +171,7 @@ def test_domainControllerUnreachableIsAnOutage():
     failureOf(deferred, SourceUnavailable)
 
 
-def test_brokenHelperIsReplaced():
+def test_broken_helper_is_replaced():
     reactor, verifier = makeVerifier(helpers=1)
     exchange = negotiated(reactor, verifier)
     deferred = exchange.authenticate(NTLMV2)
@@ -183,7 +183,7 @@ def test_brokenHelperIsReplaced():
     negotiated(reactor, verifier, 1)
 
 
-def test_negotiateRefusedByHelper():
+def test_negotiate_refused_by_helper():
     reactor, verifier = makeVerifier(helpers=1)
     deferred = verifier.newExchange().negotiate(NEGOTIATE)
     answer(helper(reactor, 0), "NA NT_STATUS_INVALID_PARAMETER")
@@ -191,7 +191,7 @@ def test_negotiateRefusedByHelper():
     negotiated(reactor, verifier)
 
 
-def test_ntlmv1RefusedUnlessInsecureSwitch():
+def test_ntlmv1_refused_unless_insecure_switch():
     reactor, verifier = makeVerifier(helpers=1)
     exchange = negotiated(reactor, verifier)
     failure = failureOf(exchange.authenticate(NTLMV1), UnauthorizedLogin)
@@ -206,7 +206,7 @@ def test_ntlmv1RefusedUnlessInsecureSwitch():
     assert result(deferred) == "EXAMPLE\\alice"
 
 
-def test_anonymousRefusedEvenWhenInsecure():
+def test_anonymous_refused_even_when_insecure():
     reactor, verifier = makeVerifier(helpers=1, insecure_allow_ntlmv1=True)
     exchange = negotiated(reactor, verifier)
     failureOf(exchange.authenticate(authenticate(0)), UnauthorizedLogin)
@@ -216,7 +216,7 @@ def test_anonymousRefusedEvenWhenInsecure():
     b"", b"garbage", b"NTLMSSP\x00" + struct.pack("<I", 3) + b"\x00" * 60,
     NEGOTIATE + b"\x00" * 9000, "a string",
 ])
-def test_badNegotiateTokensNeverReachTheHelper(token):
+def test_bad_negotiate_tokens_never_reach_the_helper(token):
     reactor, verifier = makeVerifier(helpers=1)
     failureOf(verifier.newExchange().negotiate(token), UnauthorizedLogin)
     assert helper(reactor, 0).transport.written == []
@@ -226,14 +226,14 @@ def test_badNegotiateTokensNeverReachTheHelper(token):
     b"", NEGOTIATE, b"NTLMSSP\x00" + struct.pack("<I", 3),
     authenticate(120)[:60], NTLMV2 + b"\x00" * 9000,
 ])
-def test_badAuthenticateTokensNeverReachTheHelper(token):
+def test_bad_authenticate_tokens_never_reach_the_helper(token):
     reactor, verifier = makeVerifier(helpers=1)
     exchange = negotiated(reactor, verifier)
     failureOf(exchange.authenticate(token), UnauthorizedLogin)
     assert len(helper(reactor, 0).transport.written) == 1
 
 
-def test_tokensCannotInjectLines():
+def test_tokens_cannot_inject_lines():
     reactor, verifier = makeVerifier(helpers=1)
     token = NEGOTIATE + b"\nKK AAAA\n"
     verifier.newExchange().negotiate(token)
@@ -241,18 +241,18 @@ def test_tokensCannotInjectLines():
     assert written.count(b"\n") == 1 and written.endswith(b"\n")
 
 
-def test_authenticateBeforeNegotiateRefused():
+def test_authenticate_before_negotiate_refused():
     reactor, verifier = makeVerifier(helpers=1)
     failureOf(verifier.newExchange().authenticate(NTLMV2), UnauthorizedLogin)
 
 
-def test_negotiateTwiceRefused():
+def test_negotiate_twice_refused():
     reactor, verifier = makeVerifier(helpers=2)
     exchange = negotiated(reactor, verifier)
     failureOf(exchange.negotiate(NEGOTIATE), UnauthorizedLogin)
 
 
-def test_helperDiesMidExchange():
+def test_helper_dies_mid_exchange():
     reactor, verifier = makeVerifier(helpers=1)
     exchange = negotiated(reactor, verifier)
     deferred = exchange.authenticate(NTLMV2)
@@ -262,7 +262,7 @@ def test_helperDiesMidExchange():
     negotiated(reactor, verifier, 1)
 
 
-def test_helperDiesBetweenNegotiateAndAuthenticate():
+def test_helper_dies_between_negotiate_and_authenticate():
     reactor, verifier = makeVerifier(helpers=1)
     exchange = negotiated(reactor, verifier)
     end(helper(reactor, 0))
@@ -270,7 +270,7 @@ def test_helperDiesBetweenNegotiateAndAuthenticate():
     failureOf(exchange.authenticate(NTLMV2), SourceUnavailable)
 
 
-def test_helperThatNeverStartsIsRetriedWithBackoff():
+def test_helper_that_never_starts_is_retried_with_backoff():
     reactor, verifier = makeVerifier(helpers=1, restart_delay_max=5)
     end(helper(reactor, 0))
     assert len(reactor.spawned) == 1
@@ -287,7 +287,7 @@ def test_helperThatNeverStartsIsRetriedWithBackoff():
     assert len(reactor.spawned) == 15
 
 
-def test_silentHelperTimesOutAndIsKilled():
+def test_silent_helper_times_out_and_is_killed():
     reactor, verifier = makeVerifier(helpers=1, timeout=10)
     deferred = verifier.newExchange().negotiate(NEGOTIATE)
     reactor.advance(9.9)
@@ -297,7 +297,7 @@ def test_silentHelperTimesOutAndIsKilled():
     assert helper(reactor, 0).transport.signals == ["KILL"]
 
 
-def test_queueWaitsForAFreeHelper():
+def test_queue_waits_for_a_free_helper():
     reactor, verifier = makeVerifier(helpers=1, max_queue=1, timeout=10)
     first = negotiated(reactor, verifier)
     waiting = verifier.newExchange().negotiate(NEGOTIATE)
@@ -312,7 +312,7 @@ def test_queueWaitsForAFreeHelper():
     assert result(waiting) == CHALLENGE
 
 
-def test_queuedExchangeTimesOut():
+def test_queued_exchange_times_out():
     reactor, verifier = makeVerifier(helpers=1, timeout=10,
                                      exchange_timeout=100)
     negotiated(reactor, verifier)
@@ -321,7 +321,7 @@ def test_queuedExchangeTimesOut():
     failureOf(waiting, SourceUnavailable)
 
 
-def test_silentClientLosesItsHelper():
+def test_silent_client_loses_its_helper():
     reactor, verifier = makeVerifier(helpers=1, exchange_timeout=30)
     exchange = negotiated(reactor, verifier)
     reactor.advance(30)
@@ -329,7 +329,7 @@ def test_silentClientLosesItsHelper():
     negotiated(reactor, verifier)
 
 
-def test_abortReleasesTheHelper():
+def test_abort_releases_the_helper():
     reactor, verifier = makeVerifier(helpers=1)
     exchange = negotiated(reactor, verifier)
     exchange.abort()
@@ -337,13 +337,13 @@ def test_abortReleasesTheHelper():
     negotiated(reactor, verifier)
 
 
-def test_unaskedOutputKillsTheHelper():
+def test_unasked_output_kills_the_helper():
     reactor, verifier = makeVerifier(helpers=1)
     answer(helper(reactor, 0), "AF EXAMPLE\\mallory")
     assert helper(reactor, 0).transport.signals == ["KILL"]
 
 
-def test_endlessLineKillsTheHelper():
+def test_endless_line_kills_the_helper():
     reactor, verifier = makeVerifier(helpers=1)
     deferred = verifier.newExchange().negotiate(NEGOTIATE)
     helper(reactor, 0).outReceived(b"T" * 70000)
@@ -351,7 +351,7 @@ def test_endlessLineKillsTheHelper():
     assert helper(reactor, 0).transport.signals == ["KILL"]
 
 
-def test_stopClosesStdinThenKills():
+def test_stop_closes_stdin_then_kills():
     reactor, verifier = makeVerifier(helpers=2)
     waiting = verifier.stop()
     assert all(helper(reactor, n).transport.stdinClosed for n in range(2))
@@ -366,7 +366,7 @@ def test_stopClosesStdinThenKills():
     failureOf(verifier.newExchange().negotiate(NEGOTIATE), SourceUnavailable)
 
 
-def test_ntResponseLength():
+def test_nt_response_length():
     assert ntResponseLength(NTLMV2) == 120
     assert ntResponseLength(NTLMV1) == 24
     assert ntResponseLength(b"short") is None
@@ -374,7 +374,7 @@ def test_ntResponseLength():
     assert ntResponseLength(truncated) is None
 
 
-def test_newExchangeIsFresh():
+def test_new_exchange_is_fresh():
     _, verifier = makeVerifier(helpers=1)
     one, two = verifier.newExchange(), verifier.newExchange()
     assert isinstance(one, NTLMExchange) and one is not two

@@ -60,7 +60,7 @@ def run(source, mechanism, password):
     return results[0]
 
 
-def test_parserRegistration():
+def test_parser_registration():
     parser = argparse.ArgumentParser()
     subparsers = parser.add_subparsers()
     test_auth.add_parser(subparsers)
@@ -72,12 +72,12 @@ def test_parserRegistration():
     assert args.config == "/x.toml" and args.mechanism == "plain"
 
 
-def test_passwordFromStdin():
+def test_password_from_stdin():
     args = argparse.Namespace(user="a", password_stdin=True)
     assert test_auth.readPassword(args, io.StringIO("s3cret\r\nmore\n")) == b"s3cret"
 
 
-def test_passwordFromTerminal():
+def test_password_from_terminal():
     class TTY(io.StringIO):
         def isatty(self):
             return True
@@ -89,7 +89,7 @@ def test_passwordFromTerminal():
     assert password == b"pw" and prompts == ["Password for a: "]
 
 
-def test_plainOk():
+def test_plain_ok():
     source = FakeSource()
     report = run(source, "plain", b"pw")
     assert report["result"] == "ok"
@@ -98,32 +98,32 @@ def test_plainOk():
     assert source.calls == [("verify", "carol", b"pw")]
 
 
-def test_refusedAndUnavailable():
+def test_refused_and_unavailable():
     assert run(FakeSource(UnauthorizedLogin("no")), "plain", b"x")["result"] == "refused"
     report = run(FakeSource(SourceUnavailable("down")), "plain", b"x")
     assert report["result"] == "unavailable" and report["reason"] == "down"
 
 
-def test_ntlmComparesTheStoredNTHash():
+def test_ntlm_compares_the_stored_nt_hash():
     assert run(FakeSource(), "ntlm", b"Secret-pass-3")["result"] == "ok"
     report = run(FakeSource(), "ntlm", b"Secret-pass-4")
     assert report["result"] == "refused"
 
 
-def test_secretMechanisms():
+def test_secret_mechanisms():
     source = FakeSource()
     assert run(source, "cram-md5", b"apop-secret")["result"] == "ok"
     assert source.calls[-1][2] == CLEARTEXT_SECRET
     assert run(source, "apop", b"other")["result"] == "refused"
 
 
-def test_lookupNeedsNoPassword():
+def test_lookup_needs_no_password():
     source = FakeSource()
     assert run(source, "lookup", b"")["result"] == "ok"
     assert source.calls == [("lookup", "carol")]
 
 
-def test_explainIsPreferred():
+def test_explain_is_preferred():
     class Explaining(FakeSource):
         def explain(self, username, password=None):
             self.calls.append(("explain", username, password))
@@ -135,7 +135,7 @@ def test_explainIsPreferred():
     assert source.calls == [("explain", "carol", b"pw")]
 
 
-def test_formatReportNeverShowsThePassword():
+def test_format_report_never_shows_the_password():
     text = test_auth.formatReport({"result": "ok", "user": "a", "groups": [],
                                    "seconds": 0.1, "zzz": 1})
     lines = text.splitlines()
@@ -158,7 +158,7 @@ def _tryWithRule(source, user, mechanism, password, verifier=None):
     return results[0]
 
 
-def test_theUserNameIsNormalisedAsALoginWouldBe():
+def test_the_user_name_is_normalised_as_a_login_would_be():
     """test-auth Carol tries what a login as Carol tries: carol."""
     for mechanism, call in (("plain", ("verify", "carol", b"pw")), ("lookup", ("lookup", "carol")),
                             ("ntlm", ("secret", "carol", NT_HASH))):
@@ -169,14 +169,14 @@ def test_theUserNameIsNormalisedAsALoginWouldBe():
         assert "login_name:     carol" in test_auth.formatReport(report)
 
 
-def test_aNameNoLoginCanUseIsRefusedWithoutALookup():
+def test_a_name_no_login_can_use_is_refused_without_a_lookup():
     source = FakeSource()
     report = _tryWithRule(source, "OTHER\\carol", "plain", b"pw")
     assert report["result"] == "refused" and "domain" in report["reason"]
     assert source.calls == []
 
 
-def test_theNameTheDCVerifiedIsNormalised(monkeypatch):
+def test_the_name_the_dc_verified_is_normalised(monkeypatch):
     class Verifier:
         def newExchange(self):
             return self

@@ -176,7 +176,7 @@ def test_abort_discards_the_batch(ours):
     assert ours.proto._batch == []
 
 
-def test_startTLS_on_other_transports_uses_their_own():
+def test_start_tls_on_other_transports_uses_their_own():
     started = []
 
     class Recording(StringTransport):
