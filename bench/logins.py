@@ -1,5 +1,6 @@
 """
-Login lines of the benchmark (issue 23, item 4; issue 17's A/B line).
+Login lines of the benchmark: cold and warm logins against Dovecot with hashed
+passwords, the polling scenario, and the A/B line against another checkout.
 
 Run through C{bench/run.py}::
 

@@ -1,5 +1,5 @@
 """
-Login throughput with 1 and 2 worker processes (issue 7's `workers = 2` line).
+Login throughput with 1 and 2 worker processes (`workers = 2`).
 
     sudo .venv/bin/python bench/workers.py [--runs 4] [--duration 6] [--cold]
 

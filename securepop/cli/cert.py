@@ -9,7 +9,7 @@ C{securepop cert}: the Exchange "Certificate Wizard" as commands.
   - C{cert show|check [FILE] [--host NAME]}: subject, names, issuer, validity,
     key, and every problem; exit status 1 when there is one.
 
-Wiring (the lead's C{cli/main.py})::
+Wiring (C{securepop.cli.main})::
 
     cert.add_parser(subparsers)   # registers "cert" and its subcommands
     sys.exit(args.func(args))     # each func returns the exit status
@@ -61,7 +61,7 @@ class CertSettings:
     @classmethod
     def from_settings(cls, settings):
         """
-        From the lead's C{securepop.config} settings object.
+        From the C{securepop.config} settings object.
         """
         return cls(
             hostname=settings.server.hostname,

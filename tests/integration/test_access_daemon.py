@@ -1,5 +1,5 @@
 """
-Connection control end to end against the real daemon (issue 6).
+Connection control end to end against the real daemon.
 
 Real clients bound to chosen 127.0.0.x source addresses (and ::1) talk to
 a C{twistd securepop} subprocess: address / CIDR / "address mask" / IPv6 /

@@ -1,6 +1,6 @@
 """
 securepop audit against the securepop daemon itself (C{twistd -n securepop}
-from the lead's C{daemon} fixtures): the secure default has no FAIL,
+from the C{daemon} fixtures): the secure default has no FAIL,
 cleartext allowed names the exposure, the legacy profile fails TLS 1.0/1.1,
 and a declined source address is reported as declined.
 """

@@ -3,11 +3,10 @@ User names against the real daemon and the real securepop command: one rule
 (securepop/auth/usernames.py) for `securepop user add`, `deliver`, every
 mechanism and the users file.
 
-Issue 18, item 3: `securepop user add Eve` and `deliver Eve` used to store
-`Eve` and write `mail/Eve`, while every login was folded to `eve`, so Eve
-could never log in.  Item 7: with strip_domain off, `EXAMPLE\\alice` and
-`alice@example.com` (the server's own domains) were refused while
-`pop.example.com\\alice` was accepted.
+`securepop user add Eve` and `deliver Eve` must store and write what a login
+(folded to `eve`) finds; with strip_domain off, `EXAMPLE\\alice` and
+`alice@example.com` (the server's own domains) are accepted like
+`pop.example.com\\alice`.
 
 The daemon is `pop.example.com` with NetBIOS domain EXAMPLE; clients reach
 it on 127.0.0.1 and check the certificate for that name.

@@ -1,5 +1,5 @@
 """
-Brute-force defence of the real daemon (issue 4, Acceptance, third point).
+Brute-force defence of the real daemon.
 
 50 wrong passwords from one address follow the penalty schedule (roughly:
 the unit tests measure it exactly on a fake clock) while valid logins from

@@ -1,5 +1,5 @@
 """
-Directory-backed logins end to end, through the real daemon (issue 5).
+Directory-backed logins end to end, through the real daemon.
 
 OpenLDAP: two real slapd servers over TLS (fixtures_slapd), the daemon on
 loopback with C{[auth] source = "ldap"}.  Active Directory: the shared

@@ -7,7 +7,7 @@ DELE and QUIT pipelined behind it and a connection reset in the middle; the
 verification flood from one address while another logs in; SCRAM guessing
 during a lockout; a pre-login connection kept alive for ever; a QUIT of
 thousands of deletions followed at once by a new session; policy refusals
-that used to lock a user out.
+that must not lock a user out.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-Hardening of the running daemon (issue 17), each attack performed on the
+Hardening of the running daemon, each attack performed on the
 real daemon over loopback:
 
  - SCRAM must not tell which users exist: an unknown user's salt is as
@@ -54,8 +54,8 @@ def scram_server_first(port, user):
 def test_unknown_users_scram_salt_survives_a_restart_like_a_real_one(tmp_path):
     """
     The probe: ask for the salt of a real user and of a made-up one, restart
-    the server, ask again.  Before the fix the made-up salt changed (a key
-    drawn per process) while the real one did not.  Another data directory
+    the server, ask again: the made-up salt must not change (a key drawn per
+    process would), as the real one does not.  Another data directory
     (another installation) gives other made-up salts.
     """
     d = Daemon(tmp_path, name="scram-restart")
@@ -130,8 +130,8 @@ def limited_daemon(tmp_path, name, nofile):
 def test_inherited_soft_open_files_limit_is_raised_to_the_hard_one(tmp_path):
     """
     Started as from a login shell (soft 1024) with max_connections = 5000
-    (the default), the daemon used to keep 1024: past ~1000 clients every
-    accept fails.  It now runs with the hard limit, which covers 5000
+    (the default), the daemon must not keep 1024 (past ~1000 clients every
+    accept would fail): it runs with the hard limit, which covers 5000
     connections (3 files each, plus 64), so no warning.
     """
     d = limited_daemon(tmp_path, "nofile-raised", "1024:16384")
@@ -214,8 +214,7 @@ def test_sighup_applies_trusted_proxies_both_ways(tmp_path):
     The proxy at 127.0.0.1 is added to trusted_proxies and the daemon gets
     SIGHUP: its PROXY headers must now be read before the greeting, and the
     access rules must judge the client they name (192.0.2.66 is declined).
-    Before the fix the listener kept the list it was started with.  Then
-    the reverse: removed again, a header from 127.0.0.1 is only a bad
+    Then the reverse: removed again, a header from 127.0.0.1 is only a bad
     command from 127.0.0.1 (a client cannot claim an address).
     """
     d = Daemon(tmp_path, PROXY_CONFIG, name="proxy-reload")

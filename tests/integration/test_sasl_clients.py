@@ -1,6 +1,6 @@
 """
 Real clients log in to the real daemon with every mechanism they speak, and
-fail with a wrong password (issue 4, Acceptance, first point).
+fail with a wrong password.
 
 curl (PLAIN, LOGIN, CRAM-MD5, NTLM, APOP; with and without C{--sasl-ir}),
 fetchmail (CRAM-MD5, APOP, NTLMv1 refused unless

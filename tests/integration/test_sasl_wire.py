@@ -1,5 +1,5 @@
 """
-What crosses the wire during login (issue 4, Acceptance, second point), and
+What crosses the wire during login, and
 hostile input on AUTH.
 
 The article's check, automated: with Basic authentication off, USER/PASS is

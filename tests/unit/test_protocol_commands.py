@@ -95,7 +95,7 @@ def test_transaction_commands_need_login(secure, line):
 
 
 def test_commands_refused_before_login_count_toward_the_bad_command_limit(secure):
-    # NOOP before login used to keep a pre-login slot for ever.
+    # NOOP before login counts as a bad command: it cannot hold a pre-login slot for ever.
     for _ in range(4):
         assert secure.send(b"NOOP\r\n") == [b"-ERR Command not valid in this state"]
     assert secure.send(b"NOOP\r\n") == [b"-ERR [SYS/PERM] Too many errors, closing connection"]
