@@ -239,7 +239,16 @@ class AuthorizationCommands:
             self._exchange = None
             return self._wait(self._login_failed(name, None, "malformed-response",
                                                  R.AUTH_MALFORMED))
-        self._auth_step(data)
+        exchange = self._exchange
+
+        def resume():
+            if self._exchange is not exchange:
+                return None
+            return self._auth_step(data, wait=False)
+
+        # The server's turn again: through the gate, as at AUTH (at once
+        # unless another login of this address is being checked right now).
+        return self._gated(name, resume, on_busy=self._drop_exchange)
 
     def _auth_step(self, data, wait=True):
         exchange = self._exchange
@@ -251,6 +260,9 @@ class AuthorizationCommands:
             if self._exchange is not exchange or self.state == CLOSED:
                 return None
             if isinstance(result, Challenge):
+                # The client's turn: the address's place in flight is free
+                # meanwhile (a client that stalls mid-exchange holds nobody).
+                self._release_ticket()
                 self.sendLine(b"+ " + base64.b64encode(result.data))
                 return None
             self._exchange = None
@@ -291,13 +303,14 @@ class AuthorizationCommands:
 
     # -- the penalty gate -----------------------------------------------------------
 
-    def _gated(self, mechanism, verify):
+    def _gated(self, mechanism, verify, on_busy=None):
         """
         Wait at the penalty gate, then run C{verify} (which checks the
-        credentials and writes the one reply).  The delay of a penalised
-        address comes before its check whatever the result, so the time to
-        an answer tells nothing; the idle timer stops meanwhile, since the
-        wait is the server's, not the client's.
+        credentials, or takes one SASL step, and writes the one reply).  The
+        delay of a penalised address comes before its check whatever the
+        result, so the time to an answer tells nothing; the idle timer stops
+        meanwhile, since the wait is the server's, not the client's.
+        C{on_busy} runs when the gate refuses (an exchange in progress ends).
         """
         self._cancel_timer()
         d = self._gate_wait = self.ctx.enter_gate(self.peer)
@@ -316,6 +329,8 @@ class AuthorizationCommands:
             if f.check(CancelledError) or self.state == CLOSED:
                 return None
             f.trap(VerificationBusy)
+            if on_busy is not None:
+                on_busy()
             events.emit("auth.busy", "warn", ip=self.peer, mechanism=mechanism,
                         reason=f.getErrorMessage())
             self.ctx.count("login", mechanism, "busy")

@@ -213,8 +213,10 @@ def test_fetchmail_auth_any_meets_ntlmv1_refusal(pitfall_daemon, tmp_path):
     _, sent, _ = run_fetchmail(d, auth_any, tmp_path / "any")
     assert sent and next(s for s in sent if s.startswith(("AUTH", "USER"))) == \
         "AUTH NTLM", sent
-    assert cursor.wait("auth.failure", mechanism="NTLM"), cursor.text()[-2000:]
-    assert "ntlmv1" in cursor.text()
+    # A policy refusal (no secret was tried), logged with what to use instead.
+    assert cursor.wait("auth.refused", mechanism="NTLM", reason="ntlmv1-refused"), \
+        cursor.text()[-2000:]
+    assert "NTLMv2" in cursor.text()
 
     cursor = LogCursor(d)
     proc, sent, messages = run_fetchmail(d, written, tmp_path / "password")

@@ -156,8 +156,11 @@ def test_parallel_guessing_from_one_address_is_one_check_at_a_time(guess_daemon)
         t.join()
     time.sleep(1.0)
     checks = [e for e in cursor.events("auth.failure") if e.get("ip") == source]
-    # Delays 0.5, 1, 1, ... (maximum 1.0 in the test config): about 7 in 6 s.
-    assert 1 <= len(checks) <= 10, len(checks)
+    # The first 8 arrive before any failure (an address without failures may
+    # log in in parallel); after that one check at a time, each after its
+    # delay (0.5, then 1.0 s at the test config's maximum): at most ~6 more in
+    # 6 s.  The code before the penalty gate checked hundreds.
+    assert 1 <= len(checks) <= 8 + 7, len(checks)
 
 
 def test_a_flood_from_one_address_does_not_stall_another(guess_daemon):

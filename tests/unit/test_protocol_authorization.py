@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 import pytest
 from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 from zope.interface.verify import verifyObject
 
@@ -220,3 +221,23 @@ def test_credentials_before_tls_are_refused_and_counted(starttls):
             b"-ERR [AUTH] Authentication requires TLS: use STLS first"]
     assert starttls.send(b"USER alice\r\n") == [
         b"-ERR [SYS/PERM] Too many errors, closing connection"]
+
+
+def test_a_penalised_address_waiting_for_its_client_holds_no_one(tmp_path, identity):
+    """
+    Two connections of one penalised address, both mid-exchange: the gate
+    holds an address's place only while the server checks, never while it
+    waits for a client (else one stalled client would block the other).
+    """
+    h = Harness(tmp_path, identity, listener_tls="implicit")
+    first = h.connect()
+    h.lines()
+    h.penalty.record_failure(first.peer)
+    h.clock.advance(10)                              # the penalty has elapsed
+    assert h.send(b"AUTH PLAIN\r\n") == [b"+ "]      # first: the client's turn now
+    second_transport = StringTransport()
+    second = POP3Factory(h.ctx, h.listener).buildProtocol(None)
+    second.makeConnection(second_transport)
+    second_transport.clear()
+    second.dataReceived(b"AUTH PLAIN\r\n")
+    assert second_transport.value() == b"+ \r\n"     # not held behind the first client
