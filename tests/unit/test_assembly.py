@@ -2,7 +2,6 @@
 
 import signal
 
-import pytest
 from twisted.application import service
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver
@@ -10,21 +9,7 @@ from twisted.logger import ILogObserver
 from securepop import assembly, config
 from securepop.ops.jsonlog import JSONLineObserver
 from securepop.ops.workers import WorkerSupervisor
-
-
-@pytest.fixture(autouse=True)
-def keep_sighup():
-    old = signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGUSR1)
-    yield
-    signal.signal(signal.SIGHUP, old[0])
-    signal.signal(signal.SIGUSR1, old[1])
-
-
-def config_for(tmp_path, text=""):
-    path = tmp_path / "securepop.toml"
-    path.write_text(f'[server]\nhostname = "localhost"\ndata_dir = "{tmp_path / "data"}"\n'
-                    + text)
-    return path
+from tests.unit.daemon_fixtures import config_for, keep_sighup  # noqa: F401 (fixture)
 
 
 def root_for(tmp_path, text="", twistd_options=None, reactor=None):

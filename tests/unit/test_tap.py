@@ -11,18 +11,11 @@ from securepop.assembly import OperatingRoot
 from securepop.service import ServerRoot
 
 
-@pytest.fixture(autouse=True)
-def keep_sighup():
-    old = signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGUSR1)
-    yield
-    signal.signal(signal.SIGHUP, old[0])
-    signal.signal(signal.SIGUSR1, old[1])
+from tests.unit.daemon_fixtures import config_for, keep_sighup  # noqa: F401 (fixture)
 
 
 def options_for(tmp_path, text=""):
-    path = tmp_path / "securepop.toml"
-    path.write_text(f'[server]\nhostname = "localhost"\ndata_dir = "{tmp_path / "data"}"\n'
-                    + text)
+    path = config_for(tmp_path, text)
     o = tap.Options()
     o.parseOptions(["--config", str(path)])
     return o
