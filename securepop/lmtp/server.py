@@ -265,7 +265,7 @@ class LMTPServer(ESMTP):
         if self._sender is not None:
             raise Reply(503, "5.5.1", "Nested MAIL command")
         path, params = parse_path(argument, b"FROM")
-        if len(path) > 256 or any(c < 0x21 or c == 0x7f for c in path):
+        if len(path) > 256 or any(c < 0x21 or c > 0x7e for c in path):   # no SMTPUTF8
             raise Reply(501, "5.1.7", "Bad sender address syntax")
         size = 0
         for name, value in params.items():

@@ -341,10 +341,11 @@ def test_bad_mail_from_and_parameters(tmp_path):
     s.replies()
     start(s)
     s.send(b"MAIL FROM:a@b\r\nMAIL FROM:<a@b> NOTIFY=NEVER\r\nMAIL FROM:<a\x01b@c>\r\n"
+           b"MAIL FROM:<a\nX-Injected: 1@c>\r\nMAIL FROM:<\xc3\xa9@c>\r\n"
            b"MAIL FROM:<a@b> BODY=8BITMIME\r\nMAIL FROM:<a@b>\r\n"
            b"RCPT TO:<alice@localhost> NOTIFY=NEVER\r\n")
-    assert [l[:9] for l in s.replies()] == ["501 5.5.4", "555 5.5.4", "501 5.1.7", "250 2.1.0",
-                                            "503 5.5.1", "555 5.5.4"]
+    assert [l[:9] for l in s.replies()] == ["501 5.5.4", "555 5.5.4", "501 5.1.7", "501 5.1.7",
+                                            "501 5.1.7", "250 2.1.0", "503 5.5.1", "555 5.5.4"]
 
 
 def test_unknown_commands_close_after_ten(tmp_path):
