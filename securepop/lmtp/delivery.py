@@ -13,6 +13,8 @@ log, never the address's bytes unescaped.
 from __future__ import annotations
 
 import errno
+import threading
+import zlib
 from dataclasses import dataclass
 
 from twisted.cred.error import UnauthorizedLogin
@@ -29,6 +31,14 @@ from securepop.mailstore.quota import NO_QUOTA, Quota, current_use, parse_quota,
 MAX_PATH_OCTETS = 256
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+#: Quota check and delivery of one Maildir run one at a time in this process
+#: (striped: a bounded set of locks, whatever the number of users).
+_MAILDIR_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
+def _lock_for(maildir):
+    return _MAILDIR_LOCKS[zlib.crc32(maildir.encode("utf-8", "surrogateescape")) % 64]
 
 
 class Reply(Exception):
@@ -216,14 +226,15 @@ def deliver_to(recipient, sender, message):
     """
     header = trace_header(sender, recipient)
     octets = len(header) + len(message)
-    check_quota(recipient, octets)
-    try:
-        name = deliver(recipient.maildir, [header, message])
-    except OSError as e:
-        events.emit("lmtp.delivery_failed", "error", user=recipient.username,
-                    error=e.strerror or str(e))
-        raise (DISK_FULL if e.errno in _DISK_FULL else LOCAL_ERROR) from None
-    record(recipient.maildir, octets, 1)
+    with _lock_for(recipient.maildir):
+        check_quota(recipient, octets)
+        try:
+            name = deliver(recipient.maildir, [header, message])
+        except OSError as e:
+            events.emit("lmtp.delivery_failed", "error", user=recipient.username,
+                        error=e.strerror or str(e))
+            raise (DISK_FULL if e.errno in _DISK_FULL else LOCAL_ERROR) from None
+        record(recipient.maildir, octets, 1)
     return name
 
 

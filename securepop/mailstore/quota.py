@@ -13,9 +13,10 @@ no message is read) when it is missing, unreadable, larger than 5120
 octets, older than 15 minutes, names another limit, or sums below zero.
 
 Only the inbox (C{new/} and C{cur/}, what POP3 serves) counts; a trash
-folder inside the Maildir does not.  Two deliveries racing for the last
-octets may both pass: the limit is soft by one message at a time, as with
-Maildir++ everywhere.
+folder inside the Maildir does not.  The LMTP listener checks and delivers
+one message per Maildir at a time; a delivery by another process at the
+same moment (C{securepop deliver}) may still pass with it: the limit is
+soft by one message, as with Maildir++ everywhere.
 
 Blocking (small reads and writes; a directory scan when rebuilding): call
 it off the reactor thread.

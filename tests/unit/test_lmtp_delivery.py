@@ -4,6 +4,7 @@ per-user quotas and one delivery per recipient.
 """
 
 import os
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -116,3 +117,20 @@ def test_deliver_all_one_outcome_per_recipient_and_quota(tmp_path):
     assert not (tmp_path / "B" / "new").exists() or os.listdir(tmp_path / "B" / "new") == []
     small = deliver_all([tight], b"", b"hi\r\n")
     assert isinstance(small[0], str)
+
+
+def test_concurrent_deliveries_to_one_mailbox_keep_its_quota(tmp_path):
+    rcpt = Recipient("a@x", "a", str(tmp_path / "A"), Quota(0, 5))
+    outcomes = []
+
+    def one():
+        outcomes.extend(deliver_all([rcpt], b"", b"m\r\n"))
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(isinstance(o, str) for o in outcomes) == 5
+    assert outcomes.count(OVER_QUOTA) == 15
+    assert len(os.listdir(tmp_path / "A" / "new")) == 5
