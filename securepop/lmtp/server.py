@@ -85,7 +85,8 @@ class LMTPServer(ESMTP):
         ESMTP.__init__(self)
         self.factory = factory
         self.lmtp = factory.lmtp
-        self.host = factory.context.settings.server.hostname or "localhost"
+        self.host = (factory.context.settings.server.hostname or "localhost").encode(
+            "ascii", "replace")
         self.timeout = self.lmtp.timeout
         self._buffer = b""
         self._skipping = False         # inside an overlong line: drop up to its CRLF
