@@ -305,11 +305,13 @@ def postfix_setup(tmp_path_factory):
     for name in ("dynamicmaps.cf", "postfix-files"):
         if os.path.exists(f"/etc/postfix/{name}"):
             shutil.copy(f"/etc/postfix/{name}", etc)
-    open(os.path.join(spool, "maillog"), "w").close()
-    shutil.chown(os.path.join(spool, "maillog"), "postfix")
+    os.mkdir(os.path.join(spool, "queue"), 0o755)        # postfix-script fills it
+    maillog = os.path.join(spool, "maillog")
+    open(maillog, "w").close()
+    shutil.chown(maillog, "postfix")
     started = subprocess.run([postfix, "-c", etc, "start"], capture_output=True, text=True)
     try:
-        assert started.returncode == 0, started.stdout + started.stderr
+        assert started.returncode == 0, started.stdout + started.stderr + open(maillog).read()
         wait_for_port("127.0.0.1", smtp_port, timeout=30)
         yield d, smtp_port, spool
     finally:
