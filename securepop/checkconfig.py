@@ -29,6 +29,12 @@ def report(settings):
         lines.append(f"listen {listener.endpoint} tls={listener.tls}{extra}")
         if listener.tls == "none" and listener.insecure_allow_cleartext:
             warnings.append(f"listener {listener.endpoint} accepts credentials without TLS")
+    for lmtp in s.lmtp:
+        lines.append(f"lmtp {lmtp.endpoint} mode={lmtp.mode:04o} domains="
+                     f"{', '.join(lmtp.domains) or '-'} max_message_size={lmtp.max_message_size}")
+    if s.mail.quota_bytes or s.mail.quota_messages:
+        lines.append(f"mail quota: {s.mail.quota_bytes or 'no'} octets, "
+                     f"{s.mail.quota_messages or 'no'} messages (per-user overrides apply)")
     lines.append(f"tls.profile = {s.tls.profile}; min_cipher_bits = {s.tls.min_cipher_bits};"
                  f" require_secure_channel = {s.tls.require_secure_channel}")
     if s.tls.profile == "legacy":

@@ -119,6 +119,7 @@ class LDAPSettings:
     nt_hash_attribute: str = ""        # enables NTLM (never with AD)
     apop_secret_attribute: str = ""    # enables APOP and CRAM-MD5 (never with AD)
     mailbox_attribute: str = ""
+    quota_attribute: str = ""          # per-user quota "OCTETS[,MESSAGES]" (LMTP, deliver)
     start_tls: bool = False            # for ldap:// URLs
     insecure_cleartext: bool = False   # ldap:// without TLS: passwords in clear
     timeout: float = 5.0
@@ -234,6 +235,20 @@ class MailSettings:
     lock_stale_after: float = 1800.0   # a lock not refreshed this long is stale
     lock: str = "flock"                # flock | dotlock (shared storage without lock manager)
     inline_open_max_messages: int = 1000   # 0: always open Maildirs in the thread pool
+    quota_bytes: int = 0               # per mailbox, octets as stored; 0 = none
+    quota_messages: int = 0            # per mailbox; 0 = none
+
+
+@dataclass(frozen=True)
+class LMTPSettings:
+    """One C{[[lmtp]]} listener: mail from the MTA (RFC 2033)."""
+
+    endpoint: str                      # Twisted endpoint: "unix:/run/securepop/lmtp", "tcp:24:..."
+    mode: int = 0o660                  # of a Unix socket
+    domains: tuple[str, ...] = ()      # besides server.hostname and localhost
+    max_message_size: int = 50 * 1024 * 1024   # octets, announced with SIZE
+    max_recipients: int = 100          # per transaction
+    timeout: float = 300.0             # idle seconds
 
 
 @dataclass(frozen=True)
@@ -261,6 +276,7 @@ class Settings:
     mail: MailSettings = MailSettings()
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
+    lmtp: tuple[LMTPSettings, ...] = ()
     path: str | None = None
 
     @property
@@ -402,12 +418,30 @@ def _check(reader, settings):
         raise reader.error("mail.root", "must contain {user}")
     if bool(settings.tls.certificate) != bool(settings.tls.key):
         raise reader.error("tls.key", "tls.certificate and tls.key go together")
+    for i, lmtp in enumerate(settings.lmtp):
+        _check_lmtp(reader, settings, i, lmtp)
     if settings.auth.source in ("ldap", "ad"):
         _check_directory(reader, settings.auth)
     if settings.auth.source == "ad":
         reason = ntlm_auth_problem(settings.auth)
         if reason:
             raise reader.error("auth.ad.ntlm_auth", reason)
+
+
+def _check_lmtp(reader, settings, i, lmtp):
+    """One C{[[lmtp]]} table."""
+    key = f"lmtp[{i}]"
+    for name, ok, reason in (
+            ("mode", lmtp.mode <= 0o777, "must be a file mode such as 0o660"),
+            ("max_message_size", lmtp.max_message_size >= 1024, "must be 1024 octets or more"),
+            ("max_recipients", 1 <= lmtp.max_recipients <= 100_000, "must be 1 to 100000"),
+            ("timeout", lmtp.timeout > 0, "must be more than 0 seconds"),
+            ("domains", all(d and not re.search(r"[@\s\x00-\x1f]", d) for d in lmtp.domains),
+             "must be domain names"),
+            ("endpoint", settings.server.workers == "1",
+             'needs server.workers = "1" (worker processes do not serve LMTP)')):
+        if not ok:
+            raise reader.error(f"{key}.{name}", reason)
 
 
 def _check_directory(reader, auth):
@@ -476,23 +510,23 @@ def parse(text, path="<string>", data_dir=None):
         raise ConfigError(path, "(syntax)", "nested too deeply")
     reader = _Reader(path, text)
     settings = Settings(path=str(path))
-    known = {"server", "listen", "tls", "auth", "access", "mail", "log", "metrics"}
+    known = {"server", "listen", "tls", "auth", "access", "mail", "log", "metrics", "lmtp"}
     for name in raw:
         if name not in known:
             raise reader.error(name, "unknown section")
     if "server" in raw:
         settings = replace(settings, server=reader.build(ServerSettings, raw["server"], "server"))
-    if "listen" in raw:
-        if not isinstance(raw["listen"], list):
-            raise reader.error("listen", "must be an array of tables: [[listen]]")
-        listeners = []
-        for i, table in enumerate(raw["listen"]):
+    for name, cls in (("listen", ListenSettings), ("lmtp", LMTPSettings)):
+        if name not in raw:
+            continue
+        if not isinstance(raw[name], list):
+            raise reader.error(name, f"must be an array of tables: [[{name}]]")
+        tables = []
+        for i, table in enumerate(raw[name]):
             if not isinstance(table, dict) or "endpoint" not in table:
-                raise reader.error(f"listen[{i}].endpoint", "is required")
-            listeners.append(
-                reader.build(ListenSettings, table, f"listen[{i}]", ListenSettings(endpoint=""))
-            )
-        settings = replace(settings, listen=tuple(listeners))
+                raise reader.error(f"{name}[{i}].endpoint", "is required")
+            tables.append(reader.build(cls, table, f"{name}[{i}]", cls(endpoint="")))
+        settings = replace(settings, **{name: tuple(tables)})
     if "tls" in raw:
         table = dict(raw["tls"]) if isinstance(raw["tls"], dict) else raw["tls"]
         sni = table.pop("sni", []) if isinstance(table, dict) else []

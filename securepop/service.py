@@ -42,6 +42,7 @@ from securepop.auth.usernames import for_settings
 from securepop.auth.verifyqueue import VerificationQueue
 from securepop.errors import ConfigError
 from securepop.interfaces import PLAINTEXT
+from securepop.lmtp.server import LMTPFactory
 from securepop.mailstore.maildir import MaildirStore
 from securepop.ops import limits as ops_limits
 from securepop.ops import metrics as ops_metrics
@@ -267,6 +268,8 @@ class SecurePOPService(service.MultiService):
         self.listeners = []
         for listener in settings.listen:
             self._add_listener(listener)
+        self.lmtp_listeners = [self._add_lmtp_listener(i, lmtp)
+                               for i, lmtp in enumerate(settings.lmtp)]
 
     def _add_listener(self, listener):
         factory = POP3Factory(self.context, listener)
@@ -290,6 +293,22 @@ class SecurePOPService(service.MultiService):
         svc.setServiceParent(self)
         self.listeners.append(svc)
 
+    def _add_lmtp_listener(self, index, lmtp):
+        """An C{[[lmtp]]} listener: a Unix socket gets C{lmtp.mode}."""
+        description = lmtp.endpoint
+        if description.startswith("unix:") and ":mode=" not in description:
+            description += f":mode={lmtp.mode:o}"
+        try:
+            endpoint = endpoints.serverFromString(self.reactor, description)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(self.settings.path or "(defaults)", f"lmtp[{index}].endpoint",
+                              f"{lmtp.endpoint!r}: {e}")
+        svc = StreamServerEndpointService(endpoint, LMTPFactory(self.context, lmtp, self.pool))
+        svc._raiseSynchronously = True
+        svc.setName(f"lmtp:{lmtp.endpoint}")
+        svc.setServiceParent(self)
+        return svc
+
     def startService(self):
         ops_limits.raise_open_files_limit(self.settings)
         self.pool.start()
@@ -298,6 +317,8 @@ class SecurePOPService(service.MultiService):
         super().startService()
         for svc in self.listeners:
             events.emit("listen", endpoint=svc.listener.endpoint, tls=svc.listener.tls)
+        for lmtp in self.settings.lmtp:
+            events.emit("listen", endpoint=lmtp.endpoint, protocol="lmtp")
         source = self.context.source
         if isinstance(source, FileCredentialSource) and not source.users:
             cfg = f" --config {self.settings.path}" if self.settings.path else ""

@@ -239,7 +239,8 @@ class LDAPCredentialSource:
             name for name in (settings.mailbox_attribute,
                               settings.nt_hash_attribute,
                               settings.apop_secret_attribute,
-                              settings.pop3_enabled_attribute) if name]
+                              settings.pop3_enabled_attribute,
+                              settings.quota_attribute) if name]
 
     def _account_state(self, entry):
         """
@@ -336,10 +337,12 @@ class LDAPCredentialSource:
         mailbox = None
         if settings.mailbox_attribute:
             mailbox = _text(first_value(entry, settings.mailbox_attribute))
-        return UserRecord(
-            username=username, mailbox=mailbox,
-            info={"source": self.name, "dn": entry["dn"],
-                  "server": session.server.url})
+        info = {"source": self.name, "dn": entry["dn"], "server": session.server.url}
+        if settings.quota_attribute:
+            quota = _text(first_value(entry, settings.quota_attribute))
+            if quota:
+                info["quota"] = quota   # "OCTETS[,MESSAGES]", read by the LMTP delivery
+        return UserRecord(username=username, mailbox=mailbox, info=info)
 
 
 def resolved_settings(section, settings):

@@ -45,6 +45,7 @@ from securepop.interfaces import (
     CLEARTEXT_SECRET, ICredentialSource, NT_HASH, PLAINTEXT, SCRAM_SHA_256,
 )
 from securepop.mailstore.paths import checkUsername
+from securepop.mailstore.quota import format_quota, parse_quota
 from securepop.schemes import (
     DUMMY_PASSWORD, cleartext_secret, decode_scram_secret, describe_hash, encode_scram_secret,
     hasher_for, nt_hash, scram_secret,
@@ -126,9 +127,15 @@ class UsersFile:
             extras = {}
             for extra in parts[2:]:
                 key, sep, value = extra.partition("=")
-                if not sep or key not in ("nt", "scram", "secret"):
+                if not sep or key not in ("nt", "scram", "secret", "quota"):
                     raise ConfigError(self.path, "auth.file.path",
                                       f"unknown field {key!r} for user {parts[0]!r}", number)
+                if key == "quota":
+                    try:
+                        parse_quota(value)
+                    except ValueError as e:
+                        raise ConfigError(self.path, "auth.file.path",
+                                          f"user {parts[0]!r}: {e}", number) from None
                 extras[key] = value
             users[parts[0]] = UserEntry(parts[0], parts[1], extras)
         return users
@@ -394,8 +401,10 @@ class FileCredentialSource:
         return defer.succeed((UserRecord(username), secret))
 
     def lookupUser(self, username):
-        if self._entry(username) is not None:
-            return defer.succeed(UserRecord(username))
+        entry = self._entry(username)
+        if entry is not None:
+            quota = entry.extras.get("quota")
+            return defer.succeed(UserRecord(username, info={"quota": quota} if quota else {}))
         return defer.fail(UnauthorizedLogin("no-such-user"))
 
     def shutdown(self):
@@ -428,9 +437,30 @@ def set_password(path, name, password, kinds, create, params=None):
             raise KeyError(f"user {name} already exists")
         if not create and name not in users:
             raise KeyError(f"no such user: {name}")
+        if name in users and "quota" in users[name].extras:   # not a secret: kept
+            entry = UserEntry(entry.name, entry.password_hash,
+                              {**entry.extras, "quota": users[name].extras["quota"]})
         users[name] = entry
         f.save(users)
     return entry
+
+
+def set_quota(path, name, quota):
+    """
+    Set (a L{securepop.mailstore.quota.Quota}) or remove (C{None}) a user's
+    own quota, which overrides C{[mail] quota_bytes/quota_messages}.
+    """
+    f = UsersFile(path)
+    with locked(path):
+        users = f.load()
+        if name not in users:
+            raise KeyError(f"no such user: {name}")
+        entry = users[name]
+        extras = {k: v for k, v in entry.extras.items() if k != "quota"}
+        if quota is not None:
+            extras["quota"] = format_quota(quota)
+        users[name] = UserEntry(entry.name, entry.password_hash, extras)
+        f.save(users)
 
 
 def delete_user(path, name):

@@ -20,8 +20,9 @@ from securepop.checkconfig import report
 from securepop.errors import ConfigError
 from securepop.mailstore.delivery import deliver
 from securepop.mailstore.paths import mailbox_path
+from securepop.mailstore.quota import Quota, current_use, parse_quota, record
 
-EX_USAGE, EX_DATAERR, EX_NOUSER, EX_CONFIG = 64, 65, 67, 78
+EX_USAGE, EX_DATAERR, EX_NOUSER, EX_CANTCREAT, EX_CONFIG = 64, 65, 67, 73, 78
 
 #: What each users-file field is, and the password hash's mechanisms.
 _FIELD_TEXT = {"nt": "NT hash", "scram": "SCRAM-SHA-256 keys",
@@ -154,15 +155,17 @@ def cmd_user(args):
     if args.action == "list":
         serves = {stored: normalised for normalised, stored in index.items()}
         why = dict(unreachable)
+        show = args.quota
         for stored in sorted(users):
             if stored in why:
                 print(f"{stored}  (no login can use this name: {why[stored]})")
             elif stored not in serves:
                 print(f"{stored}  (unused: another entry serves the same login name)")
             elif serves[stored] != stored:
-                print(f"{stored}  (logs in as {serves[stored]})")
+                print(f"{stored}  (logs in as {serves[stored]})"
+                      f"{_use_text(settings, users, stored, serves[stored]) if show else ''}")
             else:
-                print(stored)
+                print(stored + (_use_text(settings, users, stored, stored) if show else ""))
         return 0
     name = login_name(settings, args.name)
     if name != args.name:
@@ -183,6 +186,12 @@ def cmd_user(args):
         userfile.delete_user(path, target)
         print(f"deleted user {target}")
         return 0
+    if args.action == "quota":
+        quota = None if args.limit == "default" else parse_quota(args.limit)
+        userfile.set_quota(path, target, quota)
+        print(f"quota of {target}: "
+              + (quota.describe() if quota is not None else "the [mail] default"))
+        return 0
     password = read_password()
     if not password:
         print("securepop user: empty password refused", file=sys.stderr)
@@ -198,18 +207,48 @@ def cmd_user(args):
     return 0
 
 
+def quota_of(settings, users, stored):
+    """A user's quota: the users file's C{quota=} field, else C{[mail]}'s."""
+    entry = users.get(stored) if users else None
+    if entry is not None and entry.extras.get("quota"):
+        return parse_quota(entry.extras["quota"])
+    return Quota(settings.mail.quota_bytes, settings.mail.quota_messages)
+
+
+def _use_text(settings, users, stored, login):
+    """C{"  use 1234 octets, 5 messages; quota ..."} for C{user list --quota}."""
+    try:
+        maildir = mailbox_path(settings.mail.root, str(settings.data_path), login)
+    except ValueError:
+        return ""
+    quota = quota_of(settings, users, stored)
+    octets, messages = current_use(maildir, quota, rewrite=False)
+    return f"  use {octets} octets, {messages} messages; quota {quota.describe()}"
+
+
 # -- deliver -----------------------------------------------------------------------
 
 def cmd_deliver(args):
     settings = load_settings(args)
-    path = mailbox_path(settings.mail.root, str(settings.data_path),
-                        login_name(settings, args.name))
+    name = login_name(settings, args.name)
+    path = mailbox_path(settings.mail.root, str(settings.data_path), name)
+    users = {}
+    if settings.auth.source == "file":
+        users = userfile.UsersFile(settings.resolve(settings.auth.file.path)).load()
+        name = index_names(users, for_settings(settings))[0].get(name, name)
+    quota = quota_of(settings, users, name)
     if args.file:
         with open(args.file, "rb") as f:
-            name = deliver(path, f)
+            message = f.read()
     else:
-        name = deliver(path, sys.stdin.buffer)
-    print(f"delivered {name}")
+        message = sys.stdin.buffer.read()
+    if not quota.unlimited and quota.refuses(current_use(path, quota), len(message)):
+        print(f"securepop deliver: the mailbox of {name} is full (quota "
+              f"{quota.describe()}); nothing delivered", file=sys.stderr)
+        return EX_CANTCREAT
+    delivered = deliver(path, message)
+    record(path, len(message), 1)
+    print(f"delivered {delivered}")
     return 0
 
 
@@ -238,7 +277,15 @@ def build_parser():
         p = actions.add_parser(action, help=helpText)
         p.add_argument("name")
         p.set_defaults(func=cmd_user)
-    actions.add_parser("list", help="list the users").set_defaults(func=cmd_user)
+    p = actions.add_parser("quota", help="set a user's own quota (OCTETS[,MESSAGES], "
+                                         "0 = none) or 'default' for the [mail] one")
+    p.add_argument("name")
+    p.add_argument("limit")
+    p.set_defaults(func=cmd_user)
+    p = actions.add_parser("list", help="list the users")
+    p.add_argument("--quota", action="store_true",
+                   help="with each user's mailbox use and quota")
+    p.set_defaults(func=cmd_user)
 
     p = sub.add_parser("deliver", help="deliver a message into a user's Maildir")
     p.add_argument("name")

@@ -79,6 +79,10 @@ def uniqueName(now=time.time):
 
 
 def _chunks(dataOrFile):
+    if isinstance(dataOrFile, (list, tuple)):   # parts: added header lines, the message
+        for part in dataOrFile:
+            yield from _chunks(part)
+        return
     if isinstance(dataOrFile, (bytes, bytearray, memoryview)):
         view = memoryview(dataOrFile)
         for start in range(0, len(view), CHUNK_SIZE):
@@ -98,8 +102,9 @@ def deliver(maildir_path, data_or_file, now=time.time):
     Deliver one message into the Maildir at C{maildir_path}, creating it
     when missing.
 
-    @param data_or_file: the message: L{bytes} or a binary file object
-        (read to its end in chunks; stored exactly as given, LF or CRLF).
+    @param data_or_file: the message: L{bytes}, a binary file object
+        (read to its end in chunks), or a list of those written one after
+        the other; stored exactly as given, LF or CRLF.
     @return: the file name in C{new/} (L{str}).
     """
     maildir = ensureMaildir(maildir_path)

@@ -52,6 +52,7 @@ from securepop.mailstore.lock import (
 )
 from securepop.mailstore.delivery import ensureMaildir
 from securepop.mailstore.paths import confine, mailbox_path, mailRoot
+from securepop.mailstore.quota import record as record_quota_change
 from securepop.mailstore.sizes import openRegularFile
 from securepop.mailstore.snapshot import (
     SizesUnknown,
@@ -327,7 +328,7 @@ class MaildirMailbox:
         return self._runner(self._removeMarked, marked)
 
     def _removeMarked(self, marked):
-        removed, failed = 0, 0
+        removed, failed, octets = 0, 0, 0
         touched = set()
         for entry in marked:
             path = self._locate(entry)
@@ -345,7 +346,10 @@ class MaildirMailbox:
                 failed += 1
                 continue
             removed += 1
+            octets += entry.rawSize
             touched.add(os.path.dirname(path))
+        if removed:
+            record_quota_change(self.path, -octets, -removed)
         for directory in touched:
             try:
                 fsync_directory(directory)

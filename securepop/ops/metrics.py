@@ -68,6 +68,10 @@ class Metrics:
             "securepop_verification_renewals",
             "Password verifications renewing an auth-cache entry in the background",
             registry=r)
+        self.lmtp_deliveries = Counter(
+            "securepop_lmtp_deliveries", "LMTP recipients by outcome (delivered, "
+            "unknown_user, over_quota, too_big, temp_failure, disk_full, refused)",
+            ["result"], registry=r)
         self.other = Counter("securepop_events", "Other counted events", ["event"],
                              registry=r)
 
@@ -82,6 +86,8 @@ class Metrics:
             self.declined.labels(_label(rest[0])).inc()
         elif kind == "connection":
             self.connections.inc()
+        elif kind == "lmtp_delivery" and len(rest) == 1:
+            self.lmtp_deliveries.labels(_label(rest[0])).inc()
         elif kind == "tls" and len(rest) == 1:
             self.tls.labels(_label(rest[0])).inc()
         else:

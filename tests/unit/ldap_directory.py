@@ -25,7 +25,7 @@ ENTRIES = [
     (f"uid=alice,{PEOPLE}", {"objectClass": "person", "uid": "alice",
                              "userPassword": "pw-alice", "mailbox": "/m/alice",
                              "ntHash": NT, "secret": "apop-alice",
-                             "pop3": "TRUE"}),
+                             "pop3": "TRUE", "mailQuota": "5000,10"}),
     (f"uid=bob,{PEOPLE}", {"objectClass": "person", "uid": "bob",
                            "userPassword": "pw-bob"}),
     (f"uid=dave,{PEOPLE}", {"objectClass": "person", "uid": "dave",

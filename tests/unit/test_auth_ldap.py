@@ -227,3 +227,13 @@ def test_shutdown_stops_the_pool():
     threads.start()
     source.shutdown()
     assert not threads.started
+
+
+def test_quota_attribute_reaches_the_record():
+    _, _, source = make_source(quota_attribute="mailQuota", required_group="")
+    assert "mailQuota" in source.attributes_wanted()
+    assert result(source.lookupUser("alice")).info["quota"] == "5000,10"
+    assert "quota" not in result(source.lookupUser("erin")).info    # no value: the default
+    _, _, plain = make_source(required_group="")
+    assert "quota" not in result(plain.lookupUser("alice")).info
+    assert "mailQuota" not in plain.attributes_wanted()

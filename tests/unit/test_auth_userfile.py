@@ -9,6 +9,7 @@ from zope.interface.verify import verifyObject
 
 from securepop.auth import userfile
 from securepop.errors import ConfigError
+from securepop.mailstore.quota import Quota
 from securepop.interfaces import (
     CLEARTEXT_SECRET, ICredentialSource, NT_HASH, PLAINTEXT, SCRAM_SHA_256,
 )
@@ -437,3 +438,19 @@ def test_source_logs_entries_sharing_a_login_name(path):
     # the entry written as logins send the name wins
     assert result_of(source.verifyPassword("eve", b"two")).username == "eve"
     assert result_of(source.verifyPassword("eve", b"one")).check(UnauthorizedLogin)
+
+
+def test_quota_field_is_read_checked_and_reported_by_lookup_user(tmp_path):
+    path = tmp_path / "users"
+    userfile.set_password(path, "alice", "pw", set(), create=True)
+    userfile.set_quota(path, "alice", Quota(1000, 7))
+    entry = userfile.UsersFile(path).load()["alice"]
+    assert entry.extras["quota"] == "1000,7"
+    source = userfile.FileCredentialSource(path)
+    records = []
+    source.lookupUser("alice").addCallback(records.append)
+    assert records[0].info == {"quota": "1000,7"}
+    path.write_text(path.read_text().replace("quota=1000,7", "quota=much"))
+    with pytest.raises(ConfigError) as e:
+        userfile.UsersFile(path).load()
+    assert "OCTETS" in e.value.reason

@@ -72,3 +72,13 @@ def test_cache_off_and_directory_staleness(tmp_path):
     assert "  a password changed in the directory is honoured after at most 600 s " \
            "(auth.cache_ttl = 0: at once)" in lines
     assert not any(l.startswith("auth.file: ") for l in lines)
+
+
+def test_lmtp_listeners_and_the_quota_are_shown(tmp_path):
+    lines, problems = report_for(tmp_path, '[mail]\nquota_messages = 9\n'
+                                           '[[lmtp]]\nendpoint = "unix:/run/x/lmtp"\n')
+    assert problems == 0
+    assert "lmtp unix:/run/x/lmtp mode=0660 domains=- max_message_size=52428800" in lines
+    assert "mail quota: no octets, 9 messages (per-user overrides apply)" in lines
+    lines, _ = report_for(tmp_path)
+    assert not any(l.startswith(("lmtp ", "mail quota")) for l in lines)

@@ -44,6 +44,7 @@ TOOL_PACKAGES = {
     "neomutt": "neomutt",
     "ntlm_auth": "winbind",
     "openssl": "openssl",
+    "postfix": "postfix",
     "samba": "samba",
     "samba-tool": "samba",
     "script": "bsdutils",

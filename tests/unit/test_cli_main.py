@@ -279,3 +279,27 @@ def test_user_add_hashes_with_the_configured_parameters(tmp_path, monkeypatch):
     entry = UsersFile(tmp_path / "data" / "users").load()["carol"]
     p = extract_parameters(entry.password_hash)
     assert (p.memory_cost, p.time_cost) == (8192, 3)
+
+
+def test_deliver_keeps_the_quota(run, tmp_path):
+    config_file = tmp_path / "q.toml"
+    config_file.write_text("[mail]\nquota_messages = 1\n")
+    assert run("user", "add", "alice", stdin="pw\n")[0] == 0
+    new = run.data / "mail" / "alice" / "Maildir" / "new"
+    assert run("--config", str(config_file), "deliver", "alice", stdin="Subject: 1\n\n")[0] == 0
+    code, _, err = run("--config", str(config_file), "deliver", "alice", stdin="Subject: 2\n\n")
+    assert code == cli.EX_CANTCREAT and "full" in err
+    assert len(list(new.iterdir())) == 1               # the mailbox is unchanged
+    # the user's own quota overrides [mail]'s, and survives a password change
+    assert run("user", "quota", "alice", "0,5")[0] == 0
+    assert run("user", "passwd", "alice", stdin="pw2\n")[0] == 0
+    assert "quota=0,5" in (run.data / "users").read_text()
+    assert run("--config", str(config_file), "deliver", "alice", stdin="Subject: 2\n\n")[0] == 0
+    assert len(list(new.iterdir())) == 2
+    code, out, _ = run("user", "list", "--quota")
+    assert out.split("\n")[0].startswith("alice  use ") and "2 messages; quota 5 messages" in out
+    assert run("user", "list")[1].split() == ["alice"]
+    assert run("user", "quota", "alice", "lots")[0] == cli.EX_DATAERR
+    assert run("user", "quota", "alice", "default")[0] == 0
+    assert "quota" not in (run.data / "users").read_text()
+    assert run("user", "quota", "nobody", "1")[0] == cli.EX_NOUSER

@@ -122,7 +122,7 @@ def test_every_setting_is_documented_in_the_sample():
     for cls in (config.ServerSettings, config.ListenSettings, config.TLSSettings,
                 config.AuthSettings, config.FileSourceSettings, config.LDAPSettings,
                 config.AccessSettings, config.MailSettings, config.LogSettings,
-                config.MetricsSettings):
+                config.MetricsSettings, config.LMTPSettings):
         for f in dataclasses.fields(cls):
             if f.name not in nested:
                 assert re.search(rf"^# ?{f.name} = ", text, re.M), (cls.__name__, f.name)
@@ -341,3 +341,33 @@ def test_sample_warns_about_scram_plus_with_gnu_sasl():
     assert "SCRAM-SHA-256-PLUS" in text
     assert ("offering it makes\n# mutt and neomutt (GNU SASL without tls-exporter) choose it "
             "and abort the\n# login instead of falling back to SCRAM-SHA-256") in text
+
+
+def test_lmtp_listeners_and_quotas():
+    s = config.parse('[mail]\nquota_bytes = 1000\nquota_messages = 3\n'
+                     '[[lmtp]]\nendpoint = "unix:/run/securepop/lmtp"\nmode = 0o600\n'
+                     'domains = ["example.com"]\n[[lmtp]]\nendpoint = "tcp:24"\n')
+    assert [l.endpoint for l in s.lmtp] == ["unix:/run/securepop/lmtp", "tcp:24"]
+    assert s.lmtp[0].mode == 0o600 and s.lmtp[1].mode == 0o660
+    assert s.lmtp[0].domains == ("example.com",) and s.lmtp[1].max_recipients == 100
+    assert (s.mail.quota_bytes, s.mail.quota_messages) == (1000, 3)
+    assert config.load(None).lmtp == ()            # no [[lmtp]]: no LMTP listener
+
+
+@pytest.mark.parametrize("text, key, reason", [
+    ('[lmtp]\nendpoint = "tcp:24"\n', "lmtp", "array of tables"),
+    ('[[lmtp]]\nmode = 0o600\n', "lmtp[0].endpoint", "required"),
+    ('[[lmtp]]\nendpoint = "tcp:24"\nmode = 0o1777\n', "lmtp[0].mode", "file mode"),
+    ('[[lmtp]]\nendpoint = "tcp:24"\nmax_message_size = 10\n', "lmtp[0].max_message_size",
+     "1024"),
+    ('[[lmtp]]\nendpoint = "tcp:24"\nmax_recipients = 0\n', "lmtp[0].max_recipients", "1 to"),
+    ('[[lmtp]]\nendpoint = "tcp:24"\ndomains = ["a b"]\n', "lmtp[0].domains", "domain"),
+    ('[[lmtp]]\nendpoint = "tcp:24"\nport = 24\n', "lmtp[0].port", "unknown key"),
+    ('[server]\nworkers = "2"\n[[lmtp]]\nendpoint = "tcp:24"\n', "lmtp[0].endpoint",
+     "workers"),
+    ('[mail]\nquota_bytes = -1\n', "mail.quota_bytes", "negative"),
+])
+def test_lmtp_errors(text, key, reason):
+    with pytest.raises(ConfigError) as e:
+        config.parse(text, "/etc/securepop.toml")
+    assert e.value.key == key and reason in e.value.reason

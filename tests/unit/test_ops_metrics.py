@@ -150,3 +150,13 @@ def test_metrics_service_rejects_bad_endpoint():
 
 def test_events_module_is_the_source_of_names():
     assert events.clean("a b") == "a\\x20b"
+
+
+def test_lmtp_deliveries_by_result():
+    m = metrics.Metrics()
+    m.count("lmtp_delivery", "delivered")
+    m.count("lmtp_delivery", "delivered")
+    m.count("lmtp_delivery", "over_quota")
+    assert value(m, "securepop_lmtp_deliveries_total", {"result": "delivered"}) == 2
+    assert value(m, "securepop_lmtp_deliveries_total", {"result": "over_quota"}) == 1
+    assert value(m, "securepop_lmtp_deliveries_total", {"result": "unknown_user"}) in (None, 0)

@@ -11,6 +11,7 @@ from zope.interface.verify import verifyObject
 from securepop import config, schemes, service
 from securepop.auth import userfile
 from securepop.errors import ConfigError
+from securepop.lmtp.server import LMTPFactory
 
 CONFIG = """
 [server]
@@ -417,3 +418,27 @@ def test_reload_retires_the_old_source_after_the_grace(setup):
     assert calls == []                           # sessions in flight may still use it
     reactor.advance(1)
     assert calls == [(old, "shutdown")]
+
+
+def test_lmtp_listener_on_a_unix_socket_with_its_mode(setup, tmp_path):
+    setup.write_text(setup.read_text() + f'[[lmtp]]\nendpoint = "unix:{tmp_path}/lmtp"\n'
+                     f'mode = 0o600\n[[lmtp]]\nendpoint = "tcp:2424:interface=127.0.0.1"\n')
+    reactor = MemoryReactorClock()
+    svc = service.makeService(config.load(setup), reactor)
+    svc.startService()
+    try:
+        assert [(s[0], s[3]) for s in reactor.unixServers] == [(f"{tmp_path}/lmtp", 0o600)]
+        assert isinstance(reactor.unixServers[0][1], LMTPFactory)
+        assert sorted(p[0] for p in reactor.tcpServers) == [1110, 1995, 2424]
+        assert len(svc.listeners) == 2             # the POP3 ones only
+    finally:
+        svc.stopService()
+    plain = service.makeService(config.load(None, tmp_path / "d2"), MemoryReactorClock())
+    assert plain.lmtp_listeners == []
+
+
+def test_a_bad_lmtp_endpoint_is_a_config_error(setup):
+    setup.write_text(setup.read_text() + '[[lmtp]]\nendpoint = "bogus:1"\n')
+    with pytest.raises(ConfigError) as e:
+        service.makeService(config.load(setup), MemoryReactorClock())
+    assert e.value.key == "lmtp[0].endpoint"
