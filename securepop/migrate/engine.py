@@ -89,7 +89,7 @@ def migrate(source, target, report, delete_source=False, progress=None, clock=ti
     try:
         if listing is None:
             listing = source.listing()
-        report.unlisted = list(getattr(source, "unlisted", []))
+        report.unlisted = list(source.unlisted)
         report.listed = len(listing)
         messages = screen(listing, report)
         known = target.known()

@@ -38,8 +38,11 @@ class SourceMessage:
 class POP3Source:
     """A logged-in L{securepop.migrate.pop3.POP3Client}."""
 
+    unlisted = ()
+
     def __init__(self, client):
         self.client = client
+        self._deleting = False
 
     def listing(self):
         sizes = self.client.sizes()
@@ -51,11 +54,22 @@ class POP3Source:
 
     def delete(self, messages):
         """DELE each, then QUIT: the server removes them only then."""
+        self._deleting = True
         for message in messages:
             self.client.dele(message.key)
         self.client.quit()
 
     def close(self):
+        """
+        QUIT when nothing was marked (a polite end); after a DELE that did
+        not reach L{delete}'s QUIT, only close: the server then removes
+        nothing (RFC 1939).
+        """
+        if not self._deleting:
+            try:
+                self.client.quit()
+            except SourceError:
+                pass
         self.client.close()
 
 

@@ -28,6 +28,8 @@ MESSAGES = [
 class FakeSource:
     """An old server in memory: C{messages} [(uidl, bytes)], a fault after C{fail_after} RETRs."""
 
+    unlisted = ()
+
     def __init__(self, messages, fail_after=None):
         self.messages = list(messages)
         self.fail_after = fail_after

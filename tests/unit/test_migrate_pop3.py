@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from securepop.migrate.pop3 import LoginRefused, POP3Client, SourceError
+from securepop.migrate.sources import POP3Source, SourceMessage
 
 
 class Script(threading.Thread):
@@ -134,3 +135,17 @@ def test_failed_stls_handshake_is_a_source_error():
     port = _listen([b"+OK\r\nSTLS\r\n.\r\n", b"+OK Begin TLS\r\n"])
     with pytest.raises(SourceError):
         POP3Client.connect("pop3", "127.0.0.1", port, timeout=5)
+
+
+def test_source_close_quits_only_without_marks():
+    client, script = pair([b"+OK bye\r\n"])
+    POP3Source(client).close()
+    script.join(5)
+    assert script.received == [b"QUIT"]
+    client, script = pair([b"+OK\r\n", None])
+    source = POP3Source(client)
+    with pytest.raises(SourceError):
+        source.delete([SourceMessage(1, "a"), SourceMessage(2, "b")])
+    source.close()
+    script.join(5)
+    assert script.received == [b"DELE 1", b"DELE 2"]   # no QUIT: nothing removed
