@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from securepop.mailstore import uidlist
-from securepop.migrate.pop3 import SourceError
 
 SAVE_EVERY = 5.0  # seconds between uidlist saves during a long run
 
@@ -82,7 +81,8 @@ def migrate(source, target, report, delete_source=False, progress=None, clock=ti
     @param listing: C{source.listing()} when already read (before the
         target was opened, so a source that cannot list changes nothing).
 
-    @raise SourceError: the source failed; what was stored stays kept.
+    @raise SourceError: the source failed (L{securepop.migrate.pop3}); what was
+        stored stays kept.
     """
     progress = progress or NullProgress()
     started = clock()

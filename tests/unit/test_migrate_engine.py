@@ -9,8 +9,6 @@ import os
 
 import pytest
 
-from securepop.errors import MailboxInUse
-from securepop.mailstore import uidlist
 from securepop.mailstore.maildir import MaildirMailbox
 from securepop.mailstore.sizes import crlfSizeOfBytes
 from securepop.migrate import engine
@@ -125,29 +123,6 @@ def test_dropped_connection_is_resumable_without_duplicates(maildir):
     assert served(maildir) == [(u, crlfSizeOfBytes(d), d) for u, d in MESSAGES]
 
 
-def test_file_written_before_record_saved_is_kept_not_fetched_again(maildir):
-    """A run killed between a message's file and the uidlist rewrite."""
-    target = TargetMaildir.open(maildir)
-    planned = target.plan(["UID-one"])
-    unique = planned[0][1]
-    target.store(unique, MESSAGES[0][1])
-    target.close()  # no save: the record on disk is still pending
-    assert uidlist.read(maildir)[unique].state == uidlist.PENDING
-    source = FakeSource(MESSAGES[:1])
-    run(maildir, source)
-    assert source.fetched == []
-    assert uidlist.read(maildir)[unique].state == uidlist.KEPT
-
-
-def test_pending_record_without_file_is_fetched_under_its_planned_name(maildir):
-    target = TargetMaildir.open(maildir)
-    unique = target.plan(["UID-one"])[0][1]
-    target.close()
-    source = FakeSource(MESSAGES[:1])
-    run(maildir, source)
-    assert source.fetched == ["UID-one"]
-    assert list(uidlist.read(maildir)) == [unique]
-    assert served(maildir)[0][0] == "UID-one"
 
 
 def test_invalid_or_repeated_uidls_are_refused(maildir):
@@ -174,16 +149,6 @@ def test_delete_source_keeps_what_failed(maildir):
         run(maildir, source, delete_source=True)
     assert source.deleted == []
 
-
-def test_migration_waits_for_no_session(maildir):
-    os.makedirs(maildir)
-    mailbox = MaildirMailbox.open(maildir)
-    try:
-        with pytest.raises(MailboxInUse):
-            TargetMaildir.open(maildir)
-    finally:
-        mailbox.release()
-    TargetMaildir.open(maildir).close()
 
 
 def test_compare():
