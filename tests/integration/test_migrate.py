@@ -49,7 +49,7 @@ def dovecot():
 
 @pytest.fixture(scope="module")
 def target(daemon_factory):
-    return daemon_factory(users=tuple(USERS.items()), name="migrate")
+    return daemon_factory(users=tuple(USERS.items()) + (("frank", PASSWORD),), name="migrate")
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +134,16 @@ def test_migrate_keeps_uidls_sizes_octets_and_order(dovecot, target, password_fi
     old = listing(dovecot.popPort, dovecot.certificate, "alice")
     assert listing(target.pop3_port, target.ca_file, "alice") == old
     assert len(old[0]) == len(MESSAGES) + 1
+
+
+def test_from_dovecot_maildir(dovecot, target):
+    """A cut-over by copying files: Dovecot's own Maildir and dovecot-uidlist."""
+    old = listing(dovecot.popPort, dovecot.certificate, "alice")   # dovecot-uidlist written
+    maildir = os.path.join(dovecot._paths()["home"], "alice", "Maildir")
+    proc, report = migrate(target, "--from-maildir", maildir, "--user", "frank")
+    assert proc.returncode == 0, proc.stderr
+    assert report["users"][0]["fetched"] == len(old[0])
+    assert listing(target.pop3_port, target.ca_file, "frank") == old
 
 
 def test_wrong_password_changes_nothing(dovecot, target, tmp_path):

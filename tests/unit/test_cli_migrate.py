@@ -100,3 +100,15 @@ def test_unreachable_server(tmp_path, capsys):
     assert status == cli_migrate.EX_UNAVAILABLE
     assert "cannot connect" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "data" / "mail")
+
+
+def test_progress_on_standard_error(tmp_path, capsys):
+    source = make_dovecot_maildir(str(tmp_path / "old"))
+    assert securepop("migrate", "--from-maildir", source, "--user", "bob", "--progress", "on",
+                     "--data-dir", str(tmp_path / "data")) == 0
+    captured = capsys.readouterr()
+    assert "4/4 messages" in captured.err
+    assert "4 fetched" in captured.out
+    assert securepop("migrate", "--from-maildir", source, "--user", "carl", "--progress", "off",
+                     "--data-dir", str(tmp_path / "data")) == 0
+    assert "messages" not in capsys.readouterr().err
