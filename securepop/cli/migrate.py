@@ -6,7 +6,7 @@ Dovecot Maildir) into securepop with the old UIDLs and order
 Exit status: 0 done (or C{--verify}: the same lists); 1 a difference
 (C{--verify}) or messages refused; 64 bad usage; 69 the source failed or
 went away (run again to resume); 75 the mailbox is in use; 77 the source
-refused the login.  With several users, the highest.
+refused the login; 130 interrupted.  With several users, the highest.
 """
 
 import csv
@@ -35,6 +35,7 @@ except ImportError:  # progress is a nicety
     tqdm = None
 
 EX_DIFFERENT, EX_USAGE, EX_UNAVAILABLE, EX_TEMPFAIL, EX_NOPERM = 1, 64, 69, 75, 77
+EX_INTERRUPTED = 130
 MAX_PASSWORD_FILE = 4096
 
 
@@ -250,12 +251,17 @@ def run(args):
         print(f"securepop: configuration error: {e}", file=sys.stderr)
         return 78
     reports, worst = [], 0
-    for name, password_file in users:
-        report, status = _one_user(args, settings, url, name, password_file)
-        reports.append(report)
-        worst = max(worst, status)
-        if not args.json:
-            _print_text(report, args.verify)
+    try:
+        for name, password_file in users:
+            report, status = _one_user(args, settings, url, name, password_file)
+            reports.append(report)
+            worst = max(worst, status)
+            if not args.json:
+                _print_text(report, args.verify)
+    except KeyboardInterrupt:
+        print("securepop migrate: interrupted; what was stored is kept, run again to resume",
+              file=sys.stderr)
+        return EX_INTERRUPTED
     if args.json:
         print(json.dumps({"users": [r.as_dict() for r in reports], "status": worst}, indent=2))
     return worst
