@@ -77,7 +77,8 @@ def dovecot_uidl(fmt, uid, uidvalidity, guid=""):
     """
     A UIDL as Dovecot's C{pop3_uidl_format} makes it, for a message without
     a C{P} field: C{%u} (uid), C{%v} (uidvalidity), C{%g} (GUID), with an
-    optional zero-padded width and C{X} for upper-case hex, C{%%}.
+    optional zero-padded width and C{X} for hex (lower case, as Dovecot
+    writes it), C{%%}.
 
     @raise ValueError: a variable this reader does not know (C{%m}, ...).
     """
@@ -91,7 +92,7 @@ def dovecot_uidl(fmt, uid, uidvalidity, guid=""):
         pad, hexa, var = match.group(2), match.group(3), match.group(4)
         if var == "g":
             return guid
-        return format(uid if var == "u" else uidvalidity, f"{pad}{'X' if hexa else 'd'}")
+        return format(uid if var == "u" else uidvalidity, f"{pad}{'x' if hexa else 'd'}")
 
     return _FORMAT_RE.sub(variable, fmt)
 

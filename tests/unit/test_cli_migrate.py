@@ -63,7 +63,7 @@ def test_from_maildir_run_json_and_second_run(tmp_path, capsys):
     mailbox = MaildirMailbox.open(maildir, create=False)
     try:
         assert [mailbox.getUidl(i) for i in range(4)] == [
-            b"OLD-3", b"0001.legacy", b"000000016553F100", b"000000046553F100"]
+            b"OLD-3", b"0001.legacy", b"000000016553f100", b"000000046553f100"]
         with mailbox.getMessage(0) as f:
             assert f.read() == b"three\n"
     finally:

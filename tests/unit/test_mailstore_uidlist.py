@@ -20,7 +20,7 @@ def maildir(tmp_path):
     return ensureMaildir(str(tmp_path / "Maildir"))
 
 
-@pytest.mark.parametrize("uidl", ["a", "x" * 70, "000000016553F100", "!~"])
+@pytest.mark.parametrize("uidl", ["a", "x" * 70, "000000016553f100", "!~"])
 def test_valid_uidl(uidl):
     assert uidlist.valid_uidl(uidl)
     assert uidlist.valid_uidl(uidl.encode("ascii"))

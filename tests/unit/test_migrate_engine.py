@@ -18,7 +18,7 @@ from securepop.migrate.target import TargetMaildir
 
 MESSAGES = [
     ("UID-one", b"Subject: one\r\n\r\n.dot line\r\n..two dots\r\n"),
-    ("000000026553F100", b"Subject: two\r\n\r\n8-bit \xe9\xff\r\n"),
+    ("000000026553f100", b"Subject: two\r\n\r\n8-bit \xe9\xff\r\n"),
     ("z~!", b"Subject: three\r\n\r\n" + b"x" * 20000 + b"\r\n"),
 ]
 
@@ -98,7 +98,7 @@ def test_new_source_message_is_added_after_the_others(maildir):
     source = FakeSource(MESSAGES + [("later", b"Subject: later\r\n\r\n")])
     report = run(maildir, source)
     assert source.fetched == ["later"] and report.fetched == 1
-    assert [u for u, _, _ in served(maildir)] == ["UID-one", "000000026553F100", "z~!", "later"]
+    assert [u for u, _, _ in served(maildir)] == ["UID-one", "000000026553f100", "z~!", "later"]
 
 
 def test_message_deleted_here_is_not_fetched_again(maildir):
@@ -110,7 +110,7 @@ def test_message_deleted_here_is_not_fetched_again(maildir):
     source = FakeSource(MESSAGES)
     run(maildir, source)
     assert source.fetched == []
-    assert [u for u, _, _ in served(maildir)] == ["000000026553F100", "z~!"]
+    assert [u for u, _, _ in served(maildir)] == ["000000026553f100", "z~!"]
 
 
 def test_dropped_connection_is_resumable_without_duplicates(maildir):
@@ -119,7 +119,7 @@ def test_dropped_connection_is_resumable_without_duplicates(maildir):
     assert [u for u, _, _ in served(maildir)] == ["UID-one"]
     source = FakeSource(MESSAGES)
     run(maildir, source)
-    assert source.fetched == ["000000026553F100", "z~!"]
+    assert source.fetched == ["000000026553f100", "z~!"]
     assert served(maildir) == [(u, crlfSizeOfBytes(d), d) for u, d in MESSAGES]
 
 
@@ -139,7 +139,7 @@ def test_never_deletes_on_source_unless_asked(maildir):
     assert source.deleted == []
     source = FakeSource(MESSAGES + [("new", b"n\r\n")])
     report = run(maildir, source, delete_source=True)
-    assert source.deleted == ["UID-one", "000000026553F100", "z~!", "new"]
+    assert source.deleted == ["UID-one", "000000026553f100", "z~!", "new"]
     assert report.deleted_on_source == 4
 
 

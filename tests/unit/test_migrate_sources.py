@@ -23,7 +23,7 @@ UIDLIST_V3 = b"""3 V1700000000 N5 G3085f01b7f11094c501100008c4a11c1
 
 
 def test_dovecot_uidl_default_format():
-    assert dovecot_uidl("%08Xu%08Xv", 1, 1700000000) == "000000016553F100"
+    assert dovecot_uidl("%08Xu%08Xv", 1, 1700000000) == "000000016553f100"
     assert dovecot_uidl("%u-%v", 7, 9) == "7-9"
     assert dovecot_uidl("%g", 1, 1, "abc") == "abc"
     assert dovecot_uidl("100%%", 1, 1) == "100%"
@@ -70,8 +70,8 @@ def test_listing_order_and_uidls(tmp_path):
                                                        extra={"new/9.M9.unseen": b"x\n"}))
     listing = source.listing()
     # O1, O2 first; then by uid, with pop3_uidl_format for those without P.
-    assert [m.uidl for m in listing] == ["OLD-3", "0001.legacy", "000000016553F100",
-                                         "000000046553F100"]
+    assert [m.uidl for m in listing] == ["OLD-3", "0001.legacy", "000000016553f100",
+                                         "000000046553f100"]
     assert source.fetch(listing[0]) == b"three\n"
     assert listing[0].size == 7  # CRLF octets, as Dovecot's LIST counts
     assert source.unlisted == [str(tmp_path / "M" / "new" / "9.M9.unseen")]
