@@ -21,7 +21,7 @@ from tests.integration.daemon import require_tool
 from tests.integration.fixtures_dovecot import SECURE, DovecotServer, dovecotAvailable
 
 PASSWORD = "wonderland-7"
-USERS = {"alice": PASSWORD, "carol": PASSWORD, "dave": PASSWORD}
+USERS = {"alice": PASSWORD, "carol": PASSWORD, "dave": PASSWORD, "gina": PASSWORD}
 
 MESSAGES = [
     b"From: a@example.com\nSubject: dots\n\n.leading dot\n..two dots\n.\nend\n",
@@ -144,6 +144,24 @@ def test_from_dovecot_maildir(dovecot, target):
     assert proc.returncode == 0, proc.stderr
     assert report["users"][0]["fetched"] == len(old[0])
     assert listing(target.pop3_port, target.ca_file, "frank") == old
+
+
+def test_message_without_final_line_end(dovecot, target, password_file):
+    """
+    Same UIDL and RETR octets; LIST is 2 more here (Dovecot does not count
+    the CRLF its RETR adds), which --verify accepts.
+    """
+    dovecot.deliver("gina", b"Subject: no final newline\n\nlast line")
+    proc, report = migrate(target, *from_dovecot(dovecot, password_file, "gina"))
+    assert proc.returncode == 0, proc.stderr
+    assert report["users"][0]["size_mismatches"] == []
+    old = listing(dovecot.popPort, dovecot.certificate, "gina")
+    new = listing(target.pop3_port, target.ca_file, "gina")
+    assert (new[0], new[2]) == (old[0], old[2])
+    (theirs,), (ours,) = old[1], new[1]
+    assert int(ours.split()[1]) == int(theirs.split()[1]) + 2
+    proc, report = migrate(target, *from_dovecot(dovecot, password_file, "gina", "--verify"))
+    assert proc.returncode == 0, report
 
 
 def test_wrong_password_changes_nothing(dovecot, target, tmp_path):

@@ -158,5 +158,9 @@ def test_compare():
         "the common messages are in another order"]
     assert engine.compare(listing, [("a", 3)]) == ["only on the source: b"]
     assert engine.compare(listing, [("a", 3), ("b", 4), ("c", 1)]) == ["only here: c"]
-    assert engine.compare(listing, [("a", 5), ("b", 4)]) == [
-        "size of a: 3 on the source, 5 here"]
+    assert engine.compare(listing, [("a", 4), ("b", 4)]) == [
+        "size of a: 3 on the source, 4 here"]
+    # 2 more: a message without a final line end, whose CRLF the old server
+    # sent by RETR without counting it in LIST.
+    assert engine.compare(listing, [("a", 5), ("b", 4)]) == []
+    assert engine.compare(listing, [("a", 6), ("b", 4)]) != []
