@@ -235,3 +235,21 @@ def test_fetchmail_downloads_nothing_again(dovecot, target, password_file, tmp_p
     target.deliver("dave", b"Subject: arrived here\r\n\r\nnew\r\n")
     proc, count = _fetchmail(tmp_path, target.pop3_port, target.ca_file, "dave")
     assert proc.returncode == 0 and count == on_dovecot + 1, proc.stderr
+
+
+def test_no_migration_while_a_session_holds_the_maildrop(dovecot, target, password_file):
+    dovecot.deliver("gina", b"Subject: while locked\n\nx\n")
+    session = poplib.POP3("localhost", target.pop3_port, timeout=30)
+    session.stls(ssl.create_default_context(cafile=target.ca_file))
+    session.user("gina")
+    session.pass_(PASSWORD)
+    try:
+        before = files(target.maildir("gina"))
+        proc, report = migrate(target, *from_dovecot(dovecot, password_file, "gina"))
+        assert proc.returncode == 75
+        assert "in use" in report["users"][0]["error"]
+        assert files(target.maildir("gina")) == before
+    finally:
+        session.quit()
+    proc, report = migrate(target, *from_dovecot(dovecot, password_file, "gina"))
+    assert proc.returncode == 0 and report["users"][0]["fetched"] == 1, proc.stderr
