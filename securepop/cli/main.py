@@ -1,5 +1,6 @@
 """
-The C{securepop} command: user, deliver, check-config, cert, test-auth, audit.
+The C{securepop} command: user, deliver, check-config, cert, test-auth, audit,
+migrate, client-config.
 
 Every subcommand accepts C{--config FILE} and C{--data-dir DIR}, so it acts
 on the same data the daemon uses.  Options may come before the command,
@@ -295,7 +296,8 @@ def build_parser():
     p = sub.add_parser("check-config", help="print the effective configuration and warnings")
     p.set_defaults(func=cmd_check_config)
 
-    for module in ("securepop.cli.cert", "securepop.cli.test_auth", "securepop.cli.audit"):
+    for module in ("securepop.cli.cert", "securepop.cli.test_auth", "securepop.cli.audit",
+                   "securepop.cli.migrate", "securepop.cli.client_config"):
         try:
             mod = importlib.import_module(module)
         except ImportError:

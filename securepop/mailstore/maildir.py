@@ -27,7 +27,9 @@ Decisions:
    in the Maildir (keyed by unique name, size and mtime; atomic rewrite).
  - B{UIDL}: the unique name (before the first "," or ":"), which flag
    renames and C{,S=/,W=} fields never change; when it is not 1-70 octets
-   of 0x21-0x7E, C{"h"} + 40 hex digits of its SHA-256.
+   of 0x21-0x7E, C{"h"} + 40 hex digits of its SHA-256.  A message moved
+   from another server keeps that server's UIDL and order instead
+   (L{securepop.mailstore.uidlist}).
  - B{Lock}: L{securepop.mailstore.lock}, in C{<maildir>/securepop.lock}
    unless given, taken before the snapshot.
  - B{Commit} (QUIT): unlink each marked file, or move it into the trash
@@ -56,7 +58,7 @@ from securepop.mailstore.quota import record as record_quota_change
 from securepop.mailstore.sizes import openRegularFile
 from securepop.mailstore.snapshot import (
     SizesUnknown,
-    assignUidls,
+    applyUidls,
     cleanTmpSometimes,
     computeSizes,
     known_message_count,
@@ -176,7 +178,7 @@ class MaildirMailbox:
             cleanTmpSometimes(path, time.time())
             entries = scanMaildir(path)
             computeSizes(path, entries, mayCount=mayCount)
-            assignUidls(entries)
+            applyUidls(path, entries)
             if trash is not None:
                 ensureMaildir(trash)
         except BaseException:

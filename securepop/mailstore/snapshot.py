@@ -16,6 +16,7 @@ import threading
 
 from securepop.mailstore.delivery import FILE_MODE
 from securepop.mailstore.sizes import crlfSizeOfPath, openRegularFile
+from securepop.mailstore.uidlist import read as read_kept_uidls
 
 SIZE_CACHE_NAME = "securepop-sizes.json"
 _CACHE_VERSION = 2
@@ -315,12 +316,24 @@ def computeSizes(maildirPath, entries, cacheName=SIZE_CACHE_NAME, countFile=None
     _sizeMemo.put(cachePath, fresh, len(entries))
 
 
-def assignUidls(entries):
+def assignUidls(entries, kept=None):
     """
-    Give every entry a UIDL, unique within the snapshot.
+    Give every entry a UIDL, unique within the snapshot: the kept one when
+    C{kept} has the entry's unique name (first, so a name-derived UIDL
+    never takes it), else one from the name.
+
+    @param kept: C{{unique: KeptUidl}} (L{securepop.mailstore.uidlist}) or None.
     """
     seen = set()
     for entry in entries:
+        record = kept.get(entry.unique) if kept else None
+        uidl = record.uidl.encode("ascii") if record is not None else None
+        if uidl is not None and uidl not in seen:
+            seen.add(uidl)
+            entry.uidl = uidl
+    for entry in entries:
+        if entry.uidl is not None:
+            continue
         uidl = uidlFor(entry.unique)
         if uidl in seen:  # two files with one unique name: keep both apart
             uidl = uidlFor(entry.name.split(":", 1)[0] + "\0dup")
@@ -330,3 +343,26 @@ def assignUidls(entries):
             uidl = uidlFor(f"{entry.name}\0{counter}")
         seen.add(uidl)
         entry.uidl = uidl
+
+
+def orderKept(entries, kept):
+    """
+    Put the messages C{kept} names in the old server's order, in the places
+    the delivery order gave them; every other message stays where it was.
+    """
+    slots = [i for i, entry in enumerate(entries) if entry.unique in kept]
+    ordered = sorted((entries[i] for i in slots),
+                     key=lambda entry: (kept[entry.unique].order, entry.name))
+    for i, entry in zip(slots, ordered):
+        entries[i] = entry
+
+
+def applyUidls(maildirPath, entries):
+    """
+    The UIDLs and order of a snapshot: L{orderKept} and L{assignUidls} with
+    the Maildir's kept UIDLs (L{securepop.mailstore.uidlist}), if any.
+    """
+    kept = read_kept_uidls(maildirPath)
+    if kept:
+        orderKept(entries, kept)
+    assignUidls(entries, kept)
