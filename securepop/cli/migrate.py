@@ -1,6 +1,6 @@
 """
 C{securepop migrate}: move users' mail from another POP3 server (or a
-Dovecot Maildir) into securepop with the old UIDLs and order
+Dovecot or Courier Maildir) into securepop with the old UIDLs and order
 (L{securepop.migrate}).
 
 Exit status: 0 done (or C{--verify}: the same lists); 1 a difference
@@ -24,8 +24,8 @@ from securepop.migrate import engine
 from securepop.migrate.pop3 import LoginRefused, POP3Client, SourceError, tls_context
 from securepop.migrate.sources import (
     DOVECOT_DEFAULT_UIDL_FORMAT,
-    DovecotMaildirSource,
     POP3Source,
+    maildir_source,
 )
 from securepop.migrate.target import TargetMaildir
 
@@ -44,9 +44,9 @@ def add_parser(subparsers):
         "migrate",
         help="move mail from another POP3 server, keeping UIDLs and order",
         description=("Pull each user's messages from a POP3 server (STLS or implicit TLS, "
-                     "certificate checked) or a Dovecot Maildir, and serve them with the "
-                     "same UIDLs in the same order.  Incremental; never deletes on the "
-                     "source without --delete-source."))
+                     "certificate checked) or a Dovecot or Courier Maildir, and serve "
+                     "them with the same UIDLs in the same order.  Incremental; never "
+                     "deletes on the source without --delete-source."))
     parser.add_argument("url", nargs="?", metavar="URL",
                         help="pop3://HOST[:PORT] (STLS) or pop3s://HOST[:PORT]")
     parser.add_argument("--user", metavar="NAME", help="the user (same name on both servers)")
@@ -55,7 +55,8 @@ def add_parser(subparsers):
     parser.add_argument("--users", metavar="CSV",
                         help="several users: lines 'name,password_file'")
     parser.add_argument("--from-maildir", metavar="PATH",
-                        help="read a Dovecot Maildir (dovecot-uidlist) instead of a server")
+                        help="read a Maildir copied from a Dovecot (dovecot-uidlist) or Courier "
+                             "(courierpop3dsizelist) server instead of a server")
     parser.add_argument("--uidl-format", default=DOVECOT_DEFAULT_UIDL_FORMAT,
                         help="the old Dovecot's pop3_uidl_format, for messages without a "
                              "P field (default %(default)s)")
@@ -152,7 +153,7 @@ def _usage(args):
 
 def _open_source(args, target_url, name, password_file):
     if args.from_maildir:
-        return DovecotMaildirSource(args.from_maildir, args.uidl_format)
+        return maildir_source(args.from_maildir, args.uidl_format)
     password = read_password_file(password_file)
     client = POP3Client.connect(target_url.scheme, target_url.host, target_url.port,
                                 tls_context(args.cafile), args.insecure_cleartext,

@@ -7,7 +7,8 @@ not download it all again.
  - L{securepop.migrate.pop3}: a small blocking POP3 client (STLS or
    implicit TLS, verified certificates);
  - L{securepop.migrate.sources}: where the mail comes from: a POP3 server,
-   or a Dovecot Maildir with its C{dovecot-uidlist};
+   or a Dovecot or Courier Maildir with its C{dovecot-uidlist} or
+   C{courierpop3dsizelist};
  - L{securepop.migrate.target}: the user's Maildir here, its lock and its
    kept UIDLs (L{securepop.mailstore.uidlist});
  - L{securepop.migrate.engine}: one user's run (incremental, resumable)

@@ -49,7 +49,8 @@ def dovecot():
 
 @pytest.fixture(scope="module")
 def target(daemon_factory):
-    return daemon_factory(users=tuple(USERS.items()) + (("frank", PASSWORD),), name="migrate")
+    return daemon_factory(users=tuple(USERS.items()) + (("frank", PASSWORD), ("hank", PASSWORD),
+                                                        ("iris", PASSWORD)), name="migrate")
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +145,65 @@ def test_from_dovecot_maildir(dovecot, target):
     assert proc.returncode == 0, proc.stderr
     assert report["users"][0]["fetched"] == len(old[0])
     assert listing(target.pop3_port, target.ca_file, "frank") == old
+
+
+def make_courier_maildir(root):
+    """
+    A Maildir as courier-pop3d leaves it: cur/ with flags in the names and a
+    courierpop3dsizelist (version 3: name, LIST size, uid:uidvalidity:utf8)
+    whose uid 0 line falls back to the file name's UIDL.  A file the list
+    does not name (Courier would give it a new uid) stays behind.
+    """
+    messages = [("1700000001.M1P1.courier:2,S", MESSAGES[0], 3),
+                ("1700000002.M2P2.courier:2,", MESSAGES[3], 4),         # the 20 KB line
+                ("1700000003.M3P3.courier:2,RS", MESSAGES[2], 0),
+                ("1700000004.M4P4.courier:2,", b"From: a@example.com\n\nno final line end", 9)]
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    lines = [b"/3 10 1700000900\n"]
+    for name, data, uid in messages:
+        (root / "cur" / name).write_bytes(data)
+        # calcsize(): octets + lines, and the CRLF RETR adds after a last line without one
+        size = len(data) + data.count(b"\n") + (0 if data.endswith(b"\n") else 2)
+        lines.append(f"{name} {size} {uid}:1700000900:0\n".encode())
+    (root / "new" / "1700000099.M9P9.courier").write_bytes(MESSAGES[4])
+    (root / "courierpop3dsizelist").write_bytes(b"".join(lines))
+    return [("UID3-1700000900", messages[0][1]), ("UID4-1700000900", messages[1][1]),
+            ("1700000003.M3P3.courier", messages[2][1]), ("UID9-1700000900", messages[3][1])]
+
+
+def test_from_courier_maildir(target, tmp_path):
+    """
+    A cut-over by copying files from a Courier server: securepop serves
+    courier-pop3d's UIDLs (UID<uid>-<uidvalidity>, the file name for uid 0)
+    in its order, with the same octets; a second run changes nothing.
+    """
+    root = tmp_path / "Maildir"
+    expected = make_courier_maildir(root)
+    proc, report = migrate(target, "--from-maildir", str(root), "--user", "hank")
+    assert proc.returncode == 0, proc.stderr
+    assert report["users"][0]["fetched"] == len(expected)
+    uidls, sizes, bodies = listing(target.pop3_port, target.ca_file, "hank")
+    assert [line.split()[1].decode() for line in uidls] == [uidl for uidl, _ in expected]
+    assert [b"\n".join(body) for body in bodies] == [data.rstrip(b"\n") for _, data in expected]
+    assert report["users"][0]["size_mismatches"] == []
+    before = files(target.maildir("hank"))
+    proc, report = migrate(target, "--from-maildir", str(root), "--user", "hank")
+    assert proc.returncode == 0, proc.stderr
+    assert report["users"][0]["fetched"] == 0
+    assert files(target.maildir("hank")) == before
+
+
+def test_from_courier_maildir_malformed_changes_nothing(target, tmp_path):
+    """A broken courierpop3dsizelist line stops the run, naming file and line."""
+    root = tmp_path / "Maildir"
+    make_courier_maildir(root)
+    with open(root / "courierpop3dsizelist", "ab") as f:
+        f.write(b"1700000005.M5P5.courier:2, 12 7-1700000900\n")
+    proc, report = migrate(target, "--from-maildir", str(root), "--user", "iris")
+    assert proc.returncode != 0
+    assert f"{root / 'courierpop3dsizelist'}: line 6:" in proc.stderr
+    assert not target.maildir("iris").exists() or files(target.maildir("iris")) == []
 
 
 def test_message_without_final_line_end(dovecot, target, password_file):

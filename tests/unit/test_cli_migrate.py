@@ -88,7 +88,8 @@ def test_missing_source_is_not_a_traceback(tmp_path, capsys):
     status = securepop("migrate", "--from-maildir", str(tmp_path / "none"), "--user", "bob",
                        "--data-dir", str(tmp_path / "data"))
     assert status == cli_migrate.EX_UNAVAILABLE
-    assert "no dovecot-uidlist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "neither dovecot-uidlist (Dovecot) nor courierpop3dsizelist (Courier)" in err
     assert not os.path.exists(tmp_path / "data" / "mail" / "bob")
 
 
