@@ -231,7 +231,8 @@ def _print_text(report, verify):
     for uidl, theirs, ours in report.size_mismatches:
         print(f"  size of {uidl}: {theirs} on the source, {ours} here")
     for path in report.unlisted:
-        print(f"  not in dovecot-uidlist (not migrated): {path}")
+        print(f"  not in the UIDL list (dovecot-uidlist, courierpop3dsizelist), "
+              f"not migrated: {path}")
 
 
 def run(args):

@@ -176,12 +176,15 @@ def test_from_courier_maildir(target, tmp_path):
     """
     A cut-over by copying files from a Courier server: securepop serves
     courier-pop3d's UIDLs (UID<uid>-<uidvalidity>, the file name for uid 0)
-    in its order, with the same octets; a second run changes nothing.
+    in its order, with the same octets; a file the list does not name is
+    reported and left; a second run changes nothing.
     """
     root = tmp_path / "Maildir"
     expected = make_courier_maildir(root)
+    unlisted = [str(root / "new" / "1700000099.M9P9.courier")]
     proc, report = migrate(target, "--from-maildir", str(root), "--user", "hank")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr           # the unlisted file is reported
+    assert report["users"][0]["unlisted"] == unlisted
     assert report["users"][0]["fetched"] == len(expected)
     uidls, sizes, bodies = listing(target.pop3_port, target.ca_file, "hank")
     assert [line.split()[1].decode() for line in uidls] == [uidl for uidl, _ in expected]
@@ -189,8 +192,8 @@ def test_from_courier_maildir(target, tmp_path):
     assert report["users"][0]["size_mismatches"] == []
     before = files(target.maildir("hank"))
     proc, report = migrate(target, "--from-maildir", str(root), "--user", "hank")
-    assert proc.returncode == 0, proc.stderr
-    assert report["users"][0]["fetched"] == 0
+    assert proc.returncode == 1 and report["users"][0]["unlisted"] == unlisted
+    assert (report["users"][0]["fetched"], report["users"][0]["already"]) == (0, len(expected))
     assert files(target.maildir("hank")) == before
 
 

@@ -81,7 +81,7 @@ def test_from_maildir_reports_unlisted_files(tmp_path, capsys):
                        "--data-dir", str(tmp_path / "data"))
     out = capsys.readouterr().out
     assert status == cli_migrate.EX_DIFFERENT
-    assert "not in dovecot-uidlist" in out and "4 fetched" in out
+    assert "not in the UIDL list" in out and "4 fetched" in out
 
 
 def test_missing_source_is_not_a_traceback(tmp_path, capsys):
