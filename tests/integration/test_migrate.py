@@ -205,7 +205,7 @@ def test_from_courier_maildir_malformed_changes_nothing(target, tmp_path):
         f.write(b"1700000005.M5P5.courier:2, 12 7-1700000900\n")
     proc, report = migrate(target, "--from-maildir", str(root), "--user", "iris")
     assert proc.returncode != 0
-    assert f"{root / 'courierpop3dsizelist'}: line 6:" in proc.stderr
+    assert f"{root / 'courierpop3dsizelist'}: line 6:" in report["users"][0]["error"]
     assert not target.maildir("iris").exists() or files(target.maildir("iris")) == []
 
 
