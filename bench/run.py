@@ -6,6 +6,7 @@ One command (as root; Dovecot from Debian's dovecot-core + dovecot-pop3d)::
     /work/venv/bin/python bench/run.py            # full run, under ~10 minutes
     /work/venv/bin/python bench/run.py --quick    # about 2 minutes, rougher
     /work/venv/bin/python bench/run.py --profile  # also py-spy securepop under load
+    /work/venv/bin/python bench/run.py --lmtp --migrate   # mail in (bench/mailin.py)
 
 It builds a testbed in C{--work} (one ECDSA P-256 certificate, the same
 argon2id hashes and Maildirs for every server), then, C{--runs} times,
@@ -299,6 +300,19 @@ class Bench:
         self.results["meta"]["seconds"] = round(time.monotonic() - t0)
         return self.results
 
+    def mailin_only(self):
+        """C{--lmtp}, C{--migrate}: those lines only (L{bench.mailin})."""
+        from bench import mailin
+        t0 = time.monotonic()
+        self.meta()
+        if self.args.lmtp:
+            mailin.lmtp(self)
+        if self.args.migrate:
+            mailin.migrate(self)
+        self.results["meta"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+        self.results["meta"]["seconds"] = round(time.monotonic() - t0)
+        return self.results
+
     def run(self):
         t0 = time.monotonic()
         self.meta()
@@ -542,7 +556,27 @@ def parse_args(argv=None):
                    help="only: securepop and Dovecot reuse, warm, at 50 and 16 sessions")
     p.add_argument("--session-users", type=int, default=50,
                    help="users with a 10 KB message (the --concurrency-check uses them all)")
+    p.add_argument("--lmtp", action="store_true",
+                   help="only: LMTP deliveries/s of 10 KB messages vs Dovecot LMTP")
+    p.add_argument("--lmtp-clients", type=int, default=8,
+                   help="--lmtp: concurrent LMTP clients (one user each)")
+    p.add_argument("--lmtp-messages", type=int, default=None,
+                   help="--lmtp: messages per client and run (default 100, --quick 25)")
+    p.add_argument("--migrate", action="store_true",
+                   help="only: securepop migrate from Dovecot (STLS), messages/s and MB/s")
+    p.add_argument("--migrate-messages", type=int, default=None,
+                   help="--migrate: messages of 10 KB on the source (default 2000, "
+                        "--quick 500)")
     args = p.parse_args(argv)
+    args.only_mailin = bool(args.lmtp or args.migrate)
+    if args.lmtp_messages is None:
+        args.lmtp_messages = 25 if args.quick else 100
+    if args.migrate_messages is None:
+        args.migrate_messages = 500 if args.quick else 2000
+    if not 1 <= args.lmtp_clients <= args.session_users:
+        p.error("--lmtp-clients must be 1 to --session-users")
+    if args.only_mailin and args.results == str(HERE / "results.json"):
+        args.results = str(HERE / "results-mailin.json")
     args.only_logins = bool(args.logins or args.polling or args.ab or args.concurrency_check)
     if args.only_logins and args.results == str(HERE / "results.json"):
         args.results = str(HERE / "results-logins.json")
@@ -566,6 +600,12 @@ def main(argv=None):
         sys.exit("run as root: Dovecot drops privileges to its own users")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # servers inherit it
+    if args.only_mailin:
+        from bench import mailin
+        results = Bench(args).mailin_only()
+        Path(args.results).write_text(json.dumps(results, indent=1))
+        print(mailin.tables(results))
+        return
     if args.only_logins:
         from bench import logins
         results = Bench(args).logins_only()

@@ -61,6 +61,22 @@ def wait_port(port, proc, timeout=30.0, host="127.0.0.1"):
     raise TimeoutError(f"port {port} did not accept within {timeout}s")
 
 
+def wait_unix(path, proc, timeout=30.0):
+    """Wait until the Unix socket C{path} accepts a connection."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(0.5)
+                s.connect(str(path))
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{path} did not accept within {timeout}s")
+
+
 def session_users(n):
     return [f"u{i:04d}" for i in range(n)]
 
@@ -242,8 +258,9 @@ class SecurePOP(Server):
     name = "securepop"
 
     def __init__(self, testbed, cache=True, workers=1, checkout=None, tag="securepop",
-                 directory=None, metrics=False):
+                 directory=None, metrics=False, lmtp_socket=None):
         self.testbed = testbed
+        self.lmtp_socket = lmtp_socket  # a path: also an [[lmtp]] listener there
         # True: one hour; False: off (cold); a number: that TTL in seconds.
         self.cache = cache
         self.metrics = metrics          # serve [metrics] on metrics_port
@@ -290,6 +307,9 @@ class SecurePOP(Server):
             key=self.dir / "key.pem", cache_ttl=ttl,
             source="ldap" if self.directory else "file",
             directory=self.directory.securepop_auth() if self.directory else ""))
+        if self.lmtp_socket:
+            with open(conf, "a") as f:
+                f.write(f'[[lmtp]]\nendpoint = "unix:{self.lmtp_socket}"\nmode = 0o600\n')
         self.log = open(self.dir / "twistd.log", "ab")
         env = dict(os.environ, PYTHONPATH=str(self.checkout))
         self.proc = subprocess.Popen(
@@ -299,6 +319,8 @@ class SecurePOP(Server):
             start_new_session=True)
         wait_port(self.stls_port, self.proc)
         wait_port(self.implicit_port, self.proc)
+        if self.lmtp_socket:
+            wait_unix(self.lmtp_socket, self.proc)
         return self
 
     def pids(self):
@@ -367,7 +389,7 @@ def dovecot_mode_text(mode, cores=None):
 
 DOVECOT_CONFIG = """\
 # written by bench/servers.py
-protocols = pop3
+protocols = {protocols}
 listen = 127.0.0.1
 base_dir = {d}/run
 state_dir = {d}/state
@@ -422,6 +444,19 @@ service anvil {{
 }}
 {extra}"""
 
+#: Dovecot's LMTP on a Unix socket (C{--lmtp}): recipients are bare user
+#: names or C{user@localhost}; %Ln drops the domain so that the passwd-file
+#: (and the static userdb's home) see the same names as POP3 logins.
+DOVECOT_LMTP = """\
+auth_username_format = %Ln
+postmaster_address = postmaster@localhost
+service lmtp {{
+  unix_listener {path} {{
+    mode = 0600
+  }}
+}}
+"""
+
 
 PASSWD_FILE_PASSDB = """passdb {{
   driver = passwd-file
@@ -442,8 +477,9 @@ class Dovecot(Server):
     name = "dovecot"
 
     def __init__(self, testbed, mode="hp", cache=True, directory=None, scheme=None,
-                 cores=None):
+                 cores=None, lmtp_socket=None):
         self.testbed = testbed
+        self.lmtp_socket = lmtp_socket  # a path: also Dovecot's LMTP there
         self.mode = mode
         self.cache = cache
         self.directory = directory
@@ -474,16 +510,22 @@ class Dovecot(Server):
             passdb = LDAP_PASSDB.format(d=d)
         else:
             passdb = PASSWD_FILE_PASSDB.format(d=d)
+        extra = dovecot_mode_text(self.mode, self.cores)
+        if self.lmtp_socket:
+            extra += DOVECOT_LMTP.format(path=self.lmtp_socket)
         conf.write_text(DOVECOT_CONFIG.format(passdb=passdb,
+            protocols="pop3 lmtp" if self.lmtp_socket else "pop3",
             d=d, mode=self.dir.name.removeprefix("dovecot-"), uid=nobody.pw_uid, gid=nobody.pw_gid,
             stls=self.stls_port, implicit=self.implicit_port,
             cache_size="64M" if self.cache else "0",
-            extra=dovecot_mode_text(self.mode, self.cores)))
+            extra=extra))
         self.proc = subprocess.Popen(
             ["taskset", "-c", str(SERVER_CPU), DOVECOT, "-F", "-c", str(conf)],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
         wait_port(self.stls_port, self.proc)
         wait_port(self.implicit_port, self.proc)
+        if self.lmtp_socket:
+            wait_unix(self.lmtp_socket, self.proc)
         time.sleep(0.5)   # process_min_avail processes
         return self
 
