@@ -14,16 +14,19 @@ import getpass
 import importlib
 import sys
 
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, task
+
 from securepop import config, schemes
 from securepop.auth import userfile
 from securepop.auth.usernames import for_settings, index_names
 from securepop.checkconfig import report
-from securepop.errors import ConfigError
+from securepop.errors import ConfigError, SourceUnavailable
 from securepop.mailstore.delivery import deliver
 from securepop.mailstore.paths import mailbox_path
 from securepop.mailstore.quota import Quota, current_use, parse_quota, record
 
-EX_USAGE, EX_DATAERR, EX_NOUSER, EX_CANTCREAT, EX_CONFIG = 64, 65, 67, 73, 78
+EX_USAGE, EX_DATAERR, EX_NOUSER, EX_CANTCREAT, EX_TEMPFAIL, EX_CONFIG = 64, 65, 67, 73, 75, 78
 
 #: What each users-file field is, and the password hash's mechanisms.
 _FIELD_TEXT = {"nt": "NT hash", "scram": "SCRAM-SHA-256 keys",
@@ -216,6 +219,46 @@ def quota_of(settings, users, stored):
     return Quota(settings.mail.quota_bytes, settings.mail.quota_messages)
 
 
+def directory_quota(settings, name):
+    """
+    The quota the directory's C{quota_attribute} gives C{name} (LDAP, AD),
+    as the LMTP delivery reads it; None when there is no such attribute,
+    value or user.
+
+    @raise SourceUnavailable: the directory did not answer.
+    """
+    directory = settings.auth.ldap if settings.auth.source == "ldap" else settings.auth.ad
+    if not directory.quota_attribute:
+        return None
+    # The whole server, imported only here: every securepop command imports
+    # this module for its parser.
+    from securepop.service import build_credential_source
+
+    found, failed = [], []
+
+    async def lookup(reactor):
+        source = build_credential_source(settings, reactor)
+        try:
+            record_ = await source.lookupUser(name)
+            found.append(record_.info.get("quota"))
+        except UnauthorizedLogin:
+            found.append(None)
+        except SourceUnavailable as e:
+            failed.append(e)
+        finally:
+            source.shutdown()
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(lookup(reactor)))
+    except SystemExit as done:
+        if done.code not in (0, None) and not failed:
+            failed.append(SourceUnavailable(f"directory lookup ended with {done.code}"))
+    if failed:
+        raise failed[0]
+    text = found[0] if found else None
+    return parse_quota(text) if text else None
+
+
 def _use_text(settings, users, stored, login):
     """C{"  use 1234 octets, 5 messages; quota ..."} for C{user list --quota}."""
     try:
@@ -238,6 +281,13 @@ def cmd_deliver(args):
         users = userfile.UsersFile(settings.resolve(settings.auth.file.path)).load()
         name = index_names(users, for_settings(settings))[0].get(name, name)
     quota = quota_of(settings, users, name)
+    if settings.auth.source != "file":
+        try:
+            quota = directory_quota(settings, name) or quota
+        except SourceUnavailable as e:
+            print(f"securepop deliver: the directory cannot say {name}'s quota ({e}); "
+                  f"nothing delivered, try again later", file=sys.stderr)
+            return EX_TEMPFAIL
     if args.file:
         with open(args.file, "rb") as f:
             message = f.read()

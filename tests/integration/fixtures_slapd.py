@@ -191,7 +191,8 @@ def _ldif():
         person("carol", USERS["carol"], [
             "sambaSID: S-1-5-21-1111111111-2222222222-3333333333-1003",
             f"sambaNTPassword: {ntHash(USERS['carol'])}",
-            "sambaAcctFlags: [U          ]"], ["sambaSamAccount"]),
+            "sambaAcctFlags: [U          ]",
+            "description: 100,1"], ["sambaSamAccount"]),      # a quota_attribute value
         person("dave", USERS["dave"], ["securepopPOP3Enabled: FALSE"],
                ["securepopUser"]),
         person("erin", USERS["erin"]),

@@ -661,3 +661,33 @@ def test_ad_impossible_pairing_stops_the_start(samba, tmp_path, mechanisms, apop
     code, log = daemon.startFails()
     assert code != 0
     assert "auth.mechanisms" in log and named in log, log[-2000:]
+
+
+def test_deliver_enforces_the_directory_quota(slapd, tmp_path):
+    """
+    `securepop deliver` reads a directory's quota_attribute as LMTP does:
+    carol's `description: 100,1` allows one message; alice, without the
+    attribute, has the [mail] default (none); a directory that does not
+    answer delivers nothing (exit 75, try again).
+    """
+    directory, servers = slapd
+    config = ldapConfig(directory, servers, tmp_path,
+                        extra='quota_attribute = "description"\n')
+    daemon = DirectoryDaemon(tmp_path, config)
+    first = daemon.cli("deliver", "carol", input=b"Subject: one\n\nx\n", check=False)
+    assert first.returncode == 0, first.stderr
+    second = daemon.cli("deliver", "carol", input=b"Subject: two\n\ny\n", check=False)
+    assert second.returncode == 73 and b"full" in second.stderr, second.stderr
+    assert len(daemon.messages("carol")) == 1
+    for _ in range(2):                                      # no attribute: no limit
+        assert daemon.cli("deliver", "alice", input=b"Subject: a\n\nz\n",
+                          check=False).returncode == 0
+    for server in servers:
+        server.pause()
+    try:
+        down = daemon.cli("deliver", "alice", input=b"Subject: b\n\nw\n", check=False)
+    finally:
+        for server in servers:
+            server.resume()
+    assert down.returncode == 75, (down.returncode, down.stderr)
+    assert len(daemon.messages("alice")) == 2
