@@ -55,18 +55,22 @@ def wait_for_port(host, port, timeout=20.0, proc=None):
     raise TimeoutError(f"{host}:{port} did not accept within {timeout}s")
 
 
-DEFAULT_CONFIG = """
-[server]
-hostname = "localhost"
-data_dir = "{data_dir}"
-idle_timeout_login = 30
+#: The two loopback listeners every test daemon has (STLS and implicit TLS).
+LISTENERS = """\
 [[listen]]
 endpoint = "tcp:{pop3_port}:interface=127.0.0.1"
 tls = "starttls"
 [[listen]]
 endpoint = "tcp:{pop3s_port}:interface=127.0.0.1"
 tls = "implicit"
-[auth]
+"""
+
+DEFAULT_CONFIG = """
+[server]
+hostname = "localhost"
+data_dir = "{data_dir}"
+idle_timeout_login = 30
+""" + LISTENERS + """[auth]
 mechanisms = ["PLAIN", "LOGIN", "SCRAM-SHA-256", "NTLM", "CRAM-MD5"]
 apop = true
 failure_delay = 0.2

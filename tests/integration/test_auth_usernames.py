@@ -21,7 +21,7 @@ import subprocess
 import pytest
 
 from tests.integration.clients import ADDRESS, client_context, crlf_normalise
-from tests.integration.daemon import Daemon, require_tool
+from tests.integration.daemon import LISTENERS, Daemon, require_tool
 from tests.integration.test_sasl_clients import LogCursor, scram_login
 
 HOST = "pop.example.com"
@@ -35,13 +35,7 @@ CONFIG = """
 [server]
 hostname = "pop.example.com"
 data_dir = "{data_dir}"
-[[listen]]
-endpoint = "tcp:{pop3_port}:interface=127.0.0.1"
-tls = "starttls"
-[[listen]]
-endpoint = "tcp:{pop3s_port}:interface=127.0.0.1"
-tls = "implicit"
-[auth]
+""" + LISTENERS + """[auth]
 mechanisms = ["PLAIN", "LOGIN", "SCRAM-SHA-256", "NTLM", "CRAM-MD5"]
 netbios_domain = "EXAMPLE"
 failure_delay = 0.05

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.daemon import VENV_BIN, require_tool
+from tests.integration.daemon import LISTENERS, VENV_BIN, require_tool
 from tests.integration.test_sasl_clients import LogCursor, assert_logged_in, assert_refused
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,13 +41,7 @@ CA_PLACEHOLDER = "/etc/ssl/certs/pop.example.com.pem"
 GUIDE_CONFIG = """
 [server]
 data_dir = "{data_dir}"
-[[listen]]
-endpoint = "tcp:{pop3_port}:interface=127.0.0.1"
-tls = "starttls"
-[[listen]]
-endpoint = "tcp:{pop3s_port}:interface=127.0.0.1"
-tls = "implicit"
-[auth]
+""" + LISTENERS + """[auth]
 failure_delay = 0.05
 failure_delay_max = 0.2
 """

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from tests.integration.clients import poplib_retr, pop3
-from tests.integration.daemon import Daemon, free_port, require_tool, wait_for, wait_for_port
+from tests.integration.daemon import LISTENERS, Daemon, free_port, require_tool, wait_for, wait_for_port
 
 PASSWORD = "Lmtp-Test-Pass-1"
 
@@ -23,13 +23,7 @@ CONFIG = """
 [server]
 hostname = "mx.example.org"
 data_dir = "{data_dir}"
-[[listen]]
-endpoint = "tcp:{pop3_port}:interface=127.0.0.1"
-tls = "starttls"
-[[listen]]
-endpoint = "tcp:{pop3s_port}:interface=127.0.0.1"
-tls = "implicit"
-[auth]
+""" + LISTENERS + """[auth]
 mechanisms = ["PLAIN"]
 failure_delay = 0.2
 [metrics]

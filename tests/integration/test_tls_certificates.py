@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 
 from securepop.tls import certificates
-from tests.integration.daemon import DEFAULT_CONFIG, Daemon, require_tool
+from tests.integration.daemon import DEFAULT_CONFIG, LISTENERS, Daemon, require_tool
 from tests.integration.fixtures_tls import (  # noqa: F401 (fixtures)
     PASSWORD,
     openssl_ca,
@@ -206,13 +206,7 @@ DEBIAN_HOSTS = f"127.0.0.1\tlocalhost\n127.0.0.1\t{HOST}\n::1\tlocalhost ip6-loc
 EMBEDDED_DEFAULT = """
 [server]
 data_dir = "{data_dir}"
-[[listen]]
-endpoint = "tcp:{pop3_port}:interface=127.0.0.1"
-tls = "starttls"
-[[listen]]
-endpoint = "tcp:{pop3s_port}:interface=127.0.0.1"
-tls = "implicit"
-[[listen]]
+""" + LISTENERS + """[[listen]]
 endpoint = "tcp6:{port3}:interface=\\\\:\\\\:1"
 tls = "starttls"
 """
