@@ -42,3 +42,7 @@ class MailboxUnavailable(SecurePOPError):
 
 class SASLError(SecurePOPError):
     """A malformed or refused SASL response: the AUTH fails."""
+
+
+class StateUnavailable(SecurePOPError):
+    """The shared state store did not answer within its timeout."""

@@ -241,3 +241,109 @@ class IAccessPolicy(Interface):
         @param address: the client's IP address (str).
         @return: Deferred firing with a L{securepop.access.rules.Decision}.
         """
+
+
+class IStateStore(Interface):
+    """
+    What must be one across workers and nodes: connection slots, the
+    failure penalty and its one-check-in-flight turn, the per-user lockout,
+    the auth cache and (optionally) maildrop leases.
+
+    Every method returns a Deferred and never blocks the reactor.  Times
+    are wall-clock seconds (C{time.time()} on every node; nodes keep their
+    clocks in step with NTP).  A backend answers within its timeout or
+    fails with L{securepop.errors.StateUnavailable}; the caller's
+    C{on_outage} policy decides what then.  Slots and turns are leases:
+    the backend refreshes those this process holds (a heartbeat) and a
+    process that dies without releasing them loses them within
+    C{lease_ttl} seconds.
+    """
+
+    kind = Attribute("'memory', 'redis' or 'supervisor': named by check-config and logs")
+    lease_ttl = Attribute("seconds a slot outlives the last heartbeat of its holder")
+
+    def start():
+        """Connect and start the heartbeat; Deferred fires when usable."""
+
+    def stop():
+        """Give back this process's slots and turns, stop the heartbeat."""
+
+    # -- connection slots ----------------------------------------------------
+
+    def acquire(lease, counts):
+        """
+        Take one slot in each counter of C{counts}, all or none, atomically.
+
+        @param lease: a unique id of this slot holder (str), e.g.
+            C{"<node>:<pid>:<n>"}; L{release} gives back what it holds.
+        @param counts: a sequence of C{(scope, key, limit)}: scope is
+            C{"total"}, C{"ip"} or C{"user"} (key C{"*"} for total), limit
+            0 means unlimited (counted, never refused).
+        @return: Deferred firing with None, or failing with
+            L{securepop.access.limits.LimitExceeded} naming the first full
+            counter (C{max_connections}, C{max_connections_per_ip},
+            C{max_connections_per_user}); nothing is then taken.
+        """
+
+    def release(lease):
+        """Give back every slot C{lease} holds (idempotent)."""
+
+    def count(scope, key):
+        """@return: Deferred firing with the live slots of one counter."""
+
+    # -- failure penalty and lockout -------------------------------------------
+
+    def login_state(address_key, username):
+        """
+        @return: Deferred firing with a L{securepop.state.LoginState}:
+            the address's failures and last failure time, and the user's
+            failures within the lockout window and the oldest of them
+            (one round trip: read before every credentials check).
+        """
+
+    def record_failure(address_key, username, forget_after, window):
+        """
+        Count a failed check for the address (forgotten C{forget_after}
+        seconds after its last failure) and for the user (each failure
+        counts for C{window} seconds; C{username} may be None).
+
+        @return: Deferred firing with the new L{securepop.state.LoginState}.
+        """
+
+    def record_success(address_key, username):
+        """Clear the address's failures (and the user's failure count)."""
+
+    def claim_turn(address_key, holder, ttl):
+        """
+        The one-check-in-flight rule of a penalised address, across nodes.
+
+        @return: Deferred firing with True when C{holder} now holds the
+            address's turn (for at most C{ttl} seconds), False when
+            another holder has it.
+        """
+
+    def release_turn(address_key, holder):
+        """Give the turn back if C{holder} still holds it."""
+
+    # -- auth cache ---------------------------------------------------------------
+
+    def cache_get(key):
+        """@return: Deferred firing with the bytes stored under C{key} (an HMAC), or None."""
+
+    def cache_put(key, value, ttl):
+        """Store C{value} (bytes, never a password) under C{key} for C{ttl} seconds."""
+
+    def cache_forget(key):
+        """Drop C{key}."""
+
+    # -- maildrop leases ----------------------------------------------------------
+
+    def acquire_maildrop(username, holder):
+        """
+        @return: Deferred firing with True when C{holder} now holds the
+            user's maildrop lease (refreshed by the heartbeat), False when
+            another holder has it.
+        """
+
+    def release_maildrop(username, holder):
+        """Give the maildrop lease back if C{holder} still holds it."""
