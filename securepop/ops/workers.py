@@ -41,6 +41,7 @@ from securepop import config as configmodule
 from securepop import events
 from securepop.ops.jsonlog import JSONLineObserver, event_from_json
 from securepop.service import compose_server
+from securepop.state import supervisor as supervisor_state
 
 RESTART_DELAY = 1.0
 RESTART_DELAY_MAX = 30.0
@@ -121,9 +122,12 @@ class WorkerSupervisor(service.MultiService):
     @param count: number of worker processes.
     @param worker_argv: the command starting one worker, before the
         per-worker arguments (default: this module run by this Python).
+    @param state_hub: a L{securepop.state.supervisor.StateHub} whose store
+        the workers share (each gets its own channel), or None.
     """
 
-    def __init__(self, settings, reactor, count, worker_argv=None, publisher=None):
+    def __init__(self, settings, reactor, count, worker_argv=None, publisher=None,
+                 state_hub=None):
         super().__init__()
         self.settings = settings
         self.reactor = reactor
@@ -137,6 +141,7 @@ class WorkerSupervisor(service.MultiService):
         self._pending = {}
         self.stopping = False
         self.metrics_dir = None
+        self.state_hub = state_hub
 
     # -- sockets ---------------------------------------------------------------
 
@@ -160,10 +165,16 @@ class WorkerSupervisor(service.MultiService):
         return [(3 + i, port.fileno(), family_name(port.getHost()))
                 for i, (listener, port) in enumerate(self.ports)]
 
+    def state_fd(self):
+        """The fd number of the state channel in a worker: after the listeners."""
+        return 3 + len(self.ports)
+
     # -- workers ------------------------------------------------------------------
 
     def startService(self):
         super().startService()
+        if self.state_hub is not None:
+            self.state_hub.start()
         if self.settings.metrics.endpoint and self.metrics_dir is None:
             self.metrics_dir = tempfile.mkdtemp(prefix="securepop-metrics-")
         for index in range(self.count):
@@ -179,6 +190,8 @@ class WorkerSupervisor(service.MultiService):
             argv += ["--config", os.path.abspath(self.settings.path)]
         argv += ["--fds", ",".join(f"{child}:{family}"
                                    for child, _, family in self.listening_fds())]
+        if self.state_hub is not None:
+            argv += ["--state-fd", str(self.state_fd())]
         return argv
 
     def worker_environment(self):
@@ -201,8 +214,16 @@ class WorkerSupervisor(service.MultiService):
         for child_fd, fd, _ in self.listening_fds():
             fds[child_fd] = fd
         argv = self.worker_command(index)
-        self.reactor.spawnProcess(child, argv[0], argv, env=self.worker_environment(),
-                                  childFDs=fds)
+        channel = None
+        if self.state_hub is not None:
+            channel = self.state_hub.channel_for(index)
+            fds[self.state_fd()] = channel.fileno()
+        try:
+            self.reactor.spawnProcess(child, argv[0], argv, env=self.worker_environment(),
+                                      childFDs=fds)
+        finally:
+            if channel is not None:
+                channel.close()   # the worker has its copy
         self.workers[index] = child
         events.emit("worker.started", worker=index, pid=child.pid)
         return child
@@ -292,6 +313,8 @@ class WorkerSupervisor(service.MultiService):
                 killer.cancel()
             if self.metrics_dir:
                 shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            if self.state_hub is not None:
+                self.state_hub.stop()
             return service.MultiService.stopService(self)
 
         return d.addCallback(done)
@@ -343,8 +366,11 @@ def worker_main(argv=None):
     parser.add_argument("--config", default=None)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--fds", default="")
+    parser.add_argument("--state-fd", type=int, default=None)
     args = parser.parse_args(argv)
     _die_with_parent()
+    if args.state_fd is not None:
+        supervisor_state.inherit_channel(args.state_fd)
 
     from twisted.internet import reactor
 

@@ -482,3 +482,24 @@ class SupervisorStateStore:
     def release_maildrop(self, username, holder):
         return self._call(ReleaseMaildrop, username=username,
                           holder=holder).addCallback(lambda _: None)
+
+
+# -- which store a worker uses ------------------------------------------------------------
+
+_inherited = []
+
+
+def inherit_channel(fd):
+    """A worker process was given the channel C{fd} by its supervisor."""
+    _inherited[:] = [fd]
+
+
+def inherited_store(reactor, timeout=DEFAULT_TIMEOUT):
+    """
+    @return: a L{SupervisorStateStore} on the channel this worker
+        inherited (once), or None when it has none (not a worker, or the
+        supervisor shares no store because C{[state]} names another backend).
+    """
+    if not _inherited:
+        return None
+    return SupervisorStateStore(reactor, fd=_inherited.pop(), timeout=timeout)

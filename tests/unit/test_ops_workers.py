@@ -1,6 +1,7 @@
 """Tests for securepop.ops.workers (in memory; real processes are integration tests)."""
 
 import signal
+import socket
 
 import pytest
 from twisted.internet.task import Clock
@@ -158,3 +159,49 @@ def test_adopt_listeners_checks_count():
     svc = Svc()
     workers.adopt_listeners([svc], Clock(), [(3, "INET")])
     assert svc.endpoint.fileno == 3
+
+
+class RecordingHub:
+    """Stands for a StateHub: hands out real socketpair ends and records them."""
+
+    def __init__(self):
+        self.ends, self.started, self.stopped = [], 0, 0
+
+    def start(self):
+        self.started += 1
+
+    def stop(self):
+        self.stopped += 1
+
+    def channel_for(self, worker):
+        mine, theirs = socket.socketpair()
+        self.ends.append((worker, mine, theirs, theirs.fileno()))
+        return theirs
+
+
+def test_each_worker_gets_its_state_channel_after_the_listeners(supervisor):
+    hub = RecordingHub()
+    supervisor.state_hub = hub
+    listener = supervisor.settings.listen[0]
+    supervisor.ports = [(listener, None), (listener, None)]      # two listeners: fds 3, 4
+    supervisor.listening_fds = lambda: [(3, 10, "INET"), (4, 11, "INET")]
+    supervisor.startService()
+    assert hub.started == 1 and [end[0] for end in hub.ends] == [0, 1]
+    for (proto, args, env, fds), (_, mine, theirs, fd) in zip(supervisor.reactor.spawned,
+                                                              hub.ends):
+        assert args[args.index("--state-fd") + 1] == "5"
+        assert fds[5] == fd and fds[3] == 10 and fds[4] == 11
+        assert theirs.fileno() == -1      # closed here once the worker has it
+        mine.close()
+    supervisor.ports = []
+    supervisor.stopService()
+    for proto, *_ in supervisor.reactor.spawned:
+        proto.processEnded(Ended(0))
+    assert hub.stopped == 1
+
+
+def test_without_a_hub_no_state_channel(supervisor):
+    supervisor.startService()
+    proto, args, env, fds = supervisor.reactor.spawned[0]
+    assert "--state-fd" not in args
+    assert set(fds) == {0, 1, 2} | {child for child, _, _ in supervisor.listening_fds()}

@@ -316,3 +316,14 @@ def test_worker_adopts_its_inherited_fd():
             socket.socket(fileno=fd)   # the inherited fd itself is closed
     finally:
         mine.close()
+
+
+def test_only_a_worker_given_a_channel_gets_a_supervisor_store():
+    from securepop.state import supervisor
+
+    reactor = MemoryReactorClock()
+    assert supervisor.inherited_store(reactor) is None        # not a worker
+    supervisor.inherit_channel(7)
+    store = supervisor.inherited_store(reactor, timeout=0.25)
+    assert (store.kind, store.fd, store.timeout) == ("supervisor", 7, 0.25)
+    assert supervisor.inherited_store(reactor) is None        # handed out once
