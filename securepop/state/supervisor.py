@@ -398,8 +398,7 @@ class SupervisorStateStore:
         if channel is self._channel:
             self._channel = None
             if not self._stopping:
-                events.emit("state.outage", "error", store=self.kind,
-                            error="the supervisor's channel closed")
+                events.emit("state.channel_closed", "error", store=self.kind)
 
     def _call(self, command, undo=None, **arguments):
         """
