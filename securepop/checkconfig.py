@@ -11,6 +11,7 @@ from securepop.access.rules import parseRules
 from securepop.auth.userfile import UsersFile
 from securepop.auth.usernames import for_settings, index_names
 from securepop.mailstore.paths import mailbox_path
+from securepop.state import build as state_build
 from securepop.tls import certificates
 
 
@@ -65,6 +66,7 @@ def report(settings):
     lines.append(f"limits: total={s.access.max_connections} "
                  f"per-ip={s.access.max_connections_per_ip} "
                  f"per-user={s.access.max_connections_per_user}")
+    lines.append(state_build.describe(s))
     # Certificate.
     try:
         if s.tls.certificate:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 
 from securepop.access.rules import normaliseAddress
+from securepop.auth.penalty import address_key
 
 TOTAL = "max_connections"
 PER_IP = "max_connections_per_ip"
@@ -56,6 +57,47 @@ class Lease:
     def __exit__(self, *exc):
         self.release()
         return False
+
+
+class LimitRule:
+    """
+    The three limits (the TOML keys) and the IPv6 prefix a client is
+    counted by; the counts live in the state store
+    (L{securepop.interfaces.IStateStore.acquire}).  0 means unlimited:
+    counted, never refused.
+    """
+
+    def __init__(self, max_connections=0, max_per_ip=0, max_per_user=0, ipv6PrefixLength=64):
+        for name, value in (
+            ("max_connections", max_connections),
+            ("max_per_ip", max_per_ip),
+            ("max_per_user", max_per_user),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a whole number >= 0 (0 = unlimited)")
+        if not 0 < ipv6PrefixLength <= 128:
+            raise ValueError("ipv6PrefixLength must be between 1 and 128")
+        self.maxConnections = max_connections
+        self.maxPerIP = max_per_ip
+        self.maxPerUser = max_per_user
+        self.ipv6PrefixLength = ipv6PrefixLength
+
+    def addressKey(self, address):
+        """The key an address is counted under: the IPv4 address, or its IPv6 /64."""
+        normaliseAddress(address)       # ValueError for what is no address
+        return address_key(address, self.ipv6PrefixLength)
+
+    def connectionCounts(self, address):
+        """The counters a new connection from C{address} takes a slot in."""
+        return [("total", "*", self.maxConnections),
+                ("ip", self.addressKey(address), self.maxPerIP)]
+
+    def userCounts(self, username):
+        """The counter a logged-in session of C{username} takes a slot in."""
+        return [("user", username, self.maxPerUser)]
+
+    def describe(self) -> list:
+        return ConnectionLimits.describe(self)
 
 
 class ConnectionLimits:

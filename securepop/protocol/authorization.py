@@ -23,7 +23,8 @@ from zope.interface import implementer
 from securepop import events
 from securepop.access.limits import LimitExceeded
 from securepop.errors import (
-    MailboxInUse, MailboxUnavailable, SASLError, SourceUnavailable, VerificationBusy,
+    MailboxInUse, MailboxUnavailable, SASLError, SourceUnavailable, StateUnavailable,
+    VerificationBusy,
 )
 from securepop.interfaces import ISASLContext
 from securepop.protocol import responses as R
@@ -72,7 +73,7 @@ class SASLContext:
         return self._session.ctx.ntlm_delegate()
 
     def checkPolicy(self, username):
-        self._session.ctx.check_policy(username)
+        self._session.ctx.check_policy(username, self._session._ticket)
 
 
 def _user_pass_enabled(session):
@@ -161,15 +162,21 @@ class AuthorizationCommands:
             self.sendLine(b"-ERR USER first")
             return
         raw, self._user = self._user, None
+        username = self._normalised(raw)
 
         def verify():
-            try:
-                username = self.ctx.normalise(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
+            if username is None:
                 return self._login_failed("USER", raw, "bad-username")
             return self._login(UsernamePassword(username, password), "USER")
 
-        return self._gated("USER", verify)
+        return self._gated("USER", verify, username=username)
+
+    def _normalised(self, raw):
+        """The user name rules applied to C{raw} (bytes), or None when it breaks them."""
+        try:
+            return self.ctx.normalise(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
 
     @command("APOP", AUTHORIZATION, arity=(2, 2), wrong_state=R.ALREADY_LOGGED_IN,
              enabled=_apop_enabled, disabled=R.APOP_DISABLED)
@@ -180,9 +187,12 @@ class AuthorizationCommands:
             self.sendLine(R.MECHANISM_UNAVAILABLE)
             return
 
+        username = self._normalised(name)
+
         def verify():
             try:
-                username = self.ctx.normalise(name.decode("utf-8"))
+                if username is None:
+                    raise ValueError
                 digest_text = digest.decode("ascii")
                 if not _HEX_DIGEST.fullmatch(digest_text):
                     raise ValueError
@@ -192,7 +202,7 @@ class AuthorizationCommands:
                                     digest_text.lower().encode("ascii"))
             return self._login(creds, "APOP")
 
-        return self._gated("APOP", verify)
+        return self._gated("APOP", verify, username=username)
 
     @command("AUTH", AUTHORIZATION, arity=(0, 2), wrong_state=R.ALREADY_LOGGED_IN)
     def do_AUTH(self, *args):
@@ -248,7 +258,8 @@ class AuthorizationCommands:
 
         # The server's turn again: through the gate, as at AUTH (at once
         # unless another login of this address is being checked right now).
-        return self._gated(name, resume, on_busy=self._drop_exchange)
+        return self._gated(name, resume, on_busy=self._drop_exchange,
+                           username=getattr(exchange, "username", None) or None)
 
     def _auth_step(self, data, wait=True):
         exchange = self._exchange
@@ -303,7 +314,7 @@ class AuthorizationCommands:
 
     # -- the penalty gate -----------------------------------------------------------
 
-    def _gated(self, mechanism, verify, on_busy=None):
+    def _gated(self, mechanism, verify, on_busy=None, username=None):
         """
         Wait at the penalty gate, then run C{verify} (which checks the
         credentials, or takes one SASL step, and writes the one reply).  The
@@ -311,9 +322,13 @@ class AuthorizationCommands:
         result, so the time to an answer tells nothing; the idle timer stops
         meanwhile, since the wait is the server's, not the client's.
         C{on_busy} runs when the gate refuses (an exchange in progress ends).
+        C{username}, when known, has its lockout count read with the
+        address's failures (one read).
         """
         self._cancel_timer()
-        d = self._gate_wait = self.ctx.enter_gate(self.peer)
+        if not isinstance(username, str):
+            username = None
+        d = self._gate_wait = self.ctx.enter_gate(self.peer, username)
 
         def entered(ticket):
             self._gate_wait = None
@@ -327,6 +342,13 @@ class AuthorizationCommands:
         def refused(f):
             self._gate_wait = None
             if f.check(CancelledError) or self.state == CLOSED:
+                return None
+            if f.check(StateUnavailable):
+                if on_busy is not None:
+                    on_busy()
+                self.ctx.state_unavailable(f, ip=self.peer)
+                self.ctx.count("login", mechanism, "unavailable")
+                self.sendLine(R.STATE_UNAVAILABLE)
                 return None
             f.trap(VerificationBusy)
             if on_busy is not None:
@@ -362,39 +384,19 @@ class AuthorizationCommands:
     def _login(self, credentials, mechanism):
         started = self.clock.seconds()
         self._cancel_timer()
-        d = self._inflight = self.ctx.login(credentials, self.peer, self._alive)
+        d = self._inflight = self.ctx.login(credentials, self.peer, self._alive, self._ticket)
 
         def success(result):
             self._inflight = None
             record, mailbox, logout = result
             if self.state == CLOSED:
-                mailbox.release()
-                logout()
-                # The client never saw this success: it counts as a failure,
-                # or hanging up would tell a right guess by the next delay.
-                self._login_failed(mechanism, record.username, "abandoned")
-                return
-            if self.ctx.limits is not None:
-                try:
-                    self._leases.append(self.ctx.limits.acquireUser(record.username))
-                except LimitExceeded:
-                    mailbox.release()
-                    logout()
-                    events.emit("auth.limit", ip=self.peer, user=record.username)
-                    self.sendLine(R.TOO_MANY_SESSIONS)
-                    return
-            self._open_mailbox(mailbox, logout)
-            self.username = record.username
-            self.mechanism = mechanism
-            self._logged_in()
-            sizes = self._list_messages()
-            self.ctx.penalty_success(self.peer)
-            self._release_ticket()
-            events.emit("auth.success", ip=self.peer, user=record.username,
-                        mechanism=mechanism, tls=self.secure,
-                        ms="%.1f" % ((self.clock.seconds() - started) * 1000))
-            self.ctx.count("login", mechanism, "success")
-            self.sendLine(b"+OK Logged in, %d messages (%d octets)" % (len(sizes), sum(sizes)))
+                return self._abandoned(mechanism, record, mailbox, logout)
+            lease = self._leases[0] if self._leases else None
+            counted = self._inflight = self.ctx.acquire_user(lease, record.username)
+            counted.addCallbacks(self._user_counted, self._user_refused,
+                                 callbackArgs=(mechanism, record, mailbox, logout, started),
+                                 errbackArgs=(record, mailbox, logout))
+            return counted
 
         def failure(f):
             self._inflight = None
@@ -420,6 +422,10 @@ class AuthorizationCommands:
                             mechanism=mechanism, error=f.getErrorMessage())
                 self.sendLine(R.SOURCE_UNAVAILABLE)
                 return None
+            if f.check(StateUnavailable):
+                self.ctx.state_unavailable(f, ip=self.peer, user=user)
+                self.sendLine(R.STATE_UNAVAILABLE)
+                return None
             if f.check(MailboxUnavailable):
                 events.emit("mailbox.unavailable", "error", ip=self.peer, user=user,
                             error=f.getErrorMessage())
@@ -434,6 +440,51 @@ class AuthorizationCommands:
         d.addCallbacks(success, failure)
         d.addBoth(self._after_login)
         return d
+
+    def _abandoned(self, mechanism, record, mailbox, logout):
+        mailbox.release()
+        logout()
+        # The client never saw this success: it counts as a failure, or
+        # hanging up would tell a right guess by the next delay.
+        self._login_failed(mechanism, record.username, "abandoned")
+
+    def _user_counted(self, _, mechanism, record, mailbox, logout, started):
+        """The user's session slot is taken: open the maildrop, say +OK."""
+        self._inflight = None
+        if self.state == CLOSED:
+            return self._abandoned(mechanism, record, mailbox, logout)
+        self._open_mailbox(mailbox, logout)
+        self.username = record.username
+        self.mechanism = mechanism
+        self._logged_in()
+        sizes = self._list_messages()
+        ticket, self._ticket = self._ticket, None
+        recorded = defer.maybeDeferred(self.ctx.penalty_success, self.peer, ticket)
+        if ticket is not None:
+            recorded.addBoth(lambda _: ticket.release())
+        events.emit("auth.success", ip=self.peer, user=record.username,
+                    mechanism=mechanism, tls=self.secure,
+                    ms="%.1f" % ((self.clock.seconds() - started) * 1000))
+        self.ctx.count("login", mechanism, "success")
+        self.sendLine(b"+OK Logged in, %d messages (%d octets)" % (len(sizes), sum(sizes)))
+
+    def _user_refused(self, f, record, mailbox, logout):
+        """No session slot for the user (the limit, or the store is away)."""
+        self._inflight = None
+        mailbox.release()
+        logout()
+        if self.state == CLOSED:
+            return None
+        if f.check(LimitExceeded):
+            events.emit("auth.limit", ip=self.peer, user=record.username)
+            self.sendLine(R.TOO_MANY_SESSIONS)
+        elif f.check(StateUnavailable):
+            self.ctx.state_unavailable(f, ip=self.peer, user=record.username)
+            self.sendLine(R.STATE_UNAVAILABLE)
+        else:
+            events.log.failure("Login error", failure=f)
+            self.sendLine(R.INTERNAL)
+        return None
 
     def _alive(self):
         return not self._gone
@@ -460,7 +511,10 @@ class AuthorizationCommands:
             events.emit("auth.failure", ip=self.peer, user=user, mechanism=mechanism,
                         reason=reason)
             self.ctx.count("login", mechanism, "failure")
-            self.ctx.penalty_failure(self.peer, user)
+            ticket, self._ticket = self._ticket, None
+            recorded = defer.maybeDeferred(self.ctx.penalty_failure, self.peer, user)
+            if ticket is not None:      # the next check waits for this failure
+                recorded.addBoth(lambda _: ticket.release())
         self._release_ticket()
         if self.state != CLOSED:
             self._count_attempt(mechanism, reason, reply)

@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from securepop import events
 from securepop.access.limits import LimitExceeded
+from securepop.errors import StateUnavailable
 from securepop.protocol import responses as R
 from securepop.protocol.authorization import AuthorizationCommands
 from securepop.protocol.commands import command, lookup, redact
@@ -201,21 +202,38 @@ class POP3Session(AuthorizationCommands, TransactionCommands, Protocol):
             self.ctx.count("declined", decision.rule or decision.reason)
             self._decline(self.ctx.settings.access.decline_message, decision.rule)
             return
-        if self.ctx.limits is not None:
-            try:
-                self._leases.append(self.ctx.limits.acquireConnection(self.peer))
-            except LimitExceeded as e:
-                events.emit("access.limit", ip=self.peer, limit=e.limit)
-                self.ctx.count("declined", "limit")
-                self.sendLine(R.TOO_MANY_CONNECTIONS)
-                self._close()
-                return
+        d = self.ctx.acquire_connection(self.peer)
+        d.addCallbacks(self._counted, self._not_counted)
+
+    def _counted(self, lease):
+        """The connection has its slots: greet."""
+        if self.state == CLOSED:
+            lease.release()
+            return
+        self._leases.append(lease)
         self.sendLine(self._greeting())
         self._produce_replies()
         self._greeted = True
         self._reset_timer()
         self._busy = False
         self._drain()
+
+    def _not_counted(self, failure):
+        """A limit is reached, or the state store did not answer: one -ERR, then close."""
+        if self.state == CLOSED:
+            return
+        if failure.check(LimitExceeded):
+            events.emit("access.limit", ip=self.peer, limit=failure.value.limit)
+            self.ctx.count("declined", "limit")
+            self.sendLine(R.TOO_MANY_CONNECTIONS)
+        elif failure.check(StateUnavailable):
+            self.ctx.state_unavailable(failure, ip=self.peer)
+            self.ctx.count("declined", "state")
+            self.sendLine(R.STATE_UNAVAILABLE)
+        else:
+            events.log.failure("Connection admission error", failure=failure)
+            self.sendLine(R.INTERNAL)
+        self._close()
 
     def _decline(self, message, rule):
         text = message.replace("\r", " ").replace("\n", " ")
