@@ -203,7 +203,7 @@ class POP3Session(AuthorizationCommands, TransactionCommands, Protocol):
             self._decline(self.ctx.settings.access.decline_message, decision.rule)
             return
         d = self.ctx.acquire_connection(self.peer)
-        d.addCallbacks(self._counted, self._not_counted)
+        d.addCallbacks(self._counted, _not_counted, errbackArgs=(self,))
 
     def _counted(self, lease):
         """The connection has its slots: greet."""
@@ -217,23 +217,6 @@ class POP3Session(AuthorizationCommands, TransactionCommands, Protocol):
         self._reset_timer()
         self._busy = False
         self._drain()
-
-    def _not_counted(self, failure):
-        """A limit is reached, or the state store did not answer: one -ERR, then close."""
-        if self.state == CLOSED:
-            return
-        if failure.check(LimitExceeded):
-            events.emit("access.limit", ip=self.peer, limit=failure.value.limit)
-            self.ctx.count("declined", "limit")
-            self.sendLine(R.TOO_MANY_CONNECTIONS)
-        elif failure.check(StateUnavailable):
-            self.ctx.state_unavailable(failure, ip=self.peer)
-            self.ctx.count("declined", "state")
-            self.sendLine(R.STATE_UNAVAILABLE)
-        else:
-            events.log.failure("Connection admission error", failure=failure)
-            self.sendLine(R.INTERNAL)
-        self._close()
 
     def _decline(self, message, rule):
         text = message.replace("\r", " ").replace("\n", " ")
@@ -559,3 +542,21 @@ def _no_delay(transport):
         transport = getattr(transport, "transport", None)
         if transport is None:
             return
+
+
+def _not_counted(failure, session):
+    """A limit is reached, or the state store did not answer: one -ERR, then close."""
+    if session.state == CLOSED:
+        return
+    if failure.check(LimitExceeded):
+        events.emit("access.limit", ip=session.peer, limit=failure.value.limit)
+        session.ctx.count("declined", "limit")
+        session.sendLine(R.TOO_MANY_CONNECTIONS)
+    elif failure.check(StateUnavailable):
+        session.ctx.state_unavailable(failure, ip=session.peer)
+        session.ctx.count("declined", "state")
+        session.sendLine(R.STATE_UNAVAILABLE)
+    else:
+        events.log.failure("Connection admission error", failure=failure)
+        session.sendLine(R.INTERNAL)
+    session._close()
