@@ -37,6 +37,7 @@ from securepop.auth.gate import PenaltyGate
 from securepop.auth.ldap import LDAPCredentialSource
 from securepop.auth.penalty import LockoutRule, PenaltyRule
 from securepop.auth.portal import MaildirRealm, build_portal
+from securepop.auth.sharedcache import SharedAuthCache
 from securepop.auth.userfile import FileCredentialSource
 from securepop.auth.usernames import for_settings
 from securepop.auth.verifyqueue import VerificationQueue
@@ -239,14 +240,20 @@ def build_context(settings, reactor, pool, verifications=None, state=None):
                          lockMethod=settings.mail.lock,
                          inlineOpenMax=settings.mail.inline_open_max_messages)
     realm = MaildirRealm(store)
-    cache = None
+    cache = shared = None
     if settings.auth.cache_ttl > 0:
         # A fresh cache (and HMAC key) for every context: a reload forgets
-        # every cached login.
+        # every cached login of this process.
         cache = AuthCache(reactor, ttl=settings.auth.cache_ttl,
                           negative_ttl=min(5.0, settings.auth.cache_ttl),
                           max_entries=settings.auth.cache_max_entries)
-    portal = build_portal(source, realm, cache)
+        if state.kind != "memory":
+            # The shared level: what one worker or node verified, the others
+            # trust for what is left of its TTL (keys and values MACed under
+            # the server secret every node shares).
+            shared = SharedAuthCache(state, secret, reactor, ttl=cache.ttl,
+                                     negative_ttl=cache.negative_ttl)
+    portal = build_portal(source, realm, cache, shared)
     tls = build_tls(settings, reactor)
     policy, limits = build_access(settings, reactor)
     penalty, gate, lockout = build_penalty(settings, reactor, state)

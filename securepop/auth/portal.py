@@ -51,7 +51,10 @@ class MaildirRealm:
         return d
 
 
-def build_portal(source, realm, cache=None):
-    """One portal with the three checkers over one credential source."""
-    return Portal(realm, [PasswordChecker(source, cache), SecretChecker(source),
+def build_portal(source, realm, cache=None, shared=None):
+    """
+    One portal with the three checkers over one credential source; C{shared}
+    is the auth cache's shared level (L{securepop.auth.sharedcache}) or None.
+    """
+    return Portal(realm, [PasswordChecker(source, cache, shared), SecretChecker(source),
                           VerifiedChecker(source)])
