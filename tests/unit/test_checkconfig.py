@@ -82,3 +82,10 @@ def test_lmtp_listeners_and_the_quota_are_shown(tmp_path):
     assert "mail quota: no octets, 9 messages (per-user overrides apply)" in lines
     lines, _ = report_for(tmp_path)
     assert not any(l.startswith(("lmtp ", "mail quota")) for l in lines)
+
+
+def test_names_the_state_store_in_force(tmp_path):
+    lines, _ = report_for(tmp_path)
+    assert "state: memory (this process only)" in lines
+    assert sum(1 for l in lines if l.startswith("state: ")) == 1
+
