@@ -25,7 +25,7 @@ from securepop.errors import SASLError, SourceUnavailable, StateUnavailable, Ver
 from securepop.interfaces import ISASLContext
 from securepop.protocol import responses as R
 from securepop.protocol.commands import command
-from securepop.protocol.login import POLICY_REFUSALS, LoginOutcome  # noqa: F401 (re-export)
+from securepop.protocol.login import LoginOutcome
 from securepop.protocol.states import AUTHORIZATION, CLOSED
 from securepop.sasl.apop import APOPCredentials
 from securepop.sasl.base import Challenge
