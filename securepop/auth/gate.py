@@ -183,12 +183,20 @@ class PenaltyGate:
             self._forget(key, slot)
             return
         head = slot.waiters[0]
-        if slot.running and head.state.failures:
+        if head.state.failures == 0:
+            # Clean when it arrived, but in line behind others: read again.
+            slot.busy = True
+            d = self.store.login_state(key, head.username)
+            d.addCallback(self._head_read, key, slot, head)
+            d.addErrback(self._head_failed, key, slot, head)
+            return
+        if slot.running:
             return                      # one in flight: the release pumps again
-        slot.busy = True
-        d = self.store.login_state(key, head.username)
-        d.addCallback(self._head_read, key, slot, head)
-        d.addErrback(self._head_failed, key, slot, head)
+        wait = self.penalty.ready_at(head.state) - self._clock.seconds()
+        if wait > 0:
+            self._later(key, slot, wait)
+            return
+        self._claim(key, slot, head)
 
     def _head_read(self, state, key, slot, head):
         head.state = state
@@ -196,22 +204,30 @@ class PenaltyGate:
             return None
         if state.failures == 0:
             return self._go(key, slot, head, None)
-        if slot.running:
-            slot.busy = False
-            return None
-        wait = self.penalty.ready_at(state) - self._clock.seconds()
-        if wait > 0:
-            return self._later(key, slot, wait)
+        slot.busy = False
+        self._pump(key, slot)
+        return None
+
+    def _claim(self, key, slot, head):
+        """The penalty of what was last read has passed: claim the turn, then read under it."""
+        slot.busy = True
         holder = self._new_holder()
-        claimed = self.store.claim_turn(key, holder, self.penalty.maximum + TURN_TTL)
-        return claimed.addCallback(self._claimed, key, slot, head, holder)
+        d = self.store.claim_turn(key, holder, self.penalty.maximum + TURN_TTL)
+        d.addCallback(self._claimed, key, slot, head, holder)
+        d.addErrback(self._head_failed, key, slot, head)
 
     def _claimed(self, ok, key, slot, head, holder):
         if not ok:                       # another process checks this address now
             return self._later(key, slot, RETRY)
         # Read again under the turn: a failure recorded elsewhere meanwhile counts.
         d = self.store.login_state(key, head.username)
-        return d.addCallback(self._read_under_turn, key, slot, head, holder)
+
+        def give_back(failure):
+            self.store.release_turn(key, holder).addErrback(lambda f: None)
+            return failure
+
+        return d.addCallbacks(self._read_under_turn, give_back,
+                              callbackArgs=(key, slot, head, holder))
 
     def _read_under_turn(self, state, key, slot, head, holder):
         head.state = state

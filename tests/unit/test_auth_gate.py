@@ -213,3 +213,27 @@ def test_a_store_outage_fails_the_entry_and_holds_nothing():
     assert isinstance(out[0].value, StateUnavailable)
     out[0].trap(StateUnavailable)
     assert len(gate) == 0
+
+
+class FailsUnderTheTurn(MemoryStateStore):
+    """Answers the claim, then no more reads: the turn must not stay held."""
+
+    def __init__(self, clock):
+        super().__init__(clock)
+        self.reads = 0
+
+    def login_state(self, key, username):
+        self.reads += 1
+        if self.reads > 1:
+            return defer.fail(StateUnavailable("no answer"))
+        return super().login_state(key, username)
+
+
+def test_a_read_failing_under_the_turn_gives_the_turn_back():
+    clock, penalty, gate = make(store_class=FailsUnderTheTurn)
+    penalty.record_failure("192.0.2.1")
+    out = fired(gate.enter("192.0.2.1"))
+    clock.advance(2)
+    assert isinstance(out[0].value, StateUnavailable)
+    out[0].trap(StateUnavailable)
+    assert gate.store._turns == {} and len(gate) == 0

@@ -231,3 +231,57 @@ def test_use_protocol_log_replaces_the_writer():
     ctx.use_protocol_log(None)
     ctx.protocol_log("session", "C", b"NOOP")
     assert len(written) == 1
+
+
+class CountingStore(MemoryStateStore):
+    """Counts the calls a session makes: each is one round trip on a networked store."""
+
+    def __init__(self, clock):
+        super().__init__(clock)
+        self.calls = []
+
+    def __getattribute__(self, name):
+        attr = super().__getattribute__(name)
+        if name in ("acquire", "release", "count", "login_state", "record_failure",
+                    "record_success", "claim_turn", "release_turn", "cache_get",
+                    "cache_put", "cache_forget"):
+            super().__getattribute__("calls").append(name)
+        return attr
+
+
+def test_round_trips_of_a_session(tmp_path, identity):
+    """Connect, log in with no failure on record, quit: what reaches the store."""
+    h = Harness(tmp_path, identity, listener_tls="implicit")
+    store = CountingStore(h.clock)
+    h.ctx.state = h.state = h.ctx.gate.store = store
+    h.ctx.limits = LimitRule(10, 5, 2)
+    h.connect()
+    assert store.calls == ["acquire"]                    # the connection's slots
+    h.lines()
+    login(h)
+    assert store.calls[1:] == ["login_state", "acquire"]  # one read, the user's slot
+    h.send(b"QUIT\r\n")
+    h.session.connectionLost(None)
+    assert store.calls[3:] == ["release"]                # both slots, one call
+    assert result(store.count("total", "*")) == 0
+
+
+def test_round_trips_of_a_failed_then_good_login(tmp_path, identity):
+    h = Harness(tmp_path, identity, listener_tls="implicit")
+    store = CountingStore(h.clock)
+    h.ctx.state = h.state = h.ctx.gate.store = store
+    h.connect()
+    h.lines()
+    h.send(b"USER alice\r\n")
+    assert h.send(b"PASS wrong\r\n") == [b"-ERR [AUTH] Authentication failed"]
+    assert store.calls == ["login_state", "record_failure"]
+    del store.calls[:]
+    h.send(b"USER alice\r\n")
+    h.send(b"PASS " + PASSWORD + b"\r\n")
+    assert h.lines() == []                               # the penalty first
+    h.clock.advance(2)
+    assert h.lines()[0].startswith(b"+OK Logged in")
+    # the entry read; when its penalty has passed, the turn and a read under it;
+    # the success clears the address and gives the turn back
+    assert store.calls == ["login_state", "claim_turn", "login_state", "record_success",
+                           "release_turn"]
