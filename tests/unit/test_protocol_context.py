@@ -285,3 +285,29 @@ def test_round_trips_of_a_failed_then_good_login(tmp_path, identity):
     # the success clears the address and gives the turn back
     assert store.calls == ["login_state", "claim_turn", "login_state", "record_success",
                            "release_turn"]
+
+
+def test_a_locked_out_user_is_refused_before_the_check_with_one_read(tmp_path, identity):
+    h = Harness(tmp_path, identity, listener_tls="implicit", penalty=False)
+    h.ctx.lockout = LockoutRule(2, 600.0)
+    store = CountingStore(h.clock)
+    h.ctx.state = h.state = store
+    for _ in range(2):
+        h.connect()
+        h.lines()
+        h.send(b"USER alice\r\n")
+        assert h.send(b"PASS wrong\r\n") == [b"-ERR [AUTH] Authentication failed"]
+    assert result(store.login_state("192.0.2.9", "alice")).user_failures == 2
+    h.connect()
+    h.lines()
+    verified = len(h.source.verified)
+    del store.calls[:]
+    h.send(b"USER alice\r\n")
+    assert h.send(b"PASS " + PASSWORD + b"\r\n") == [b"-ERR [AUTH] Authentication failed"]
+    assert len(h.source.verified) == verified          # the password was never checked
+    assert store.calls[0] == "login_state"             # no gate here: the login read it
+    h.connect()
+    h.lines()
+    h.send(b"USER bob\r\n")
+    assert h.send(b"PASS x\r\n") == [b"-ERR [AUTH] Authentication failed"]
+    assert len(h.source.verified) == verified + 1      # another user is checked
