@@ -136,6 +136,15 @@ def build_mechanisms(settings, source, server_secret=None):
     return mechanisms
 
 
+def build_bearer(settings, reactor):
+    """The OAuth 2.0 token validator, or None without OAUTHBEARER/XOAUTH2."""
+    from securepop.auth.oauth2 import build_validator
+    from securepop.auth.usernames import normalise_username
+
+    return build_validator(settings, reactor, lambda raw: normalise_username(
+        raw, settings.auth, settings.server.hostname))
+
+
 def build_tls(settings, clock):
     """The shared TLS server creator (profiles, certificates, SNI, reload)."""
     tls = settings.tls
@@ -234,7 +243,7 @@ def build_context(settings, reactor, pool, verifications=None):
         cache = AuthCache(reactor, ttl=settings.auth.cache_ttl,
                           negative_ttl=min(5.0, settings.auth.cache_ttl),
                           max_entries=settings.auth.cache_max_entries)
-    portal = build_portal(source, realm, cache)
+    portal = build_portal(source, realm, cache, build_bearer(settings, reactor))
     tls = build_tls(settings, reactor)
     policy, limits = build_access(settings, reactor)
     penalty, gate, lockout = build_penalty(settings, reactor)

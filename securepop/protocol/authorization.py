@@ -226,6 +226,10 @@ class AuthorizationCommands:
 
     def _auth_continue(self, line):
         name = self._exchange_mech
+        if self._exchange is _AWAITING_DUMMY:
+            self._exchange = None   # the failure was counted with the error
+            self.sendLine(R.LOGIN_FAILED)
+            return
         if line == b"*":
             _abort_exchange(self._exchange)
             self._exchange = None
@@ -426,6 +430,9 @@ class AuthorizationCommands:
                 self.sendLine(R.MAILBOX_UNAVAILABLE)
                 return None
             if f.check(UnauthorizedLogin):
+                challenge = getattr(credentials, "failureChallenge", None)
+                if challenge is not None:
+                    return self._bearer_refused(mechanism, user, _reason(f), challenge)
                 return self._login_failed(mechanism, user, _reason(f))
             events.log.failure("Login error", failure=f)
             self.sendLine(R.INTERNAL)
@@ -434,6 +441,19 @@ class AuthorizationCommands:
         d.addCallbacks(success, failure)
         d.addBoth(self._after_login)
         return d
+
+    def _bearer_refused(self, mechanism, user, reason, challenge):
+        """
+        RFC 7628 section 3.2.2: a refused bearer token gets the error JSON
+        as a continuation; the client's dummy response then gets the
+        C{-ERR}.  The failure counts now, so a client that hangs up instead
+        of answering has paid for its guess all the same.
+        """
+        self._login_failed(mechanism, user, reason, reply=None)
+        if self.state != CLOSED:
+            self._exchange, self._exchange_mech = _AWAITING_DUMMY, mechanism
+            self.sendLine(b"+ " + base64.b64encode(challenge))
+        return defer.succeed(None)
 
     def _alive(self):
         return not self._gone
@@ -475,6 +495,18 @@ class AuthorizationCommands:
             self._abort(R.TOO_MANY_ATTEMPTS)
         elif reply is not None:
             self.sendLine(reply)
+
+
+class _AwaitingDummy:
+    """After a bearer error challenge: the client's next line only ends the AUTH."""
+
+    username = None
+
+    def abort(self):
+        """Nothing is held."""
+
+
+_AWAITING_DUMMY = _AwaitingDummy()
 
 
 def _decode64(data):
