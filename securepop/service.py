@@ -36,9 +36,10 @@ from securepop.auth.cache import AuthCache
 from securepop.auth.gate import PenaltyGate
 from securepop.auth.ldap import LDAPCredentialSource
 from securepop.auth.penalty import FailurePenalty, UserLockout
+from securepop.auth.oauth2 import build_validator
 from securepop.auth.portal import MaildirRealm, build_portal
 from securepop.auth.userfile import FileCredentialSource
-from securepop.auth.usernames import for_settings
+from securepop.auth.usernames import for_settings, normalise_username
 from securepop.auth.verifyqueue import VerificationQueue
 from securepop.errors import ConfigError
 from securepop.interfaces import PLAINTEXT
@@ -138,9 +139,6 @@ def build_mechanisms(settings, source, server_secret=None):
 
 def build_bearer(settings, reactor):
     """The OAuth 2.0 token validator, or None without OAUTHBEARER/XOAUTH2."""
-    from securepop.auth.oauth2 import build_validator
-    from securepop.auth.usernames import normalise_username
-
     return build_validator(settings, reactor, lambda raw: normalise_username(
         raw, settings.auth, settings.server.hostname))
 

@@ -8,6 +8,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from securepop.auth.checkers import PasswordChecker, SecretChecker, VerifiedChecker
+from securepop.auth.oauth2 import BearerChecker
 from securepop.errors import MailboxUnavailable
 from securepop.interfaces import ISecureMailbox
 
@@ -59,6 +60,5 @@ def build_portal(source, realm, cache=None, bearer=None):
     """
     checkers = [PasswordChecker(source, cache), SecretChecker(source), VerifiedChecker(source)]
     if bearer is not None:
-        from securepop.auth.oauth2 import BearerChecker
         checkers.append(BearerChecker(bearer, source))
     return Portal(realm, checkers)

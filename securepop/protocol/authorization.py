@@ -226,10 +226,9 @@ class AuthorizationCommands:
 
     def _auth_continue(self, line):
         name = self._exchange_mech
-        if self._exchange is _AWAITING_DUMMY:
-            self._exchange = None   # the failure was counted with the error
-            self.sendLine(R.LOGIN_FAILED)
-            return
+        if self._exchange is _AWAITING_DUMMY:   # counted at the error challenge
+            self._exchange = None
+            return self.sendLine(R.LOGIN_FAILED)
         if line == b"*":
             _abort_exchange(self._exchange)
             self._exchange = None
@@ -432,7 +431,7 @@ class AuthorizationCommands:
             if f.check(UnauthorizedLogin):
                 challenge = getattr(credentials, "failureChallenge", None)
                 if challenge is not None:
-                    return self._bearer_refused(mechanism, user, _reason(f), challenge)
+                    return _bearer_refused(self, mechanism, user, _reason(f), challenge)
                 return self._login_failed(mechanism, user, _reason(f))
             events.log.failure("Login error", failure=f)
             self.sendLine(R.INTERNAL)
@@ -441,19 +440,6 @@ class AuthorizationCommands:
         d.addCallbacks(success, failure)
         d.addBoth(self._after_login)
         return d
-
-    def _bearer_refused(self, mechanism, user, reason, challenge):
-        """
-        RFC 7628 section 3.2.2: a refused bearer token gets the error JSON
-        as a continuation; the client's dummy response then gets the
-        C{-ERR}.  The failure counts now, so a client that hangs up instead
-        of answering has paid for its guess all the same.
-        """
-        self._login_failed(mechanism, user, reason, reply=None)
-        if self.state != CLOSED:
-            self._exchange, self._exchange_mech = _AWAITING_DUMMY, mechanism
-            self.sendLine(b"+ " + base64.b64encode(challenge))
-        return defer.succeed(None)
 
     def _alive(self):
         return not self._gone
@@ -507,6 +493,20 @@ class _AwaitingDummy:
 
 
 _AWAITING_DUMMY = _AwaitingDummy()
+
+
+def _bearer_refused(session, mechanism, user, reason, challenge):
+    """
+    RFC 7628 section 3.2.2: a refused bearer token gets the error JSON as a
+    continuation; the client's dummy response then gets the C{-ERR}.  The
+    failure counts now, so a client that hangs up instead of answering has
+    paid for its guess all the same.
+    """
+    session._login_failed(mechanism, user, reason, reply=None)
+    if session.state != CLOSED:
+        session._exchange, session._exchange_mech = _AWAITING_DUMMY, mechanism
+        session.sendLine(b"+ " + base64.b64encode(challenge))
+    return defer.succeed(None)
 
 
 def _decode64(data):

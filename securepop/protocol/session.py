@@ -101,6 +101,19 @@ class LineBuffer:
         return line
 
 
+def _line_limit(session):
+    """The longest line the session reads now (with its CRLF)."""
+    if session._exchange is not None:
+        bearer = session._exchange_mech in BEARER_MECHANISMS
+        return MAX_BEARER_LINE if bearer else MAX_AUTH_LINE
+    # A bearer token in the initial response (AUTH XOAUTH2 <base64>): only
+    # under TLS, where these mechanisms are offered at all.
+    if session.secure and session.state == AUTHORIZATION and \
+            _BEARER_AUTH.match(session._input.peek(32)):
+        return MAX_BEARER_LINE
+    return MAX_COMMAND_LINE
+
+
 class IdleTimer:
     """
     One idle deadline, moved by every command and every chunk of RETR
@@ -367,16 +380,7 @@ class POP3Session(AuthorizationCommands, TransactionCommands, Protocol):
         self._drain()
 
     def _line_limit(self):
-        if self._exchange is not None:
-            if self._exchange_mech in BEARER_MECHANISMS:
-                return MAX_BEARER_LINE
-            return MAX_AUTH_LINE
-        # A bearer token in the initial response (AUTH XOAUTH2 <base64>):
-        # only under TLS, where these mechanisms are offered at all.
-        if self.secure and self.state == AUTHORIZATION and \
-                _BEARER_AUTH.match(self._input.peek(32)):
-            return MAX_BEARER_LINE
-        return MAX_COMMAND_LINE
+        return _line_limit(self)
 
     def _discard_input(self):
         """Forget everything unread (STLS: what came in cleartext after it)."""
