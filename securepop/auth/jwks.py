@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWTError
 from twisted.internet import defer, protocol
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseDone
@@ -89,7 +89,7 @@ class KeySet:
                 continue
             try:
                 key = PyJWK(entry, allowed[0])
-            except (PyJWKError, ValueError, TypeError, KeyError):
+            except (PyJWTError, ValueError, TypeError, KeyError):
                 continue
             kid = entry.get("kid")
             keys.append((kid if isinstance(kid, str) else None, key, allowed))

@@ -1,0 +1,220 @@
+"""
+The bearer token validator and checker (L{securepop.auth.oauth2}): a good
+token of each key type is accepted; every forgery, wrong claim or wrong
+user is refused with its reason.
+"""
+
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, task
+from zope.interface.verify import verifyObject
+
+from securepop import config
+from securepop.auth.jwks import FileKeys
+from securepop.auth.oauth2 import BearerChecker, BearerValidator, TokenRefused, build_validator
+from securepop.auth.oauth2_settings import OAuth2Settings
+from securepop.auth.records import UserRecord
+from securepop.errors import ConfigError
+from securepop.sasl.oauth import BearerCredentials
+from securepop.testing.oauth import Issuer, hmac_token, unsigned_token
+
+
+def _lower(raw):
+    if "\n" in raw:
+        raise ValueError("control character")
+    return raw.lower()
+
+
+@pytest.fixture(scope="module")
+def issuer():
+    return Issuer()
+
+
+@pytest.fixture
+def validator(issuer, tmp_path):
+    path = tmp_path / "jwks.json"
+    path.write_bytes(issuer.jwks_bytes())
+    clock = task.Clock()
+    clock.advance(time.time())
+    settings = OAuth2Settings(issuer=issuer.issuer, audience=issuer.audience,
+                              jwks_file=str(path), required_scope="pop", leeway=60)
+    return BearerValidator(settings, FileKeys(str(path)), clock, _lower)
+
+
+def outcome(d):
+    results = []
+    d.addBoth(results.append)
+    assert results, "the validation did not finish at once"
+    result = results[0]
+    if hasattr(result, "value"):
+        assert result.check(TokenRefused), result
+        return "refused:" + result.getErrorMessage()
+    return result
+
+
+@pytest.mark.parametrize("kid", ["rsa-1", "ec-2", "ed-3"])
+def test_good_token_of_every_key_type_is_accepted(issuer, validator, kid):
+    assert outcome(validator.validate(issuer.token(kid, user="Alice"))) == "alice"
+
+
+def test_scp_list_grants_the_scope(issuer, validator):
+    token = issuer.token(scope=None, scp=["pop", "imap"])
+    assert outcome(validator.validate(token)) == "alice"
+
+
+def test_audience_list_containing_ours_is_accepted(issuer, validator):
+    token = issuer.token(aud=["other", issuer.audience])
+    assert outcome(validator.validate(token)) == "alice"
+
+
+def test_leeway_accepts_a_token_expired_seconds_ago(issuer, validator):
+    now = validator.clock.seconds()
+    assert outcome(validator.validate(issuer.token(exp=int(now) - 30))) == "alice"
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"exp": int(time.time()) - 3600}, "token-expired"),
+    ({"aud": "someone-else"}, "token-wrong-audience"),
+    ({"iss": "https://evil.test/"}, "token-wrong-issuer"),
+    ({"nbf": int(time.time()) + 3600}, "token-not-yet-valid"),
+    ({"iat": int(time.time()) + 3600}, "token-not-yet-valid"),
+    ({"scope": "openid mail"}, "token-missing-scope"),
+    ({"scope": None}, "token-missing-scope"),
+    ({"exp": None}, "token-missing-claim"),
+    ({"aud": None}, "token-missing-claim"),
+    ({"preferred_username": None}, "token-no-username"),
+    ({"preferred_username": 7}, "token-no-username"),
+    ({"preferred_username": "a\nb"}, "token-unacceptable-username"),
+    ({"exp": "tomorrow"}, "token-malformed"),
+])
+def test_bad_claims_are_refused(issuer, validator, changes, reason):
+    token = issuer.token(**changes)
+    assert outcome(validator.validate(token)) == "refused:" + reason
+
+
+def test_foreign_key_is_refused(issuer, validator):
+    stranger = Issuer(kinds=("rsa",))       # same kid, another key
+    assert outcome(validator.validate(stranger.token("rsa-1"))) == \
+        "refused:token-bad-signature"
+
+
+def test_unknown_kid_is_refused(issuer, validator):
+    stranger = Issuer(kinds=("rsa",))
+    stranger.keys["rotated-9"] = stranger.keys.pop("rsa-1")
+    assert outcome(validator.validate(stranger.token("rotated-9"))) == \
+        "refused:token-unknown-key"
+
+
+def test_alg_none_is_refused(issuer, validator):
+    token = unsigned_token(issuer.claims())
+    assert outcome(validator.validate(token)) == "refused:token-bad-algorithm"
+
+
+def test_hs256_with_the_public_key_as_secret_is_refused(issuer, validator):
+    kind, key = issuer.keys["rsa-1"]
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    token = hmac_token(issuer.claims(), pem, "rsa-1")
+    assert outcome(validator.validate(token)) == "refused:token-bad-algorithm"
+
+
+def test_algorithm_the_key_does_not_allow_is_refused(issuer, validator):
+    """An EC token header naming the RSA key: no key to try."""
+    token = issuer.token("ec-2")
+    forged = jwt.encode(issuer.claims(), issuer.keys["ec-2"][1], algorithm="ES256",
+                        headers={"kid": "rsa-1"})
+    assert outcome(validator.validate(token)) == "alice"
+    assert outcome(validator.validate(forged)) == "refused:token-unknown-key"
+
+
+@pytest.mark.parametrize("token", ["", "abc", "a.b.c", "x" * 20000, "é.é.é"])
+def test_garbage_is_refused(validator, token):
+    assert outcome(validator.validate(token)).startswith("refused:token-")
+
+
+class Source:
+    def __init__(self, users):
+        self.users = users
+
+    def lookupUser(self, username):
+        if username in self.users:
+            return defer.succeed(UserRecord(username))
+        return defer.fail(UnauthorizedLogin("no-user"))
+
+
+def test_checker_provides_interface(validator):
+    verifyObject(ICredentialsChecker, BearerChecker(validator, Source({})))
+
+
+@pytest.mark.parametrize("authzid, users, expected", [
+    (None, {"alice"}, "alice"),
+    ("alice", {"alice"}, "alice"),
+    ("bob", {"alice", "bob"}, "refused:token-for-another-user"),
+    (None, {"bob"}, "refused:no-user"),        # missing or disabled in the source
+])
+def test_checker_user_must_match_and_exist(issuer, validator, authzid, users, expected):
+    checker = BearerChecker(validator, Source(users))
+    creds = BearerCredentials(authzid, issuer.token(), "OAUTHBEARER", b"{}")
+    d = checker.requestAvatarId(creds)
+    results = []
+    d.addBoth(results.append)
+    result = results[0]
+    if isinstance(result, UserRecord):
+        assert result.username == expected
+    else:
+        assert result.check(UnauthorizedLogin)
+        assert "refused:" + result.getErrorMessage() == expected
+
+
+def test_another_users_token_is_refused(issuer, validator):
+    checker = BearerChecker(validator, Source({"alice", "bob"}))
+    creds = BearerCredentials("alice", issuer.token(user="bob"), "XOAUTH2", b"{}")
+    failures = []
+    checker.requestAvatarId(creds).addErrback(failures.append)
+    assert failures and failures[0].getErrorMessage() == "token-for-another-user"
+
+
+# -- configuration --------------------------------------------------------------------
+
+BASE = """
+[auth]
+mechanisms = ["PLAIN", "OAUTHBEARER"]
+[auth.oauth2]
+issuer = "https://issuer.test/"
+audience = "pop.test"
+"""
+
+
+def test_config_needs_issuer_audience_and_keys(tmp_path):
+    with pytest.raises(ConfigError, match="auth.oauth2.jwks_url: exactly one"):
+        config.parse(BASE, "f.toml")
+    with pytest.raises(ConfigError, match=r"f.toml.*auth.oauth2.issuer: is required"):
+        config.parse(BASE.replace('issuer = "https://issuer.test/"', ""), "f.toml")
+    with pytest.raises(ConfigError, match="must be an https:// URL"):
+        config.parse(BASE + 'jwks_url = "http://issuer.test/jwks"\n', "f.toml")
+    with pytest.raises(ConfigError, match="introspection"):
+        config.parse(BASE + 'jwks_url = "https://i.test/k"\nintrospection_url = "https://i/"\n',
+                     "f.toml")
+    with pytest.raises(ConfigError, match="username_claim"):
+        config.parse(BASE + 'jwks_url = "https://i.test/k"\nusername_claim = "name"\n', "f")
+    with pytest.raises(ConfigError, match="unknown key"):
+        config.parse(BASE + 'jwks_url = "https://i.test/k"\nsecret = "x"\n', "f")
+    good = config.parse(BASE + 'jwks_url = "https://i.test/k"\n', "f")
+    assert good.auth.oauth2.jwks_url == "https://i.test/k"
+    # Without a bearer mechanism the section is not required.
+    assert config.parse("[auth]\nmechanisms = [\"PLAIN\"]\n").auth.oauth2.issuer == ""
+
+
+def test_build_validator_names_a_bad_jwks_file(tmp_path):
+    bad = tmp_path / "jwks.json"
+    bad.write_text('{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}')
+    settings = config.parse(BASE + f'jwks_file = "{bad}"\n', "f.toml")
+    with pytest.raises(ConfigError, match="f.toml: auth.oauth2.jwks_file: no usable"):
+        build_validator(settings, task.Clock(), _lower)
+    plain = config.parse('[auth]\nmechanisms = ["PLAIN"]\n')
+    assert build_validator(plain, task.Clock(), _lower) is None
