@@ -83,9 +83,10 @@ class Issuer:
         kind, key = self.keys[kid]
         claims = self.claims(user, **changes)
         if pad_to:
-            claims["padding"] = "x" * pad_to
+            claims["padding"] = ""
             token = jwt.encode(claims, key, algorithm=_ALG[kind], headers={"kid": kid})
-            claims["padding"] = "x" * max(0, pad_to - (len(token) - pad_to))
+            # base64url: 4 characters for every 3 octets of padding.
+            claims["padding"] = "x" * max(0, (pad_to - len(token)) * 3 // 4 + 4)
         return jwt.encode(claims, key, algorithm=_ALG[kind], headers={"kid": kid})
 
 
