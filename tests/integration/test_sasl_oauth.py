@@ -1,0 +1,288 @@
+"""
+OAuth 2.0 bearer tokens against the real daemon: the issuer's JWKS served
+over HTTPS by a test server, tokens made here.  curl logs in with
+C{--oauth2-bearer} (OAUTHBEARER whenever the server offers it; XOAUTH2
+from a server that offers only XOAUTH2); every bad token is refused with the
+RFC 7628 error and the server goes on; a 3 KB token works in the two-line
+form; a key rotation at the issuer is picked up without a restart; the
+issuer being down keeps the cached keys; nothing bearer-related before TLS.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+import time
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from securepop.testing.oauth import Issuer, hmac_token, unsigned_token
+from tests.integration import clients
+from tests.integration.clients import ADDRESS, HOST, IMPLICIT, STARTTLS
+from tests.integration.fixtures_oauth import (  # noqa: F401
+    oauth_daemon, oauth_issuer, xoauth2_daemon,
+)
+from tests.integration.test_sasl_clients import LogCursor, assert_logged_in
+
+BODY = b"Subject: oauth\r\n\r\nbearer tokens work\r\n"
+
+
+@pytest.fixture(scope="module")
+def daemon(oauth_daemon):  # noqa: F811
+    clients.reset_mailbox(oauth_daemon, "alice")
+    clients.store_message(oauth_daemon, "alice", BODY)
+    return oauth_daemon
+
+
+class Wire:
+    """A raw POP3 client over TLS (implicit, or STLS first)."""
+
+    def __init__(self, daemon, tls=IMPLICIT):
+        ctx = clients.client_context(daemon)
+        if tls == IMPLICIT:
+            raw = socket.create_connection((ADDRESS, daemon.pop3s_port), timeout=15)
+            self.sock = ctx.wrap_socket(raw, server_hostname=HOST)
+        else:
+            self.sock = socket.create_connection((ADDRESS, daemon.pop3_port), timeout=15)
+        self.file = self.sock.makefile("rb")
+        assert self.line().startswith(b"+OK")
+        if tls == STARTTLS:
+            assert self.command(b"STLS").startswith(b"+OK")
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=HOST)
+            self.file = self.sock.makefile("rb")
+
+    def line(self):
+        return self.file.readline().rstrip(b"\r\n")
+
+    def command(self, line):
+        self.sock.sendall(line + b"\r\n")
+        return self.line()
+
+    def capa(self):
+        assert self.command(b"CAPA").startswith(b"+OK")
+        lines = []
+        while (line := self.line()) != b".":
+            lines.append(line)
+        return lines
+
+    def close(self):
+        try:
+            self.command(b"QUIT")
+        finally:
+            self.sock.close()
+
+
+def oauthbearer(token, user="alice"):
+    return base64.b64encode(f"n,a={user},\x01host=localhost\x01port=995\x01"
+                            f"auth=Bearer {token}\x01\x01".encode())
+
+
+def xoauth2(token, user="alice"):
+    return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode())
+
+
+def curl_bearer(daemon, token, tls, login_options=None, path="1"):
+    return clients.curl(daemon, "alice", "", path=path, tls=tls, login_options=login_options,
+                        extra=["--oauth2-bearer", token])
+
+
+# -- curl -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def xoauth2_only(xoauth2_daemon):  # noqa: F811
+    clients.reset_mailbox(xoauth2_daemon, "alice")
+    clients.store_message(xoauth2_daemon, "alice", BODY)
+    return xoauth2_daemon
+
+
+@pytest.mark.parametrize("tls, options", [(STARTTLS, None), (IMPLICIT, "AUTH=XOAUTH2")])
+def test_curl_xoauth2_retrieves_a_message(xoauth2_only, oauth_issuer, tls, options):  # noqa: F811
+    issuer, _ = oauth_issuer
+    cursor = LogCursor(xoauth2_only)
+    result = curl_bearer(xoauth2_only, issuer.token("rsa-1"), tls, options)
+    assert result.returncode == 0, result.stderr
+    assert clients.crlf_normalise(result.stdout) == BODY
+    assert_logged_in(cursor, "XOAUTH2")
+
+
+def test_curl_default_with_both_offered_is_oauthbearer(daemon, oauth_issuer):  # noqa: F811
+    """curl 7.88 sends OAUTHBEARER whenever the server offers it, even with AUTH=XOAUTH2."""
+    issuer, _ = oauth_issuer
+    for options in (None, "AUTH=XOAUTH2"):
+        cursor = LogCursor(daemon)
+        result = curl_bearer(daemon, issuer.token(), IMPLICIT, options)
+        assert result.returncode == 0, result.stderr
+        assert_logged_in(cursor, "OAUTHBEARER")
+
+
+@pytest.mark.parametrize("tls, kid", [(STARTTLS, "ec-2"), (IMPLICIT, "ed-3")])
+def test_curl_oauthbearer_retrieves_a_message(daemon, oauth_issuer, tls, kid):  # noqa: F811
+    issuer, _ = oauth_issuer
+    cursor = LogCursor(daemon)
+    result = curl_bearer(daemon, issuer.token(kid), tls, "AUTH=OAUTHBEARER")
+    assert result.returncode == 0, result.stderr
+    assert clients.crlf_normalise(result.stdout) == BODY
+    assert_logged_in(cursor, "OAUTHBEARER")
+
+
+def test_curl_with_an_expired_token_is_refused(daemon, oauth_issuer):  # noqa: F811
+    issuer, _ = oauth_issuer
+    cursor = LogCursor(daemon)
+    result = curl_bearer(daemon, issuer.token(exp=int(time.time()) - 3600), IMPLICIT,
+                         "AUTH=OAUTHBEARER")
+    assert result.returncode == 67, (result.returncode, result.stderr)   # login denied
+    hits = cursor.wait("auth.failure", mechanism="OAUTHBEARER")
+    assert [h["reason"] for h in hits] == ["token-expired"], cursor.text()[-2000:]
+    assert "eyJ" not in cursor.text()           # no token in the log
+
+
+# -- bad tokens: the RFC 7628 error, then the server goes on --------------------------------
+
+def bad_tokens(issuer):
+    stranger = Issuer(kinds=("rsa",))
+    rogue = Issuer(kinds=("rsa",))
+    rogue.keys["unknown-kid"] = rogue.keys.pop("rsa-1")
+    pem = issuer.keys["rsa-1"][1].public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    now = int(time.time())
+    return {
+        "expired": (issuer.token(exp=now - 3600), "token-expired"),
+        "wrong-audience": (issuer.token(aud="imap.other"), "token-wrong-audience"),
+        "wrong-issuer": (issuer.token(iss="https://evil.test/"), "token-wrong-issuer"),
+        "foreign-key": (stranger.token("rsa-1"), "token-bad-signature"),
+        "unknown-kid": (rogue.token("unknown-kid"), "token-unknown-key"),
+        "alg-none": (unsigned_token(issuer.claims()), "token-bad-algorithm"),
+        "hs256-public-key": (hmac_token(issuer.claims(), pem, "rsa-1"), "token-bad-algorithm"),
+        "another-user": (issuer.token(user="bob"), "token-for-another-user"),
+        "missing-scope": (issuer.token(scope="openid"), "token-missing-scope"),
+        "not-yet-valid": (issuer.token(nbf=now + 3600), "token-not-yet-valid"),
+    }
+
+
+@pytest.mark.parametrize("case", ["expired", "wrong-audience", "wrong-issuer", "foreign-key",
+                                  "unknown-kid", "alg-none", "hs256-public-key",
+                                  "another-user", "missing-scope", "not-yet-valid"])
+@pytest.mark.parametrize("mechanism", ["OAUTHBEARER", "XOAUTH2"])
+def test_bad_token_gets_the_rfc7628_error(daemon, oauth_issuer, case, mechanism):  # noqa: F811
+    issuer, _ = oauth_issuer
+    token, reason = bad_tokens(issuer)[case]
+    encode = oauthbearer if mechanism == "OAUTHBEARER" else xoauth2
+    cursor = LogCursor(daemon)
+    wire = Wire(daemon)
+    started = time.monotonic()
+    reply = wire.command(f"AUTH {mechanism} ".encode() + encode(token))
+    assert reply.startswith(b"+ "), reply
+    assert time.monotonic() - started < 5            # refused, not waited on
+    error = json.loads(base64.b64decode(reply[2:]))
+    assert error == {"status": "invalid_token", "scope": "pop",
+                     "openid-configuration":
+                         issuer.issuer + "/.well-known/openid-configuration"}
+    dummy = b"AQ==" if mechanism == "OAUTHBEARER" else b""
+    assert wire.command(dummy) == b"-ERR [AUTH] Authentication failed"
+    wire.close()
+    hits = cursor.wait("auth.failure", mechanism=mechanism)
+    assert [h["reason"] for h in hits] == [reason], cursor.text()[-2000:]
+    # The server goes on: a good token logs in on a new connection.
+    wire = Wire(daemon)
+    assert wire.command(b"AUTH XOAUTH2 " + xoauth2(issuer.token())).startswith(b"+OK Logged in")
+    wire.close()
+
+
+# -- the two-line form and a 3 KB token ---------------------------------------------------
+
+@pytest.mark.parametrize("mechanism", ["OAUTHBEARER", "XOAUTH2"])
+def test_3kb_token_in_two_lines_and_one_line(daemon, oauth_issuer, mechanism):  # noqa: F811
+    issuer, _ = oauth_issuer
+    token = issuer.token("rsa-1", pad_to=3072)
+    assert len(token) >= 3072
+    encode = oauthbearer if mechanism == "OAUTHBEARER" else xoauth2
+    wire = Wire(daemon, STARTTLS)
+    assert wire.command(f"AUTH {mechanism}".encode()) == b"+ "
+    assert wire.command(encode(token)).startswith(b"+OK Logged in")
+    wire.close()
+    wire = Wire(daemon)
+    assert wire.command(f"AUTH {mechanism} ".encode() + encode(token)).startswith(
+        b"+OK Logged in")
+    wire.close()
+
+
+# -- the issuer: rotation and outage -----------------------------------------------------
+
+def test_key_rotation_is_picked_up_without_restart(daemon, oauth_issuer):  # noqa: F811
+    issuer, server = oauth_issuer
+    pid = daemon.proc.pid
+    kid = issuer.add_key("ec", "rotated-ec")
+    token = issuer.token(kid)
+    server.kids = ["rsa-1", kid]                 # the issuer rotates: ec-2/ed-3 retired
+    time.sleep(1.1)                              # past jwks_min_refresh
+    wire = Wire(daemon)
+    assert wire.command(b"AUTH OAUTHBEARER " + oauthbearer(token)).startswith(b"+OK Logged in")
+    wire.close()
+    assert daemon.proc.pid == pid and daemon.proc.poll() is None
+    server.kids = ["rsa-1", "ec-2", "ed-3", kid]
+
+
+def test_issuer_down_keeps_cached_keys(daemon, oauth_issuer):  # noqa: F811
+    issuer, server = oauth_issuer
+    server.down = True
+    try:
+        time.sleep(1.1)
+        before = server.requests
+        wire = Wire(daemon)
+        started = time.monotonic()
+        # An unknown kid starts a fetch that fails: refused within jwks_wait.
+        rogue = Issuer(kinds=("ec",))
+        reply = wire.command(b"AUTH XOAUTH2 " + xoauth2(rogue.token()))
+        assert reply.startswith(b"+ ") and time.monotonic() - started < 4
+        assert wire.command(b"") == b"-ERR [AUTH] Authentication failed"
+        wire.close()
+        assert server.requests > before
+        # The cached keys still verify.
+        wire = Wire(daemon)
+        assert wire.command(b"AUTH XOAUTH2 " + xoauth2(issuer.token("rsa-1"))).startswith(
+            b"+OK Logged in")
+        wire.close()
+    finally:
+        server.down = False
+
+
+# -- nothing before TLS ------------------------------------------------------------------
+
+def test_nothing_bearer_before_tls(daemon, oauth_issuer):  # noqa: F811
+    issuer, _ = oauth_issuer
+    token = issuer.token()
+    # The cleartext listener that allows PLAIN without TLS (insecure_allow_cleartext).
+    sock = socket.create_connection((ADDRESS, daemon.ports["port3"]), timeout=15)
+    plain = sock.makefile("rb")
+    assert plain.readline().startswith(b"+OK")
+    sock.sendall(b"CAPA\r\n")
+    capa = []
+    while (line := plain.readline().rstrip(b"\r\n")) != b".":
+        capa.append(line)
+    sasl = [c for c in capa if c.startswith(b"SASL ")]
+    assert sasl and b"PLAIN" in sasl[0]
+    assert b"OAUTHBEARER" not in sasl[0] and b"XOAUTH2" not in sasl[0]
+    for line in (b"AUTH XOAUTH2 " + xoauth2(token)[:150], b"AUTH OAUTHBEARER"):
+        sock.sendall(line + b"\r\n")
+        assert plain.readline().startswith(b"-ERR")
+    sock.close()
+    # The STLS listener before STLS: no SASL at all (require_secure_channel).
+    sock = socket.create_connection((ADDRESS, daemon.pop3_port), timeout=15)
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"+OK")
+    sock.sendall(b"CAPA\r\n")
+    capa = b""
+    while (line := f.readline()) != b".\r\n":
+        capa += line
+    assert b"OAUTHBEARER" not in capa and b"XOAUTH2" not in capa
+    sock.sendall(b"AUTH XOAUTH2 " + xoauth2(token)[:150] + b"\r\n")
+    assert f.readline().startswith(b"-ERR")
+    sock.close()
+    # After STLS they are offered.
+    wire = Wire(daemon, STARTTLS)
+    sasl = [c for c in wire.capa() if c.startswith(b"SASL ")][0]
+    assert b"OAUTHBEARER" in sasl and b"XOAUTH2" in sasl
+    wire.close()
