@@ -19,6 +19,9 @@ import time
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from securepop.audit.engine import Audit, AuditOptions
+from securepop.audit.judge import PASS
+from securepop.audit.pop3client import parseURL
 from securepop.testing.oauth import Issuer, hmac_token, unsigned_token
 from tests.integration import clients
 from tests.integration.clients import ADDRESS, HOST, IMPLICIT, STARTTLS
@@ -286,3 +289,16 @@ def test_nothing_bearer_before_tls(daemon, oauth_issuer):  # noqa: F811
     sasl = [c for c in wire.capa() if c.startswith(b"SASL ")][0]
     assert b"OAUTHBEARER" in sasl and b"XOAUTH2" in sasl
     wire.close()
+
+
+# -- securepop audit ----------------------------------------------------------------------
+
+def test_audit_lists_bearer_mechanisms_under_tls_only(daemon):
+    result = Audit(AuditOptions(target=parseURL(f"pop3://127.0.0.1:{daemon.pop3_port}"),
+                                timeout=5.0, cafile=daemon.ca_file,
+                                servername="localhost")).run()
+    found = {f.check: f for f in result.findings}
+    assert found["auth.bearer"].status == PASS, found["auth.bearer"].reason
+    assert "OAUTHBEARER, XOAUTH2" in found["auth.bearer"].reason
+    assert "before TLS: none; under TLS: USER, PLAIN, LOGIN, SCRAM-SHA-256, OAUTHBEARER, XOAUTH2" == \
+        found["auth.mechanisms"].reason
