@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shlex
 import socket
-import ssl
+import subprocess
 import time
 
 import pytest
@@ -28,6 +30,8 @@ from tests.integration.clients import ADDRESS, HOST, IMPLICIT, STARTTLS
 from tests.integration.fixtures_oauth import (  # noqa: F401
     oauth_daemon, oauth_issuer, xoauth2_daemon,
 )
+from tests.integration.daemon import VENV_BIN, require_tool
+from tests.integration.test_clients_guide import fill, guide_block, run_mutt
 from tests.integration.test_sasl_clients import LogCursor, assert_logged_in
 
 BODY = b"Subject: oauth\r\n\r\nbearer tokens work\r\n"
@@ -302,3 +306,88 @@ def test_audit_lists_bearer_mechanisms_under_tls_only(daemon):
     assert "OAUTHBEARER, XOAUTH2" in found["auth.bearer"].reason
     assert "before TLS: none; under TLS: USER, PLAIN, LOGIN, SCRAM-SHA-256, OAUTHBEARER, XOAUTH2" == \
         found["auth.mechanisms"].reason
+
+
+# -- docs/clients.rst, run as written ---------------------------------------------------------
+
+@pytest.mark.parametrize("which, mechanism", [("both", "OAUTHBEARER"), ("xoauth2", "XOAUTH2")])
+def test_guide_curl_bearer(daemon, xoauth2_only, oauth_issuer, which, mechanism):  # noqa: F811
+    d = daemon if which == "both" else xoauth2_only
+    issuer, _ = oauth_issuer
+    for token, ok in ((issuer.token(), True), (issuer.token(aud="other"), False)):
+        command = shlex.split(fill(guide_block("curl-oauth2"), d).replace("TOKEN", token))
+        command[0] = require_tool("curl")
+        cursor = LogCursor(d)
+        result = subprocess.run(command + ["--max-time", "30"], capture_output=True, timeout=60)
+        if ok:
+            assert result.returncode == 0 and result.stdout == BODY, result.stderr
+            assert_logged_in(cursor, mechanism)
+        else:
+            assert result.returncode == 67, result.stderr
+            assert cursor.wait("auth.failure", mechanism=mechanism, reason="token-wrong-audience")
+
+
+def test_guide_mutt_oauthbearer(daemon, oauth_issuer, tmp_path):  # noqa: F811
+    program = "mutt"
+    issuer, _ = oauth_issuer
+    for name, token, ok in (("ok", issuer.token(), True),
+                            ("bad", issuer.token(user="bob"), False)):
+        tokens = tmp_path / f"{name}.token"
+        tokens.write_text(token + "\n")
+        rc = guide_block("muttrc-oauthbearer").replace(
+            "mutt_oauth2.py /home/alice/.mutt-alice.tokens", f"cat {tokens}")
+        cursor = LogCursor(daemon)
+        screen = run_mutt(program, daemon, rc, tmp_path / program / name)
+        if ok:
+            assert "[Msgs:1" in screen, screen[-1500:]
+            assert_logged_in(cursor, "OAUTHBEARER")
+        else:
+            assert "[Msgs:1" not in screen
+            assert cursor.wait("auth.failure", mechanism="OAUTHBEARER",
+                               reason="token-for-another-user"), cursor.text()[-2000:]
+
+
+def test_guide_getmail_xoauth2(daemon, oauth_issuer, tmp_path):  # noqa: F811
+    issuer, _ = oauth_issuer
+    exe = str(VENV_BIN / "getmail")
+    if not os.path.exists(exe):
+        exe = require_tool("getmail")
+    for name, token, ok in (("ok", issuer.token(pad_to=3072), True),
+                            ("bad", issuer.token(exp=int(time.time()) - 3600), False)):
+        work = tmp_path / name
+        out = work / "mail"
+        out.mkdir(parents=True)
+        (work / "token").write_text(token + "\n")
+        rc_text = fill(guide_block("getmailrc-xoauth2"), daemon).replace(
+            '("getmail-gmail-xoauth-tokens", "/home/alice/.getmail/alice.json")',
+            f'("/bin/cat", "{work / "token"}")')
+        rc_text = rc_text.split("[destination]")[0] + (
+            "[destination]\ntype = MDA_external\npath = /bin/sh\n"
+            "allow_root_commands = true\n"
+            f"arguments = (\"-c\", \"cat > {out}/$(date +%s%N).$$$$\")\n"
+            "[options]\nread_all = true\ndelete = false\n")
+        (work / "getmailrc").write_text(rc_text)
+        cursor = LogCursor(daemon)
+        proc = subprocess.run([exe, f"--rcfile={work / 'getmailrc'}", f"--getmaildir={work}"],
+                              capture_output=True, timeout=90)
+        messages = list(out.iterdir())
+        if ok:
+            assert proc.returncode == 0 and len(messages) == 1, proc.stderr
+            assert_logged_in(cursor, "XOAUTH2")
+        else:
+            assert proc.returncode != 0 and not messages
+            assert cursor.wait("auth.failure", mechanism="XOAUTH2", reason="token-expired")
+
+
+def test_guide_neomutt_token_too_big(daemon, oauth_issuer, tmp_path):  # noqa: F811
+    """The guide's pitfall: neomutt 20220429 puts the token in one line of at most 512 octets."""
+    issuer, _ = oauth_issuer
+    tokens = tmp_path / "token"
+    tokens.write_text(issuer.token("rsa-1") + "\n")
+    rc = guide_block("muttrc-oauthbearer").replace(
+        "mutt_oauth2.py /home/alice/.mutt-alice.tokens", f"cat {tokens}")
+    cursor = LogCursor(daemon)
+    screen = run_mutt("neomutt", daemon, rc, tmp_path / "neomutt")
+    assert "OAUTH token is too big" in screen, screen[-1500:]
+    assert "[Msgs:1" not in screen
+    assert not cursor.events("auth.success")
