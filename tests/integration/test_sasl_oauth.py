@@ -328,7 +328,6 @@ def test_guide_curl_bearer(daemon, xoauth2_only, oauth_issuer, which, mechanism)
 
 
 def test_guide_mutt_oauthbearer(daemon, oauth_issuer, tmp_path):  # noqa: F811
-    program = "mutt"
     issuer, _ = oauth_issuer
     for name, token, ok in (("ok", issuer.token(), True),
                             ("bad", issuer.token(user="bob"), False)):
@@ -337,7 +336,7 @@ def test_guide_mutt_oauthbearer(daemon, oauth_issuer, tmp_path):  # noqa: F811
         rc = guide_block("muttrc-oauthbearer").replace(
             "mutt_oauth2.py /home/alice/.mutt-alice.tokens", f"cat {tokens}")
         cursor = LogCursor(daemon)
-        screen = run_mutt(program, daemon, rc, tmp_path / program / name)
+        screen = run_mutt("mutt", daemon, rc, tmp_path / name)
         if ok:
             assert "[Msgs:1" in screen, screen[-1500:]
             assert_logged_in(cursor, "OAUTHBEARER")
