@@ -15,6 +15,9 @@ its token expires.
 
 from __future__ import annotations
 
+import math
+import weakref
+
 import jwt
 from jwt.exceptions import (
     DecodeError, ExpiredSignatureError, ImmatureSignatureError, InvalidAlgorithmError,
@@ -74,7 +77,10 @@ def _number(claims, name, required):
         if required:
             raise TokenRefused("token-missing-claim")
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # JSON as Python reads it allows NaN and Infinity: an exp of NaN would
+    # never compare as expired.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
         raise TokenRefused("token-malformed")
     return value
 
@@ -192,7 +198,16 @@ def build_validator(settings, reactor, normalise):
             fetch = https_fetcher(reactor, o.jwks_url, o.jwks_ca_file)
         except (OSError, ValueError) as e:
             raise ConfigError(path, "auth.oauth2.jwks_ca_file", str(e)) from None
-        keys = RemoteKeys(fetch, reactor, o.jwks_url, o.jwks_refresh, o.jwks_min_refresh,
-                          o.jwks_wait)
-        keys.start()
+        keys = _REMOTE.get((o.jwks_url, o.jwks_ca_file, id(reactor)))
+        if keys is None:
+            keys = RemoteKeys(fetch, reactor, o.jwks_url)
+            _REMOTE[(o.jwks_url, o.jwks_ca_file, id(reactor))] = keys
+            keys.start()
+        keys.refresh, keys.min_refresh, keys.wait = \
+            o.jwks_refresh, o.jwks_min_refresh, o.jwks_wait
     return BearerValidator(o, keys, reactor, normalise)
+
+
+#: The remote key sets in use, by (URL, CA file, reactor): a reload (SIGHUP)
+#: keeps the keys already fetched, so logins go on while the issuer is down.
+_REMOTE = weakref.WeakValueDictionary()

@@ -28,7 +28,7 @@ from securepop.testing.oauth import Issuer, hmac_token, unsigned_token
 from tests.integration import clients
 from tests.integration.clients import ADDRESS, HOST, IMPLICIT, STARTTLS
 from tests.integration.fixtures_oauth import (  # noqa: F401
-    oauth_daemon, oauth_issuer, xoauth2_daemon,
+    OAUTH_CONFIG, oauth_daemon, oauth_issuer, xoauth2_daemon,
 )
 from tests.integration.daemon import VENV_BIN, require_tool
 from tests.integration.test_clients_guide import fill, guide_block, run_mutt
@@ -390,3 +390,33 @@ def test_guide_neomutt_token_too_big(daemon, oauth_issuer, tmp_path):  # noqa: F
     assert "OAUTH token is too big" in screen, screen[-1500:]
     assert "[Msgs:1" not in screen
     assert not cursor.events("auth.success")
+
+
+# -- jwks_file, re-read on SIGHUP ---------------------------------------------------------------
+
+def test_jwks_file_is_reread_on_sighup(daemon_factory, oauth_issuer, tmp_path_factory):
+    issuer, _ = oauth_issuer
+    jwks = tmp_path_factory.mktemp("jwks-file") / "jwks.json"
+    jwks.write_bytes(issuer.jwks_bytes(["rsa-1"]))
+    config = OAUTH_CONFIG.replace('"OAUTHBEARER", "XOAUTH2"]', '"XOAUTH2"]') \
+        .replace("ISSUER", issuer.issuer).replace("AUDIENCE", issuer.audience) \
+        .replace('jwks_url = "JWKS_URL"\njwks_ca_file = "JWKS_CA"\n', f'jwks_file = "{jwks}"\n')
+    assert "jwks_url" not in config
+    d = daemon_factory(config, users=(("alice", "Unused-Pass-1"),), name="oauth-file")
+    kid = issuer.add_key("ed", "file-ed")
+    token = issuer.token(kid)
+
+    def login():
+        wire = Wire(d)
+        reply = wire.command(b"AUTH XOAUTH2 " + xoauth2(token))
+        if reply.startswith(b"+ "):
+            reply = wire.command(b"")
+        wire.close()
+        return reply
+
+    assert login() == b"-ERR [AUTH] Authentication failed"      # not in the file yet
+    jwks.write_bytes(issuer.jwks_bytes(["rsa-1", kid]))
+    start = len(d.log())
+    d.sighup()
+    assert d.wait_log("config.reloaded", start=start), d.log()[-2000:]
+    assert login().startswith(b"+OK Logged in")

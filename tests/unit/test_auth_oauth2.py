@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, task
+from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
 
 from securepop import config
@@ -218,3 +219,24 @@ def test_build_validator_names_a_bad_jwks_file(tmp_path):
         build_validator(settings, task.Clock(), _lower)
     plain = config.parse('[auth]\nmechanisms = ["PLAIN"]\n')
     assert build_validator(plain, task.Clock(), _lower) is None
+
+
+def test_non_finite_times_are_malformed(issuer, validator):
+    kind, key = issuer.keys["rsa-1"]
+    for name in ("exp", "nbf", "iat"):
+        claims = issuer.claims()
+        claims[name] = float("nan")
+        token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "rsa-1"})
+        assert outcome(validator.validate(token)) == "refused:token-malformed", name
+
+
+def test_a_reload_keeps_the_remote_keys(tmp_path):
+    """The same jwks_url after a reload: the same cache (the issuer may be down then)."""
+    text = BASE + 'jwks_url = "https://i.test/k"\njwks_wait = 1.5\n'
+    clock = MemoryReactorClock()
+    first = build_validator(config.parse(text, "f"), clock, _lower)
+    again = build_validator(config.parse(text.replace("1.5", "2.5"), "f"), clock, _lower)
+    assert again.keys is first.keys and again.keys.wait == 2.5
+    other = build_validator(config.parse(text.replace("i.test/k", "j.test/k"), "f"), clock,
+                            _lower)
+    assert other.keys is not first.keys
