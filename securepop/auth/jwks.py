@@ -15,13 +15,16 @@ for it at most C{wait} seconds; a failed fetch keeps the keys it had.
 
 from __future__ import annotations
 
+import io
 import json
 
 from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 from twisted.internet import defer, protocol
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseDone
+from twisted.web.client import (
+    Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, ResponseDone,
+)
 from twisted.web.http_headers import Headers
 
 from securepop import events
@@ -158,40 +161,52 @@ class _Body(protocol.Protocol):
             self.finished.errback(reason)
 
 
-def https_fetcher(reactor, url, ca_file=""):
+def https_agent(reactor, ca_file=""):
     """
-    A function fetching C{url} over HTTPS whose certificate is verified
-    (against C{ca_file}, else the system's trust store).
-
-    @return: callable -> Deferred firing with the body (bytes).
+    An HTTP client that verifies the server's certificate and name (against
+    C{ca_file}, else the system's trust store).
     """
     if ca_file:
         with open(ca_file, "rb") as f:
             pem = f.read()
         certs = [Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
                  for part in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+        if not certs:
+            raise ValueError(f"no PEM certificate in {ca_file!r}")
         policy = BrowserLikePolicyForHTTPS(trustRoot=trustRootFromCertificates(certs))
     else:
         policy = BrowserLikePolicyForHTTPS()
-    agent = Agent(reactor, contextFactory=policy, connectTimeout=FETCH_TIMEOUT)
+    return Agent(reactor, contextFactory=policy, connectTimeout=FETCH_TIMEOUT)
 
-    def fetch():
-        d = agent.request(b"GET", url.encode("ascii"),
-                          Headers({b"Accept": [b"application/json"]}))
 
-        def got(response):
-            if response.code != 200:
-                response.deliverBody(protocol.Protocol())
-                raise JWKSError(f"HTTP status {response.code}")
-            finished = defer.Deferred()
-            response.deliverBody(_Body(finished))
-            return finished
+def request(agent, reactor, method, url, headers, body=None, timeout=FETCH_TIMEOUT):
+    """
+    @return: Deferred firing with the body (bytes) of a 200 answer, at most
+        L{MAX_JWKS_BYTES}; any other status fails with L{JWKSError}.
+    """
+    d = agent.request(method, url.encode("ascii"), Headers(headers),
+                      None if body is None else FileBodyProducer(io.BytesIO(body)))
 
-        d.addCallback(got)
-        d.addTimeout(FETCH_TIMEOUT, reactor)
-        return d
+    def got(response):
+        if response.code != 200:
+            response.deliverBody(protocol.Protocol())
+            raise JWKSError(f"HTTP status {response.code}")
+        finished = defer.Deferred()
+        response.deliverBody(_Body(finished))
+        return finished
 
-    return fetch
+    d.addCallback(got)
+    d.addTimeout(timeout, reactor)
+    return d
+
+
+def https_fetcher(reactor, url, ca_file=""):
+    """
+    @return: callable -> Deferred firing with the body of C{url} (bytes),
+        fetched over verified HTTPS.
+    """
+    agent = https_agent(reactor, ca_file)
+    return lambda: request(agent, reactor, b"GET", url, {b"Accept": [b"application/json"]})
 
 
 class RemoteKeys:

@@ -29,10 +29,12 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from zope.interface import implementer
 
+from securepop.auth.introspection import build_introspector
 from securepop.auth.jwks import ALGORITHMS, FileKeys, JWKSError, RemoteKeys, https_fetcher
 from securepop.auth.oauth2_settings import BEARER_MECHANISMS
 from securepop.errors import ConfigError
 from securepop.interfaces import IBearerCredentials
+from securepop.tls.checks import check_key_file_mode
 
 #: A JWT's three base64url parts; longer tokens are refused before parsing.
 MAX_TOKEN = 12 * 1024
@@ -96,11 +98,12 @@ class BearerValidator:
     @param normalise: the server's user-name rule (str -> str, ValueError).
     """
 
-    def __init__(self, settings, keys, clock, normalise):
+    def __init__(self, settings, keys, clock, normalise, introspector=None):
         self.settings = settings
         self.keys = keys
         self.clock = clock
         self.normalise = normalise
+        self.introspector = introspector
 
     def validate(self, token):
         """
@@ -113,6 +116,10 @@ class BearerValidator:
         try:
             header = jwt.get_unverified_header(token)
         except InvalidTokenError:
+            header = None
+        if self.keys is None or (header is None and self.introspector is not None):
+            return self._introspect(token)
+        if header is None:
             return defer.fail(TokenRefused("token-malformed"))
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or (kid is not None and not isinstance(kid, str)):
@@ -137,10 +144,36 @@ class BearerValidator:
                          "require": ["iss", "aud", "exp"]})
         except InvalidTokenError as e:
             raise TokenRefused(_reason(e)) from None
+        return self._check(claims)
+
+    def _introspect(self, token):
+        """An opaque token (or no keys configured): ask the issuer (RFC 7662)."""
+        if self.introspector is None:
+            return defer.fail(TokenRefused("token-malformed"))
+
+        def answered(claims):
+            if claims.get("active") is not True:
+                raise TokenRefused("token-inactive")
+            s = self.settings
+            if "iss" in claims and claims["iss"] != s.issuer:
+                raise TokenRefused("token-wrong-issuer")
+            audience = claims.get("aud")
+            audiences = audience if isinstance(audience, list) else [audience]
+            if s.audience not in audiences:
+                raise TokenRefused("token-wrong-audience")
+            if s.username_claim not in claims and "username" in claims:
+                claims = dict(claims, **{s.username_claim: claims["username"]})
+            return self._check(claims, exp_required=False)
+
+        return self.introspector.introspect(token).addCallback(answered)
+
+    def _check(self, claims, exp_required=True):
+        """The times, the scope and the user, whatever said the token is genuine."""
+        s = self.settings
         now, leeway = self.clock.seconds(), s.leeway
-        exp = _number(claims, "exp", True)
+        exp = _number(claims, "exp", exp_required)
         nbf, iat = _number(claims, "nbf", False), _number(claims, "iat", False)
-        if exp <= now - leeway:
+        if exp is not None and exp <= now - leeway:
             raise TokenRefused("token-expired")
         if (nbf is not None and nbf > now + leeway) or (iat is not None and iat > now + leeway):
             raise TokenRefused("token-not-yet-valid")
@@ -188,14 +221,20 @@ def build_validator(settings, reactor, normalise):
         return None
     o = auth.oauth2
     path = settings.path or "(defaults)"
+
+    def resolve(name):
+        return str(settings.resolve(name))
+
+    keys = None
     if o.jwks_file:
         try:
-            keys = FileKeys(o.jwks_file)
+            keys = FileKeys(resolve(o.jwks_file))
         except JWKSError as e:
             raise ConfigError(path, "auth.oauth2.jwks_file", str(e)) from None
-    else:
+    elif o.jwks_url:
         try:
-            fetch = https_fetcher(reactor, o.jwks_url, o.jwks_ca_file)
+            fetch = https_fetcher(reactor, o.jwks_url, resolve(o.jwks_ca_file)
+                                  if o.jwks_ca_file else "")
         except (OSError, ValueError) as e:
             raise ConfigError(path, "auth.oauth2.jwks_ca_file", str(e)) from None
         keys = _REMOTE.get((o.jwks_url, o.jwks_ca_file, id(reactor)))
@@ -205,7 +244,16 @@ def build_validator(settings, reactor, normalise):
             keys.start()
         keys.refresh, keys.min_refresh, keys.wait = \
             o.jwks_refresh, o.jwks_min_refresh, o.jwks_wait
-    return BearerValidator(o, keys, reactor, normalise)
+    introspector = None
+    if o.introspection_url:
+        secret = resolve(o.introspection_secret_file)
+        check_key_file_mode(secret, "auth.oauth2.introspection_secret_file",
+                            "the introspection secret file")
+        try:
+            introspector = build_introspector(o, reactor, resolve)
+        except (OSError, ValueError) as e:
+            raise ConfigError(path, "auth.oauth2.introspection_secret_file", str(e)) from None
+    return BearerValidator(o, keys, reactor, normalise, introspector)
 
 
 #: The remote key sets in use, by (URL, CA file, reactor): a reload (SIGHUP)

@@ -6,7 +6,6 @@ stays small; it builds and checks this section like the others.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -23,7 +22,8 @@ class OAuth2Settings:
     @ivar audience: the C{aud} (one of, when a list) every token must carry.
     @ivar jwks_url: the issuer's JSON Web Key Set, fetched over verified HTTPS.
     @ivar jwks_file: or a local JWKS (re-read on SIGHUP).
-    @ivar jwks_ca_file: CA bundle for C{jwks_url} (default: the system's).
+    @ivar jwks_ca_file: CA bundle for C{jwks_url} and C{introspection_url}
+        (default: the system's).
     @ivar jwks_refresh: seconds between background refreshes of C{jwks_url}.
     @ivar jwks_min_refresh: at most one fetch per this many seconds, however
         many unknown key ids arrive.
@@ -31,8 +31,9 @@ class OAuth2Settings:
         started.
     @ivar username_claim: the claim naming the user.
     @ivar required_scope: a scope the token must grant ("" = none).
-    @ivar introspection_url: RFC 7662 endpoint for opaque tokens (not
-        supported: must stay empty).
+    @ivar introspection_url: RFC 7662 endpoint for opaque (non-JWT) tokens.
+    @ivar introspection_client_id: this server's client id there.
+    @ivar introspection_secret_file: the file holding its client secret.
     @ivar leeway: seconds of clock skew allowed for C{exp}, C{nbf}, C{iat}.
     """
 
@@ -63,21 +64,24 @@ def oauth2_problem(auth):
     bearer = [m for m in auth.mechanisms if m in BEARER_MECHANISMS]
     if not bearer:
         return None
-    if o.introspection_url or o.introspection_client_id or o.introspection_secret_file:
-        return ("auth.oauth2.introspection_url",
-                "token introspection (RFC 7662) is not supported yet: use JWT "
-                "access tokens with jwks_url or jwks_file")
     for key in ("issuer", "audience"):
         if not getattr(o, key):
             return (f"auth.oauth2.{key}", f"is required with {', '.join(bearer)}")
-    if bool(o.jwks_url) == bool(o.jwks_file):
-        return ("auth.oauth2.jwks_url", "exactly one of jwks_url and jwks_file is needed")
-    if o.jwks_url:
-        parts = urlsplit(o.jwks_url)
-        if parts.scheme != "https" or not parts.hostname:
-            return ("auth.oauth2.jwks_url", f"must be an https:// URL, not {o.jwks_url!r}")
-    if o.jwks_ca_file and not os.path.isfile(o.jwks_ca_file):
-        return ("auth.oauth2.jwks_ca_file", f"{o.jwks_ca_file!r} is not a readable file")
+    if o.jwks_url and o.jwks_file:
+        return ("auth.oauth2.jwks_url", "jwks_url and jwks_file exclude each other")
+    if not (o.jwks_url or o.jwks_file or o.introspection_url):
+        return ("auth.oauth2.jwks_url",
+                "one of jwks_url, jwks_file (JWT tokens) or introspection_url is needed")
+    for key in ("jwks_url", "introspection_url"):
+        url = getattr(o, key)
+        parts = urlsplit(url)
+        if url and (parts.scheme != "https" or not parts.hostname):
+            return (f"auth.oauth2.{key}", f"must be an https:// URL, not {url!r}")
+    if bool(o.introspection_url) != bool(o.introspection_client_id) or \
+            bool(o.introspection_url) != bool(o.introspection_secret_file):
+        return ("auth.oauth2.introspection_url",
+                "introspection_url, introspection_client_id and "
+                "introspection_secret_file go together")
     if o.username_claim not in USERNAME_CLAIMS:
         return ("auth.oauth2.username_claim",
                 f"must be one of {', '.join(USERNAME_CLAIMS)}, not {o.username_claim!r}")

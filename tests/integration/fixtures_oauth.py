@@ -7,9 +7,12 @@ and a securepop daemon that fetches it.  The served key ids can be changed
 
 from __future__ import annotations
 
+import base64
 import http.server
+import json
 import ssl
 import threading
+import urllib.parse
 
 import pytest
 
@@ -28,6 +31,8 @@ class JWKSServer:
 
     def __init__(self, issuer, directory):
         self.issuer, self.kids, self.down, self.requests = issuer, None, False, 0
+        #: RFC 7662: opaque token -> the answer's claims; the client's credentials.
+        self.opaque, self.client = {}, ("securepop", "Introspection-Secret-1")
         ca = tlstesting.TestCA(intermediate=False)
         leaf, key = ca.issue(("localhost", "127.0.0.1"))
         cert, keyfile = tlstesting.write_identity(str(directory), "jwks", [leaf], key)
@@ -48,6 +53,25 @@ class JWKSServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_POST(self):
+                owner.requests += 1
+                length = int(self.headers.get("Content-Length", "0"))
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                expected = "Basic " + base64.b64encode(":".join(owner.client).encode()).decode()
+                if self.path != "/introspect" or owner.down:
+                    self.send_error(503)
+                    return
+                if self.headers.get("Authorization") != expected:
+                    self.send_error(401)
+                    return
+                token = form.get("token", [""])[0]
+                body = json.dumps(owner.opaque.get(token, {"active": False})).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def log_message(self, *args):
                 pass
 
@@ -56,6 +80,7 @@ class JWKSServer:
         context.load_cert_chain(cert, keyfile)
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.url = f"https://localhost:{self.httpd.server_address[1]}/jwks"
+        self.introspection_url = self.url.replace("/jwks", "/introspect")
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 

@@ -420,3 +420,65 @@ def test_jwks_file_is_reread_on_sighup(daemon_factory, oauth_issuer, tmp_path_fa
     d.sighup()
     assert d.wait_log("config.reloaded", start=start), d.log()[-2000:]
     assert login().startswith(b"+OK Logged in")
+
+
+# -- RFC 7662 introspection of opaque tokens ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def introspecting(daemon_factory, oauth_issuer, tmp_path_factory):  # noqa: F811
+    issuer, server = oauth_issuer
+    secret = tmp_path_factory.mktemp("introspection") / "client-secret"
+    secret.write_text(server.client[1] + "\n")
+    secret.chmod(0o600)
+    config = OAUTH_CONFIG.replace('"OAUTHBEARER", "XOAUTH2"]', '"OAUTHBEARER"]') \
+        .replace("ISSUER", issuer.issuer).replace("AUDIENCE", issuer.audience) \
+        .replace("JWKS_URL", server.url).replace("JWKS_CA", server.ca_file) + (
+            f'introspection_url = "{server.introspection_url}"\n'
+            f'introspection_client_id = "{server.client[0]}"\n'
+            f'introspection_secret_file = "{secret}"\n')
+    d = daemon_factory(config, users=(("alice", "Unused-Pass-1"), ("bob", "Unused-Pass-2")),
+                       name="oauth-introspect")
+    clients.store_message(d, "alice", BODY)
+    return d
+
+
+def test_opaque_token_is_introspected(introspecting, oauth_issuer):  # noqa: F811
+    issuer, server = oauth_issuer
+    server.opaque["opaque-alice-1"] = dict(issuer.claims(), active=True)
+    server.opaque["opaque-revoked"] = {"active": False}
+    server.opaque["opaque-bob"] = dict(issuer.claims(user="bob"), active=True)
+    cursor = LogCursor(introspecting)
+    result = curl_bearer(introspecting, "opaque-alice-1", IMPLICIT)
+    assert result.returncode == 0 and result.stdout == BODY, result.stderr
+    assert_logged_in(cursor, "OAUTHBEARER")
+    for token, reason in (("opaque-revoked", "token-inactive"),
+                          ("opaque-unknown", "token-inactive"),
+                          ("opaque-bob", "token-for-another-user")):
+        cursor = LogCursor(introspecting)
+        wire = Wire(introspecting)
+        reply = wire.command(b"AUTH OAUTHBEARER " + oauthbearer(token))
+        assert reply.startswith(b"+ ") and b"invalid_token" in base64.b64decode(reply[2:])
+        assert wire.command(b"AQ==") == b"-ERR [AUTH] Authentication failed"
+        wire.close()
+        assert cursor.wait("auth.failure", reason=reason), cursor.text()[-2000:]
+    # A JWT still goes to the keys.
+    wire = Wire(introspecting)
+    assert wire.command(b"AUTH OAUTHBEARER " + oauthbearer(issuer.token())).startswith(
+        b"+OK Logged in")
+    wire.close()
+
+
+def test_introspection_endpoint_refusing_us_is_a_temporary_failure(introspecting,
+                                                                   oauth_issuer):  # noqa: F811
+    issuer, server = oauth_issuer
+    server.opaque["opaque-alice-2"] = dict(issuer.claims(), active=True)
+    good = server.client
+    server.client = (good[0], "rotated-secret")     # our secret no longer matches
+    try:
+        wire = Wire(introspecting)
+        reply = wire.command(b"AUTH OAUTHBEARER " + oauthbearer("opaque-alice-2"))
+        assert reply.startswith(b"-ERR [SYS/TEMP]"), reply
+        wire.close()
+    finally:
+        server.client = good
+    assert "Introspection-Secret-1" not in introspecting.log()

@@ -20,7 +20,7 @@ from securepop.auth.jwks import FileKeys
 from securepop.auth.oauth2 import BearerChecker, BearerValidator, TokenRefused, build_validator
 from securepop.auth.oauth2_settings import OAuth2Settings
 from securepop.auth.records import UserRecord
-from securepop.errors import ConfigError
+from securepop.errors import ConfigError, SourceUnavailable
 from securepop.sasl.oauth import BearerCredentials
 from securepop.testing.oauth import Issuer, hmac_token, unsigned_token
 
@@ -192,15 +192,22 @@ audience = "pop.test"
 
 
 def test_config_needs_issuer_audience_and_keys(tmp_path):
-    with pytest.raises(ConfigError, match="auth.oauth2.jwks_url: exactly one"):
+    with pytest.raises(ConfigError, match="auth.oauth2.jwks_url: one of jwks_url, jwks_file"):
         config.parse(BASE, "f.toml")
+    with pytest.raises(ConfigError, match="exclude each other"):
+        config.parse(BASE + 'jwks_url = "https://i.test/k"\njwks_file = "k.json"\n', "f.toml")
     with pytest.raises(ConfigError, match=r"f.toml.*auth.oauth2.issuer: is required"):
         config.parse(BASE.replace('issuer = "https://issuer.test/"', ""), "f.toml")
     with pytest.raises(ConfigError, match="must be an https:// URL"):
         config.parse(BASE + 'jwks_url = "http://issuer.test/jwks"\n', "f.toml")
-    with pytest.raises(ConfigError, match="introspection"):
+    with pytest.raises(ConfigError, match="introspection_url.*go together"):
         config.parse(BASE + 'jwks_url = "https://i.test/k"\nintrospection_url = "https://i/"\n',
                      "f.toml")
+    with pytest.raises(ConfigError, match="introspection_url: must be an https"):
+        config.parse(BASE + 'introspection_url = "http://i/"\n', "f.toml")
+    only = config.parse(BASE + 'introspection_url = "https://i/in"\n'
+                        'introspection_client_id = "pop"\nintrospection_secret_file = "s"\n')
+    assert only.auth.oauth2.introspection_client_id == "pop"
     with pytest.raises(ConfigError, match="username_claim"):
         config.parse(BASE + 'jwks_url = "https://i.test/k"\nusername_claim = "name"\n', "f")
     with pytest.raises(ConfigError, match="unknown key"):
@@ -240,3 +247,84 @@ def test_a_reload_keeps_the_remote_keys(tmp_path):
     other = build_validator(config.parse(text.replace("i.test/k", "j.test/k"), "f"), clock,
                             _lower)
     assert other.keys is not first.keys
+
+
+# -- introspection (RFC 7662) ------------------------------------------------------------
+
+class Introspector:
+    def __init__(self, answer):
+        self.answer, self.asked = answer, []
+
+    def introspect(self, token):
+        self.asked.append(token)
+        if isinstance(self.answer, Exception):
+            return defer.fail(self.answer)
+        return defer.succeed(dict(self.answer))
+
+
+def opaque(validator, answer, token="opaque-token-123"):
+    v = BearerValidator(validator.settings, validator.keys, validator.clock, _lower,
+                        Introspector(answer))
+    return outcome(v.validate(token)), v.introspector.asked
+
+
+def active(issuer, **changes):
+    claims = dict(issuer.claims(**changes), active=True)
+    return claims
+
+
+def test_opaque_token_is_introspected(issuer, validator):
+    assert opaque(validator, active(issuer)) == ("alice", ["opaque-token-123"])
+    # RFC 7662's "username" when the configured claim is absent.
+    answer = active(issuer, preferred_username=None, username="Bob")
+    assert opaque(validator, answer)[0] == "bob"
+    # A JWT still goes to the keys, not to the endpoint.
+    assert opaque(validator, {}, issuer.token()) == ("alice", [])
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"active": False}, "token-inactive"),
+    ({"active": "true"}, "token-inactive"),
+    ({"iss": "https://evil.test/"}, "token-wrong-issuer"),
+    ({"aud": "other"}, "token-wrong-audience"),
+    ({"aud": None}, "token-wrong-audience"),
+    ({"exp": int(time.time()) - 3600}, "token-expired"),
+    ({"scope": "openid"}, "token-missing-scope"),
+    ({"preferred_username": None}, "token-no-username"),
+])
+def test_introspection_answers_are_checked(issuer, validator, changes, reason):
+    answer = active(issuer)
+    for name, value in changes.items():
+        if value is None:
+            answer.pop(name)
+        else:
+            answer[name] = value
+    assert opaque(validator, answer)[0] == "refused:" + reason
+
+
+def test_opaque_token_without_introspection_is_malformed(validator):
+    assert outcome(validator.validate("opaque-token-123")) == "refused:token-malformed"
+
+
+def test_endpoint_down_is_unavailable_not_a_wrong_token(issuer, validator):
+    v = BearerValidator(validator.settings, validator.keys, validator.clock, _lower,
+                        Introspector(SourceUnavailable("introspection failed")))
+    failures = []
+    v.validate("opaque").addErrback(failures.append)
+    assert failures[0].check(SourceUnavailable) and not failures[0].check(TokenRefused)
+
+
+def test_build_validator_checks_the_secret_file(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("s3cr3t\n")
+    secret.chmod(0o644)
+    text = (BASE + 'introspection_url = "https://i.test/introspect"\n'
+            f'introspection_client_id = "pop"\nintrospection_secret_file = "{secret}"\n')
+    with pytest.raises(ConfigError, match="introspection_secret_file: .*chmod 600"):
+        build_validator(config.parse(text, "f.toml"), MemoryReactorClock(), _lower)
+    secret.chmod(0o600)
+    v = build_validator(config.parse(text, "f.toml"), MemoryReactorClock(), _lower)
+    assert v.keys is None and "s3cr3t" not in repr(v.introspector)
+    secret.write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        build_validator(config.parse(text, "f.toml"), MemoryReactorClock(), _lower)
