@@ -304,8 +304,8 @@ def test_audit_lists_bearer_mechanisms_under_tls_only(daemon):
     found = {f.check: f for f in result.findings}
     assert found["auth.bearer"].status == PASS, found["auth.bearer"].reason
     assert "OAUTHBEARER, XOAUTH2" in found["auth.bearer"].reason
-    assert "before TLS: none; under TLS: USER, PLAIN, LOGIN, SCRAM-SHA-256, OAUTHBEARER, XOAUTH2" == \
-        found["auth.mechanisms"].reason
+    assert found["auth.mechanisms"].reason == (
+        "before TLS: none; under TLS: USER, PLAIN, LOGIN, SCRAM-SHA-256, OAUTHBEARER, XOAUTH2")
 
 
 # -- docs/clients.rst, run as written ---------------------------------------------------------

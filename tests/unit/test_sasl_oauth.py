@@ -170,7 +170,8 @@ def test_a_line_over_16_kib_is_malformed(tmp_path, identity):  # noqa: F811
 
 @pytest.mark.parametrize("encode, name, dummy", [(oauthbearer, b"OAUTHBEARER", b"AQ=="),
                                                  (xoauth2, b"XOAUTH2", b"")])
-def test_refused_token_gets_rfc7628_error_then_err(tmp_path, identity, encode, name, dummy):  # noqa: F811,E501
+def test_refused_token_gets_rfc7628_error_then_err(
+        tmp_path, identity, encode, name, dummy):  # noqa: F811
     h = bearer_harness(tmp_path, identity)
     bad = ISSUER.token(aud="elsewhere")
     reply = h.send(b"AUTH " + name + b" " + encode(bad) + b"\r\n")
