@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from securepop.auth.oauth2_settings import OAuth2Settings, oauth2_problem
 from securepop.errors import ConfigError
 
 DEFAULT_DATA_DIR = "./securepop-data"
@@ -26,7 +27,8 @@ DEFAULT_LISTENERS = (
     ("tcp:1110:interface=127.0.0.1", "starttls"),
     ("tcp:1995:interface=127.0.0.1", "implicit"),
 )
-ALL_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "NTLM", "CRAM-MD5")
+ALL_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "NTLM", "CRAM-MD5",
+                  "OAUTHBEARER", "XOAUTH2")
 DEFAULT_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 
 
@@ -209,6 +211,7 @@ class AuthSettings:
     file: FileSourceSettings = FileSourceSettings()
     ldap: LDAPSettings = LDAPSettings()
     ad: LDAPSettings = AD_DEFAULTS
+    oauth2: OAuth2Settings = OAuth2Settings()
 
 
 @dataclass(frozen=True)
@@ -422,6 +425,9 @@ def _check(reader, settings):
         _check_lmtp(reader, settings, i, lmtp)
     if settings.auth.source in ("ldap", "ad"):
         _check_directory(reader, settings.auth)
+    problem = oauth2_problem(settings.auth)
+    if problem:
+        raise reader.error(*problem)
     if settings.auth.source == "ad":
         reason = ntlm_auth_problem(settings.auth)
         if reason:
@@ -549,7 +555,7 @@ def parse(text, path="<string>", data_dir=None):
         table = dict(table)
         subs = {}
         for sub, base in (("file", FileSourceSettings()), ("ldap", LDAPSettings()),
-                          ("ad", AD_DEFAULTS)):
+                          ("ad", AD_DEFAULTS), ("oauth2", OAuth2Settings())):
             if sub in table:
                 subs[sub] = reader.build(type(base), table.pop(sub), f"auth.{sub}", base)
         auth = reader.build(AuthSettings, table, "auth")

@@ -99,6 +99,22 @@ class IVerifiedCredentials(Interface):
     mechanism = Attribute("Name of the mechanism that verified them.")
 
 
+class IBearerCredentials(Interface):
+    """
+    An OAuth 2.0 bearer token (OAUTHBEARER, XOAUTH2) for the checker to
+    validate (L{securepop.auth.oauth2.BearerChecker}).
+    """
+
+    username = Attribute(
+        "The normalised authorization identity the client named (str), or "
+        "None: the token's user must equal it.")
+    token = Attribute("The bearer token (str).")
+    mechanism = Attribute("OAUTHBEARER or XOAUTH2.")
+    failureChallenge = Attribute(
+        "Bytes the server sends in a continuation when the token is refused "
+        "(RFC 7628 section 3.2.2), before the final -ERR.")
+
+
 class ISASLContext(Interface):
     """
     What a SASL exchange may know about its connection and ask of the

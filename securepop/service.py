@@ -36,9 +36,10 @@ from securepop.auth.cache import AuthCache
 from securepop.auth.gate import PenaltyGate
 from securepop.auth.ldap import LDAPCredentialSource
 from securepop.auth.penalty import FailurePenalty, UserLockout
+from securepop.auth.oauth2 import build_validator
 from securepop.auth.portal import MaildirRealm, build_portal
 from securepop.auth.userfile import FileCredentialSource
-from securepop.auth.usernames import for_settings
+from securepop.auth.usernames import for_settings, normalise_username
 from securepop.auth.verifyqueue import VerificationQueue
 from securepop.errors import ConfigError
 from securepop.interfaces import PLAINTEXT
@@ -134,6 +135,12 @@ def build_mechanisms(settings, source, server_secret=None):
         for name in keyed:
             mechanisms[name] = mechanisms[name].withServerSecret(server_secret)
     return mechanisms
+
+
+def build_bearer(settings, reactor):
+    """The OAuth 2.0 token validator, or None without OAUTHBEARER/XOAUTH2."""
+    return build_validator(settings, reactor, lambda raw: normalise_username(
+        raw, settings.auth, settings.server.hostname))
 
 
 def build_tls(settings, clock):
@@ -234,7 +241,7 @@ def build_context(settings, reactor, pool, verifications=None):
         cache = AuthCache(reactor, ttl=settings.auth.cache_ttl,
                           negative_ttl=min(5.0, settings.auth.cache_ttl),
                           max_entries=settings.auth.cache_max_entries)
-    portal = build_portal(source, realm, cache)
+    portal = build_portal(source, realm, cache, build_bearer(settings, reactor))
     tls = build_tls(settings, reactor)
     policy, limits = build_access(settings, reactor)
     penalty, gate, lockout = build_penalty(settings, reactor)

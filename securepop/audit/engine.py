@@ -43,6 +43,7 @@ from securepop.audit.judge import (
     judgeApopGreeting,
     judgeKey,
     judgeSignature,
+    judge_bearer,
     mechanismsOf,
     shorten,
 )
@@ -427,6 +428,7 @@ class Audit:
             parts.append(f"under TLS: {', '.join(under) or 'none'}")
         r.add("auth.mechanisms", INFO, "; ".join(parts) or "none announced")
         r.add("auth.password-exposing", INFO, describe_exposure(before + under))
+        r.add("auth.bearer", *judge_bearer(before, under))
         if self.cleartextAccepted:
             r.add("auth.cleartext", FAIL,
                   "password-exposing login usable without TLS: "

@@ -250,3 +250,25 @@ def describe_exposure(names):
     if unknown:
         text += f"; unknown: {', '.join(unknown)}"
     return text
+
+
+#: SASL mechanisms that carry an OAuth 2.0 bearer token (RFC 7628, XOAUTH2).
+BEARER_MECHANISMS = ("OAUTHBEARER", "XOAUTH2")
+
+
+def judge_bearer(before, under):
+    """
+    @param before: login methods announced before TLS.
+    @param under: login methods announced under TLS.
+    @return: (status, reason) of C{auth.bearer}: a WARN when a bearer token
+        mechanism is offered before TLS (a token is a password, valid until
+        it expires, for every service that accepts it).
+    """
+    early = [m for m in BEARER_MECHANISMS if m in before]
+    late = [m for m in BEARER_MECHANISMS if m in under]
+    if early:
+        return WARN, (f"bearer token mechanisms offered before TLS: {', '.join(early)} "
+                      "(a token is a password: offer them only under TLS)")
+    if late:
+        return PASS, f"bearer token mechanisms offered only under TLS: {', '.join(late)}"
+    return INFO, "no bearer token mechanism (OAUTHBEARER, XOAUTH2) offered"

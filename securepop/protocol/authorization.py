@@ -226,6 +226,9 @@ class AuthorizationCommands:
 
     def _auth_continue(self, line):
         name = self._exchange_mech
+        if self._exchange is _AWAITING_DUMMY:   # counted at the error challenge
+            self._exchange = None
+            return self.sendLine(R.LOGIN_FAILED)
         if line == b"*":
             _abort_exchange(self._exchange)
             self._exchange = None
@@ -426,6 +429,9 @@ class AuthorizationCommands:
                 self.sendLine(R.MAILBOX_UNAVAILABLE)
                 return None
             if f.check(UnauthorizedLogin):
+                challenge = getattr(credentials, "failureChallenge", None)
+                if challenge is not None:
+                    return _bearer_refused(self, mechanism, user, _reason(f), challenge)
                 return self._login_failed(mechanism, user, _reason(f))
             events.log.failure("Login error", failure=f)
             self.sendLine(R.INTERNAL)
@@ -475,6 +481,32 @@ class AuthorizationCommands:
             self._abort(R.TOO_MANY_ATTEMPTS)
         elif reply is not None:
             self.sendLine(reply)
+
+
+class _AwaitingDummy:
+    """After a bearer error challenge: the client's next line only ends the AUTH."""
+
+    username = None
+
+    def abort(self):
+        """Nothing is held."""
+
+
+_AWAITING_DUMMY = _AwaitingDummy()
+
+
+def _bearer_refused(session, mechanism, user, reason, challenge):
+    """
+    RFC 7628 section 3.2.2: a refused bearer token gets the error JSON as a
+    continuation; the client's dummy response then gets the C{-ERR}.  The
+    failure counts now, so a client that hangs up instead of answering has
+    paid for its guess all the same.
+    """
+    session._login_failed(mechanism, user, reason, reply=None)
+    if session.state != CLOSED:
+        session._exchange, session._exchange_mech = _AWAITING_DUMMY, mechanism
+        session.sendLine(b"+ " + base64.b64encode(challenge))
+    return defer.succeed(None)
 
 
 def _decode64(data):

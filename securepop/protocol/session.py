@@ -12,6 +12,7 @@ L{securepop.protocol.authorization} and L{securepop.protocol.transaction}.
 
 from __future__ import annotations
 
+import re
 import time
 
 from twisted.internet import defer
@@ -22,6 +23,7 @@ from zope.interface import implementer
 
 from securepop import events
 from securepop.access.limits import LimitExceeded
+from securepop.auth.oauth2_settings import BEARER_MECHANISMS
 from securepop.protocol import responses as R
 from securepop.protocol.authorization import AuthorizationCommands
 from securepop.protocol.commands import command, lookup, redact
@@ -31,6 +33,8 @@ from securepop.tls.contextfactory import tls_facts
 
 MAX_COMMAND_LINE = 255          # RFC 2449, including CRLF
 MAX_AUTH_LINE = 8 * 1024        # an AUTH continuation (NTLM tokens are ~1-2 KiB)
+MAX_BEARER_LINE = 16 * 1024     # OAUTHBEARER/XOAUTH2 under TLS: Microsoft 365 tokens pass 2 KiB
+_BEARER_AUTH = re.compile(rb"AUTH +(OAUTHBEARER|XOAUTH2) ", re.IGNORECASE)
 MAX_BUFFER = 64 * 1024          # unread pipelined input before we stop reading
 COMMANDS_PER_TURN = 32          # pipelined commands answered before others get a turn
 CLOSE_GRACE = 5.0               # seconds a closing line may take to reach the client
@@ -66,6 +70,10 @@ class LineBuffer:
         self._data = b""
         self._discarding = False
 
+    def peek(self, size):
+        """The first C{size} unread octets (a line's command, before its end arrives)."""
+        return self._data[:size]
+
     def next_line(self, limit):
         """
         The next complete line without its terminator, or None.
@@ -91,6 +99,19 @@ class LineBuffer:
         if len(line) + 2 > limit:
             raise _LineTooLong()
         return line
+
+
+def _line_limit(session):
+    """The longest line the session reads now (with its CRLF)."""
+    if session._exchange is not None:
+        bearer = session._exchange_mech in BEARER_MECHANISMS
+        return MAX_BEARER_LINE if bearer else MAX_AUTH_LINE
+    # A bearer token in the initial response (AUTH XOAUTH2 <base64>): only
+    # under TLS, where these mechanisms are offered at all.
+    if session.secure and session.state == AUTHORIZATION and \
+            _BEARER_AUTH.match(session._input.peek(32)):
+        return MAX_BEARER_LINE
+    return MAX_COMMAND_LINE
 
 
 class IdleTimer:
@@ -359,7 +380,7 @@ class POP3Session(AuthorizationCommands, TransactionCommands, Protocol):
         self._drain()
 
     def _line_limit(self):
-        return MAX_AUTH_LINE if self._exchange is not None else MAX_COMMAND_LINE
+        return _line_limit(self)
 
     def _discard_input(self):
         """Forget everything unread (STLS: what came in cleartext after it)."""
