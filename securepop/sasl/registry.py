@@ -9,6 +9,7 @@ start, instead of failing every login later.
 
 from securepop.interfaces import CLEARTEXT_SECRET, PLAINTEXT
 from securepop.sasl.cram_md5 import CRAM_MD5
+from securepop.sasl.gssapi import GSSAPI
 from securepop.sasl.login import LOGIN
 from securepop.sasl.ntlm import NTLM, NTLM_DELEGATED
 from securepop.sasl.plain import PLAIN
@@ -25,6 +26,7 @@ MECHANISMS = {
     "SCRAM-SHA-256": (SCRAM_SHA_256_MECHANISM,),
     "SCRAM-SHA-256-PLUS": (SCRAM_SHA_256_PLUS_MECHANISM,),
     "NTLM": (NTLM_DELEGATED, NTLM),
+    "GSSAPI": (GSSAPI,),
 }
 
 #: Logins that are not SASL but need the source all the same.
