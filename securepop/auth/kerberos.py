@@ -103,11 +103,13 @@ class AcceptorExchange:
         context = self._context
 
         def work():
+            # python-gssapi hands back an acceptor's error token and raises
+            # the error at the next use of the context: both are inside.
             try:
                 out = context.step(token)
+                return out, context.complete
             except GSSError as e:
                 raise _refused(e) from None
-            return out, context.complete
 
         client = CLIENT.set(self._client)
         try:
