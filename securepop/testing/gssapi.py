@@ -28,15 +28,17 @@ class GSSAPIClient:
     @param authzid: the authorization id to ask for (C{""}: none).
     @param credentials: C{gssapi.Credentials}; default: the ticket cache
         (C{KRB5CCNAME}).
+    @raise gssapi.exceptions.GSSError: no ticket cache.
     """
 
     def __init__(self, hostname, service="pop", binding=None, authzid="", credentials=None):
         name = gssapi.Name(f"{service}@{hostname}", gssapi.NameType.hostbased_service)
+        self.credentials = credentials or gssapi.Credentials(usage="initiate")
         bindings = None
         if binding is not None:
             bindings = ChannelBindings(application_data=TLS_SERVER_END_POINT + binding)
         self.context = gssapi.SecurityContext(
-            name=name, usage="initiate", creds=credentials, channel_bindings=bindings,
+            name=name, usage="initiate", creds=self.credentials, channel_bindings=bindings,
             flags=gssapi.RequirementFlag.mutual_authentication
             | gssapi.RequirementFlag.integrity)
         self.authzid = authzid.encode("utf-8")

@@ -284,3 +284,21 @@ def test_unsafe_keytab_stops_the_start(samba, kdc, tmp_path):
     code, log = daemon.startFails()
     assert code != 0
     assert "auth.gssapi.keytab" in log and "0644" in log
+
+
+def test_test_auth_gssapi_uses_the_ticket_cache(gss, tickets):
+    from tests.integration.daemon import SECUREPOP
+
+    def testAuth(user, ticketEnv):
+        return gss.run([SECUREPOP, "--config", str(gss.config_path), "test-auth", user,
+                        "--mechanism", "gssapi"], env=dict(os.environ, **ticketEnv))
+
+    ok = testAuth("alice", tickets["alice"])
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert b"alice@EXAMPLE.TEST" in ok.stdout and b"result:         ok" in ok.stdout
+    outsider = testAuth("carol", tickets["carol"])          # not in the required group
+    assert outsider.returncode == 1, outsider.stdout + outsider.stderr
+    another = testAuth("dave", tickets["alice"])            # alice's ticket, dave's name
+    assert another.returncode == 1 and b"authzid-mismatch" in another.stdout
+    none = testAuth("alice", dict(tickets["alice"], KRB5CCNAME="FILE:/nonexistent/cc"))
+    assert none.returncode == 1 and b"kinit" in none.stdout
