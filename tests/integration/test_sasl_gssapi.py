@@ -302,3 +302,17 @@ def test_test_auth_gssapi_uses_the_ticket_cache(gss, tickets):
     assert another.returncode == 1 and b"authzid-mismatch" in another.stdout
     none = testAuth("alice", dict(tickets["alice"], KRB5CCNAME="FILE:/nonexistent/cc"))
     assert none.returncode == 1 and b"kinit" in none.stdout
+
+
+def test_audit_lists_kerberos(gss):
+    import json
+
+    from tests.integration.daemon import SECUREPOP
+
+    result = gss.run([SECUREPOP, "audit", f"pop3s://localhost:{gss.pop3s_port}",
+                      "--cafile", gss.ca_file, "--json"])
+    report = json.loads(result.stdout)
+    findings = {f["check"]: f for f in report["findings"]}
+    assert "GSSAPI" in findings["auth.mechanisms"]["reason"]
+    assert findings["auth.kerberos"]["status"] == "PASS"
+    assert "do not: GSSAPI" in findings["auth.password-exposing"]["reason"]
