@@ -316,3 +316,76 @@ def test_audit_lists_kerberos(gss):
     assert "GSSAPI" in findings["auth.mechanisms"]["reason"]
     assert findings["auth.kerberos"]["status"] == "PASS"
     assert "do not: GSSAPI" in findings["auth.password-exposing"]["reason"]
+
+
+def fetchmailGSSAPI(daemon, env, workdir):
+    """One fetchmail poll with C{auth gssapi} over STLS; @return: CompletedProcess."""
+    from tests.integration.clients import HOST
+
+    exe = require_tool("fetchmail")
+    workdir.mkdir(parents=True, exist_ok=True)
+    rc = workdir / "fetchmailrc"
+    # No "via ADDRESS": fetchmail asks for pop/<the name it connects to>.
+    rc.write_text(
+        "set no bouncemail\n"
+        f"poll {HOST} service {daemon.pop3_port} proto pop3 auth gssapi timeout 30\n"
+        "  user 'alice' is 'root' here\n"
+        f"  sslproto 'tls1.2+' sslcertck sslcertfile '{daemon.ca_file}'\n"
+        "  keep fetchall mda '/bin/true'\n")
+    rc.chmod(0o600)
+    env = dict(os.environ, FETCHMAILHOME=str(workdir), HOME=str(workdir), **env)
+    return daemon.run([exe, "-f", str(rc), "--nosyslog", "--invisible", "-v"], env=env)
+
+
+def test_gssapi_fetchmail(gss, tickets, tmp_path):
+    """fetchmail's C{auth gssapi} (Debian's fetchmail is built +GSS)."""
+    logged = len(gss.log())
+    result = fetchmailGSSAPI(gss, tickets["alice"], tmp_path / "alice")
+    out = result.stdout.decode(errors="replace")
+    assert result.returncode in (0, 1), out[-3000:] + gss.log()[logged:][-3000:]
+    assert "AUTH GSSAPI" in out and "1 message" in out
+    assert gss.wait_log("mechanism=GSSAPI", start=logged)
+    assert "auth.success" in gss.log()[logged:]
+    none = dict(tickets["alice"], KRB5CCNAME="FILE:" + str(tmp_path / "no-cache"))
+    refused = fetchmailGSSAPI(gss, none, tmp_path / "none")
+    assert refused.returncode == 3, refused.stdout.decode(errors="replace")[-2000:]
+
+
+def test_gssapi_mpop(gss, tickets, tmp_path):
+    """mpop's C{auth gssapi} (GNU SASL)."""
+    from tests.integration.clients import ADDRESS, HOST
+
+    exe = require_tool("mpop")
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    rc = tmp_path / "mpoprc"
+    rc.write_text(f"account default\nhost {HOST}\nport {gss.pop3s_port}\ntls on\n"
+                  f"tls_starttls off\ntls_trust_file {gss.ca_file}\nuser alice\n"
+                  f"auth gssapi\nkeep on\ndelivery maildir {maildir}\n")
+    rc.chmod(0o600)
+    proc = gss.run([exe, "-C", str(rc), "-d"],
+                   env=dict(os.environ, HOME=str(tmp_path), **tickets["alice"]))
+    out = proc.stdout.decode(errors="replace")
+    assert proc.returncode == 0, out[-3000:] + proc.stderr.decode(errors="replace")
+    assert "--> AUTH GSSAPI" in out
+    [stored] = [p.read_bytes() for p in (maildir / "new").iterdir()]
+    assert stored.endswith(b"\nSubject: kerberos\n\nticket accepted\n")
+
+
+def test_curl_binds_neither_ntlm_nor_gssapi(bound, gss, tickets):
+    """What docs/clients.rst says of curl: no channel binding, so "require" refuses it."""
+    from tests.integration.clients import ADDRESS, HOST
+
+    def curlGSSAPI(daemon):
+        exe = require_tool("curl")
+        return daemon.run([exe, "-sS", "--max-time", "30", "--resolve",
+                           f"{HOST}:{daemon.pop3s_port}:{ADDRESS}", "--cacert", daemon.ca_file,
+                           "--user", "alice@EXAMPLE.TEST:", "--login-options", "AUTH=GSSAPI",
+                           f"pop3s://{HOST}:{daemon.pop3s_port}/"],
+                          env=dict(os.environ, **tickets["alice"]))
+
+    assert curlLogin(bound, "EXAMPLE\\alice", AD_ALICE, "AUTH=NTLM").returncode == 67
+    assert curlGSSAPI(bound).returncode == 67
+    assert curlLogin(gss, "EXAMPLE\\alice", AD_ALICE, "AUTH=NTLM").returncode == 0
+    assert curlGSSAPI(gss).returncode == 0
