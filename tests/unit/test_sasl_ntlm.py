@@ -662,7 +662,8 @@ def test_channel_binding_hash_is_what_pyspnego_sends():
     ("allow", WRONG, None, None),           # cannot tell without TLS
     ("off", WRONG, SERVER_END_POINT, None),
     ("off", None, SERVER_END_POINT, None),
-])
+], ids=["require-right", "require-none", "require-wrong", "require-no-tls", "allow-right",
+        "allow-none", "allow-wrong", "allow-wrong-no-tls", "off-wrong", "off-none"])
 def test_channel_binding_modes(mode, sent, ours, refusal):
     context = TLSContext(binding=ours, channel_binding=mode)
     if refusal is None:
@@ -692,7 +693,8 @@ def test_channel_binding_required_refuses_ntlmv1():
 
 
 @pytest.mark.parametrize("sent, refusal", [
-    (None, "channel-binding-missing"), (WRONG, "channel-binding-mismatch")])
+    (None, "channel-binding-missing"), (WRONG, "channel-binding-mismatch")],
+    ids=["none", "wrong"])
 def test_delegated_ntlm_checks_the_binding_before_the_dc_is_asked(sent, refusal):
     dc = FakeDomainController({"alice": nt_hash("secret")})
     context = TLSContext(channel_binding="require", delegate=dc)
