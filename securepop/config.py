@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from securepop.auth.keytab import gssapi_problem
+from securepop.auth.keytab import GSSAPISettings, gssapi_problem
 from securepop.errors import ConfigError
 
 DEFAULT_DATA_DIR = "./securepop-data"
@@ -183,14 +183,6 @@ def parse_ldap_url(url, section):
         raise ValueError(f"{url} is cleartext LDAP: use ldaps://, start_tls = true, "
                          "or insecure_cleartext = true")
     return host, port or (636 if use_ssl else 389), use_ssl, use_start_tls
-
-
-@dataclass(frozen=True)
-class GSSAPISettings:
-    """C{[auth.gssapi]}: Kerberos (RFC 4752) with the key of C{<service>/<server.hostname>}."""
-    keytab: str = ""                   # path; checked at start (L{securepop.auth.keytab})
-    service: str = "pop"
-    realms: tuple[str, ...] = ()       # users' accepted realms; empty: the keytab's
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,24 @@ MAX_KEYTAB_BYTES = 1024 * 1024
 _MAX_COMPONENTS = 16
 
 
+@dataclass(frozen=True)
+class GSSAPISettings:
+    """
+    C{[auth.gssapi]}: Kerberos (RFC 4752) with the key of
+    C{<service>/<server.hostname>}.  Kept apart from L{securepop.config} so
+    that module stays small; it builds and checks this section like the
+    others (L{gssapi_problem}).
+
+    @ivar keytab: the keytab's path (relative: to the data directory).
+    @ivar realms: the realms whose users may log in; empty: those the keytab
+        holds the service principal for.
+    """
+
+    keytab: str = ""
+    service: str = "pop"
+    realms: tuple[str, ...] = ()
+
+
 class KeytabError(ValueError):
     """A keytab that cannot be read or used; the text says why."""
 
