@@ -389,3 +389,23 @@ def test_curl_binds_neither_ntlm_nor_gssapi(bound, gss, tickets):
     assert curlGSSAPI(bound).returncode == 67
     assert curlLogin(gss, "EXAMPLE\\alice", AD_ALICE, "AUTH=NTLM").returncode == 0
     assert curlGSSAPI(gss).returncode == 0
+
+
+def test_gssapi_account_disabled_after_its_ticket_was_issued(samba, kdc, gss, krb5env):
+    """A ticket outlives the account: the directory still says no."""
+    from tests.integration import fixtures_samba as S
+
+    env = kdc.kinit("dave", S.USERS["dave"])
+    client = GSSAPIClient("localhost", credentials=credentials(env))
+    reply, pop = gssapiLogin(gss, client)
+    pop.close()
+    assert reply.startswith(OK), reply          # nested group member, enabled
+    conf = f"--configfile={samba.smb_conf}"
+    kdc._samba(["user", "disable", "dave", conf])
+    try:
+        client = GSSAPIClient("localhost", credentials=credentials(env))
+        reply, pop = gssapiLogin(gss, client)
+        pop.close()
+        assert reply.startswith(AUTH_FAILED), reply
+    finally:
+        kdc._samba(["user", "enable", "dave", conf])
