@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from securepop.auth.oauth2_settings import OAuth2Settings, oauth2_problem
+from securepop.auth.keytab import GSSAPISettings, gssapi_problem
 from securepop.errors import ConfigError
 
 DEFAULT_DATA_DIR = "./securepop-data"
@@ -28,7 +29,7 @@ DEFAULT_LISTENERS = (
     ("tcp:1995:interface=127.0.0.1", "implicit"),
 )
 ALL_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "NTLM", "CRAM-MD5",
-                  "OAUTHBEARER", "XOAUTH2")
+                  "OAUTHBEARER", "XOAUTH2", "GSSAPI")
 DEFAULT_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 
 
@@ -208,10 +209,12 @@ class AuthSettings:
     strip_domain: bool = False         # "DOMAIN\\user" and "user@domain" -> "user"
     cache_ttl: float = 3600.0          # a polling client stays warm; 0 = off
     cache_max_entries: int = 50000     # least recently used goes first
+    channel_binding: str = "allow"     # off | allow | require (NTLM, GSSAPI)
     file: FileSourceSettings = FileSourceSettings()
     ldap: LDAPSettings = LDAPSettings()
     ad: LDAPSettings = AD_DEFAULTS
     oauth2: OAuth2Settings = OAuth2Settings()
+    gssapi: GSSAPISettings = GSSAPISettings()
 
 
 @dataclass(frozen=True)
@@ -297,6 +300,7 @@ _CHOICES = {
     "tls.profile": ("modern", "intermediate", "legacy"),
     "auth.source": ("file", "ldap", "ad"),
     "auth.username_case": ("lower", "preserve"),
+    "auth.channel_binding": ("off", "allow", "require"),
     "access.mode": ("allow-listed", "deny-listed"),
     "access.dns_failure": ("no-match", "match", "decline"),
     "mail.on_delete": ("delete", "trash"),
@@ -428,6 +432,8 @@ def _check(reader, settings):
     problem = oauth2_problem(settings.auth)
     if problem:
         raise reader.error(*problem)
+    if "GSSAPI" in settings.auth.mechanisms and (problem := gssapi_problem(settings)):
+        raise reader.error(*problem)
     if settings.auth.source == "ad":
         reason = ntlm_auth_problem(settings.auth)
         if reason:
@@ -555,7 +561,8 @@ def parse(text, path="<string>", data_dir=None):
         table = dict(table)
         subs = {}
         for sub, base in (("file", FileSourceSettings()), ("ldap", LDAPSettings()),
-                          ("ad", AD_DEFAULTS), ("oauth2", OAuth2Settings())):
+                          ("ad", AD_DEFAULTS), ("oauth2", OAuth2Settings()),
+                          ("gssapi", GSSAPISettings())):
             if sub in table:
                 subs[sub] = reader.build(type(base), table.pop(sub), f"auth.{sub}", base)
         auth = reader.build(AuthSettings, table, "auth")

@@ -34,6 +34,7 @@ from securepop.access.rules import DomainRule, HostRule, RuleError, parseRules
 from securepop.auth.ad import ADCredentialSource
 from securepop.auth.cache import AuthCache
 from securepop.auth.gate import PenaltyGate
+from securepop.auth.kerberos import KerberosAcceptor
 from securepop.auth.ldap import LDAPCredentialSource
 from securepop.auth.penalty import FailurePenalty, UserLockout
 from securepop.auth.oauth2 import build_validator
@@ -49,7 +50,7 @@ from securepop.ops import limits as ops_limits
 from securepop.ops import metrics as ops_metrics
 from securepop.ops.protolog import ProtocolLog
 from securepop.ops.shutdown import add_graceful_shutdown
-from securepop.protocol.context import ServerContext
+from securepop.protocol.context import ServerContext, source_kinds
 from securepop.protocol.server import POP3Factory
 from securepop.sasl.registry import check_pairings, mechanism_for
 from securepop.sasl.scram import ScramSHA256Mechanism
@@ -114,14 +115,15 @@ def ntlm_verifier_of(source):
     return None
 
 
-def build_mechanisms(settings, source, server_secret=None):
+def build_mechanisms(settings, source, server_secret=None, gssapi=None):
     """
     The enabled SASL mechanisms the source can serve; an impossible pairing
     (e.g. CRAM-MD5 with Active Directory) stops the start.  Mechanisms that
     key something by the server secret (SCRAM's made-up salts) get it: the
-    data directory's one unless C{server_secret} is given.
+    data directory's one unless C{server_secret} is given.  GSSAPI needs
+    C{gssapi}, the Kerberos acceptor.
     """
-    capabilities = source.capabilities()
+    capabilities = source_kinds(source, gssapi)
     wanted = list(settings.auth.mechanisms)
     try:
         check_pairings(wanted + (["APOP"] if settings.auth.apop else []), capabilities)
@@ -223,7 +225,8 @@ def build_context(settings, reactor, pool, verifications=None):
     prepare_data_dir(settings)
     secret = serversecret.for_settings(settings)
     source = build_credential_source(settings, reactor, verifications or pool)
-    mechanisms = build_mechanisms(settings, source, secret)
+    gssapi = KerberosAcceptor.fromSettings(settings, verifications or pool)
+    mechanisms = build_mechanisms(settings, source, secret, gssapi)
     if settings.auth.user_pass and PLAINTEXT not in source.capabilities():
         raise ConfigError(settings.path or "(defaults)", "auth.user_pass",
                           f"the {source.name} source cannot verify passwords")
@@ -250,7 +253,7 @@ def build_context(settings, reactor, pool, verifications=None):
     return ServerContext(settings, reactor, portal, source, mechanisms, tls=tls,
                          policy=policy, limits=limits, penalty=penalty, gate=gate,
                          lockout=lockout, ntlm_delegate=delegate,
-                         verifications=verifications)
+                         verifications=verifications, gssapi=gssapi)
 
 
 class SecurePOPService(service.MultiService):

@@ -38,6 +38,7 @@ from securepop.audit.judge import (
     judge_capa_after_stls,
     judge_cleartext_probe,
     judge_expiry,
+    judge_kerberos,
     judge_suite_answer,
     judge_version,
     judgeApopGreeting,
@@ -438,6 +439,7 @@ class Audit:
         else:
             r.add("auth.cleartext", PASS,
                   "no password-exposing login (USER/PASS, PLAIN, LOGIN) usable without TLS")
+        r.add("auth.kerberos", *judge_kerberos(before, under))
 
     def _login(self):
         r = self.result

@@ -91,6 +91,25 @@ def exposingMechanisms(names):
     return exposing, safe, unknown
 
 
+def judge_kerberos(before, under):
+    """
+    @param before: login methods announced before TLS.
+    @param under: login methods announced under TLS.
+    @return: (status, reason) of C{auth.kerberos}: whether the Integrated
+        Windows Authentication offered is Kerberos (GSSAPI), or NTLM alone,
+        which Windows is phasing out.
+    """
+    names = list(dict.fromkeys(before + under))
+    if "GSSAPI" in names:
+        where = "before and under TLS" if "GSSAPI" in before and "GSSAPI" in under else \
+            "before TLS" if "GSSAPI" in before else "under TLS"
+        return PASS, f"Kerberos (GSSAPI) offered {where}"
+    if "NTLM" in names:
+        return INFO, ("NTLM offered without Kerberos (GSSAPI): Windows is phasing NTLM "
+                      "out; offer GSSAPI with a keytab")
+    return INFO, "no Integrated Windows Authentication (GSSAPI, NTLM) offered"
+
+
 def classifyCleartextAnswer(response):
     """
     Judge the answer to a USER or AUTH probe sent before TLS.

@@ -38,6 +38,9 @@ from securepop.tls.transport import startTLS
 POLICY_REFUSALS = {
     "ntlmv1-refused": "the client sent NTLMv1: use NTLMv2 (or PLAIN/SCRAM over TLS)",
     "lm-refused": "the client sent only an LM response: use NTLMv2",
+    "channel-binding-missing": "auth.channel_binding = require and the client did not bind "
+                               "its login to the TLS channel: use a client with Extended "
+                               "Protection (docs/clients.rst)",
     "secret-missing": "no stored secret for this mechanism: set the password again "
                       "with securepop --config FILE user passwd, or use PLAIN over TLS",
 }
@@ -70,6 +73,9 @@ class SASLContext:
 
     def ntlmDelegate(self):
         return self._session.ctx.ntlm_delegate()
+
+    def gssapiAcceptor(self):
+        return self._session.ctx.gssapi_acceptor(self._session.peer)
 
     def checkPolicy(self, username):
         self._session.ctx.check_policy(username)

@@ -34,7 +34,10 @@ from securepop.tls.contextfactory import tls_facts
 MAX_COMMAND_LINE = 255          # RFC 2449, including CRLF
 MAX_AUTH_LINE = 8 * 1024        # an AUTH continuation (NTLM tokens are ~1-2 KiB)
 MAX_BEARER_LINE = 16 * 1024     # OAUTHBEARER/XOAUTH2 under TLS: Microsoft 365 tokens pass 2 KiB
-_BEARER_AUTH = re.compile(rb"AUTH +(OAUTHBEARER|XOAUTH2) ", re.IGNORECASE)
+#: GSSAPI: a Kerberos ticket carries the user's groups (its PAC); Windows
+#: allows tokens up to 48,000 octets (MaxTokenSize): 64,000 in base64, + CRLF.
+MAX_KERBEROS_LINE = 4 * ((48000 + 2) // 3) + 2
+_LONG_AUTH = re.compile(rb"AUTH +(OAUTHBEARER|XOAUTH2|GSSAPI) ", re.IGNORECASE)
 MAX_BUFFER = 64 * 1024          # unread pipelined input before we stop reading
 COMMANDS_PER_TURN = 32          # pipelined commands answered before others get a turn
 CLOSE_GRACE = 5.0               # seconds a closing line may take to reach the client
@@ -104,14 +107,22 @@ class LineBuffer:
 def _line_limit(session):
     """The longest line the session reads now (with its CRLF)."""
     if session._exchange is not None:
-        bearer = session._exchange_mech in BEARER_MECHANISMS
-        return MAX_BEARER_LINE if bearer else MAX_AUTH_LINE
-    # A bearer token in the initial response (AUTH XOAUTH2 <base64>): only
-    # under TLS, where these mechanisms are offered at all.
-    if session.secure and session.state == AUTHORIZATION and \
-            _BEARER_AUTH.match(session._input.peek(32)):
-        return MAX_BEARER_LINE
+        return _token_line_limit(session._exchange_mech, MAX_AUTH_LINE)
+    # A token in the initial response (AUTH XOAUTH2 <base64>): only under
+    # TLS, where bearer mechanisms are offered at all.
+    if session.secure and session.state == AUTHORIZATION:
+        found = _LONG_AUTH.match(session._input.peek(32))
+        if found:
+            return _token_line_limit(found.group(1).upper().decode("ascii"), MAX_COMMAND_LINE)
     return MAX_COMMAND_LINE
+
+
+def _token_line_limit(mechanism, otherwise):
+    if mechanism in BEARER_MECHANISMS:
+        return MAX_BEARER_LINE
+    if mechanism == "GSSAPI":
+        return MAX_KERBEROS_LINE
+    return otherwise
 
 
 class IdleTimer:

@@ -9,6 +9,7 @@ start, instead of failing every login later.
 
 from securepop.interfaces import CLEARTEXT_SECRET, PLAINTEXT
 from securepop.sasl.cram_md5 import CRAM_MD5
+from securepop.sasl.gssapi import GSSAPI
 from securepop.sasl.login import LOGIN
 from securepop.sasl.ntlm import NTLM, NTLM_DELEGATED
 from securepop.sasl.oauth import OAUTHBEARER, XOAUTH2
@@ -28,6 +29,7 @@ MECHANISMS = {
     "NTLM": (NTLM_DELEGATED, NTLM),
     "OAUTHBEARER": (OAUTHBEARER,),
     "XOAUTH2": (XOAUTH2,),
+    "GSSAPI": (GSSAPI,),
 }
 
 #: Logins that are not SASL but need the source all the same.

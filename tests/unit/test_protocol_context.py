@@ -76,3 +76,29 @@ def test_use_protocol_log_replaces_the_writer():
     ctx.use_protocol_log(None)
     ctx.protocol_log("session", "C", b"NOOP")
     assert len(written) == 1
+
+
+class Kerberos:
+    """A Kerberos acceptor double: hands out one exchange per peer."""
+
+    def newExchange(self, peer):
+        return ("exchange", peer)
+
+
+class Source:
+    def capabilities(self):
+        return frozenset({"plaintext"})
+
+
+def test_gssapi_acceptor_and_kinds_follow_the_keytab():
+    from securepop.interfaces import KERBEROS
+
+    clock = Clock()
+    with_keytab = ServerContext(SimpleNamespace(), clock, None, Source(), {}, gssapi=Kerberos())
+    without = ServerContext(SimpleNamespace(), clock, None, Source(), {})
+    assert with_keytab.kinds() == {"plaintext", KERBEROS}
+    assert without.kinds() == {"plaintext"}
+    assert with_keytab.gssapi_acceptor("192.0.2.7") == ("exchange", "192.0.2.7")
+    assert without.gssapi_acceptor("192.0.2.7") is None
+    without.replace_from(with_keytab)           # a reload that adds a keytab
+    assert without.gssapi_acceptor("192.0.2.8") == ("exchange", "192.0.2.8")
