@@ -34,12 +34,14 @@ from securepop.access.rules import DomainRule, HostRule, RuleError, parseRules
 from securepop.auth.ad import ADCredentialSource
 from securepop.auth.cache import AuthCache
 from securepop.auth.gate import PenaltyGate
+from securepop.auth.kerberos import KerberosAcceptor
 from securepop.auth.ldap import LDAPCredentialSource
+from securepop.auth.oauth2 import build_validator
 from securepop.auth.penalty import LockoutRule, PenaltyRule
 from securepop.auth.portal import MaildirRealm, build_portal
 from securepop.auth.sharedcache import SharedAuthCache
 from securepop.auth.userfile import FileCredentialSource
-from securepop.auth.usernames import for_settings
+from securepop.auth.usernames import for_settings, normalise_username
 from securepop.auth.verifyqueue import VerificationQueue
 from securepop.errors import ConfigError
 from securepop.interfaces import PLAINTEXT
@@ -49,7 +51,7 @@ from securepop.ops import limits as ops_limits
 from securepop.ops import metrics as ops_metrics
 from securepop.ops.protolog import ProtocolLog
 from securepop.ops.shutdown import add_graceful_shutdown
-from securepop.protocol.context import ServerContext
+from securepop.protocol.context import ServerContext, source_kinds
 from securepop.protocol.server import POP3Factory
 from securepop.sasl.registry import check_pairings, mechanism_for
 from securepop.sasl.scram import ScramSHA256Mechanism
@@ -115,14 +117,15 @@ def ntlm_verifier_of(source):
     return None
 
 
-def build_mechanisms(settings, source, server_secret=None):
+def build_mechanisms(settings, source, server_secret=None, gssapi=None):
     """
     The enabled SASL mechanisms the source can serve; an impossible pairing
     (e.g. CRAM-MD5 with Active Directory) stops the start.  Mechanisms that
     key something by the server secret (SCRAM's made-up salts) get it: the
-    data directory's one unless C{server_secret} is given.
+    data directory's one unless C{server_secret} is given.  GSSAPI needs
+    C{gssapi}, the Kerberos acceptor.
     """
-    capabilities = source.capabilities()
+    capabilities = source_kinds(source, gssapi)
     wanted = list(settings.auth.mechanisms)
     try:
         check_pairings(wanted + (["APOP"] if settings.auth.apop else []), capabilities)
@@ -136,6 +139,12 @@ def build_mechanisms(settings, source, server_secret=None):
         for name in keyed:
             mechanisms[name] = mechanisms[name].withServerSecret(server_secret)
     return mechanisms
+
+
+def build_bearer(settings, reactor):
+    """The OAuth 2.0 token validator, or None without OAUTHBEARER/XOAUTH2."""
+    return build_validator(settings, reactor, lambda raw: normalise_username(
+        raw, settings.auth, settings.server.hostname))
 
 
 def build_tls(settings, clock):
@@ -229,7 +238,8 @@ def build_context(settings, reactor, pool, verifications=None, state=None):
         state = build_state(settings, reactor)
     secret = serversecret.for_settings(settings)
     source = build_credential_source(settings, reactor, verifications or pool)
-    mechanisms = build_mechanisms(settings, source, secret)
+    gssapi = KerberosAcceptor.fromSettings(settings, verifications or pool)
+    mechanisms = build_mechanisms(settings, source, secret, gssapi)
     if settings.auth.user_pass and PLAINTEXT not in source.capabilities():
         raise ConfigError(settings.path or "(defaults)", "auth.user_pass",
                           f"the {source.name} source cannot verify passwords")
@@ -253,7 +263,7 @@ def build_context(settings, reactor, pool, verifications=None, state=None):
             # the server secret every node shares).
             shared = SharedAuthCache(state, secret, reactor, ttl=cache.ttl,
                                      negative_ttl=cache.negative_ttl)
-    portal = build_portal(source, realm, cache, shared)
+    portal = build_portal(source, realm, cache, build_bearer(settings, reactor), shared)
     tls = build_tls(settings, reactor)
     policy, limits = build_access(settings, reactor)
     penalty, gate, lockout = build_penalty(settings, reactor, state)
@@ -262,7 +272,7 @@ def build_context(settings, reactor, pool, verifications=None, state=None):
     return ServerContext(settings, reactor, portal, source, mechanisms, tls=tls,
                          policy=policy, limits=limits, penalty=penalty, gate=gate,
                          lockout=lockout, ntlm_delegate=delegate,
-                         verifications=verifications, state=state)
+                         verifications=verifications, gssapi=gssapi, state=state)
 
 
 class SecurePOPService(service.MultiService):

@@ -25,7 +25,7 @@ from securepop.errors import SASLError, SourceUnavailable, StateUnavailable, Ver
 from securepop.interfaces import ISASLContext
 from securepop.protocol import responses as R
 from securepop.protocol.commands import command
-from securepop.protocol.login import LoginOutcome
+from securepop.protocol.login import _AWAITING_DUMMY, LoginOutcome
 from securepop.protocol.states import AUTHORIZATION, CLOSED
 from securepop.sasl.apop import APOPCredentials
 from securepop.sasl.base import Challenge
@@ -59,6 +59,9 @@ class SASLContext:
 
     def ntlmDelegate(self):
         return self._session.ctx.ntlm_delegate()
+
+    def gssapiAcceptor(self):
+        return self._session.ctx.gssapi_acceptor(self._session.peer)
 
     def checkPolicy(self, username):
         self._session.ctx.check_policy(username, self._session._ticket)
@@ -224,6 +227,9 @@ class AuthorizationCommands(LoginOutcome):
 
     def _auth_continue(self, line):
         name = self._exchange_mech
+        if self._exchange is _AWAITING_DUMMY:   # counted at the error challenge
+            self._exchange = None
+            return self.sendLine(R.LOGIN_FAILED)
         if line == b"*":
             _abort_exchange(self._exchange)
             self._exchange = None

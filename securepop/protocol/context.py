@@ -22,12 +22,22 @@ from securepop.auth.penalty import address_key
 from securepop.auth.portal import LoginMind
 from securepop.auth.verifyqueue import ALIVE, CLIENT
 from securepop.errors import StateUnavailable
-from securepop.interfaces import ISecureMailbox
+from securepop.interfaces import KERBEROS, ISecureMailbox
 from securepop.protocol.states import AUTHORIZATION
 from securepop.state.memory import MemoryStateStore
 from securepop.state.slots import SlotLease
 
 STATE_LOG_EVERY = 60.0      # seconds between two state.unavailable events
+
+
+def source_kinds(source, gssapi=None):
+    """
+    The credential kinds logins can use: the source's, plus KERBEROS when a
+    Kerberos acceptor (a keytab) is configured (GSSAPI needs the source only
+    to look the user up, which every source can).
+    """
+    kinds = frozenset(source.capabilities())
+    return kinds | {KERBEROS} if gssapi is not None else kinds
 
 
 class ServerContext:
@@ -55,7 +65,7 @@ class ServerContext:
     def __init__(self, settings, clock, portal, source, mechanisms, tls=None,
                  policy=None, limits=None, penalty=None, lockout=None,
                  metrics=None, protocol_log=None, ntlm_delegate=None, gate=None,
-                 verifications=None, state=None):
+                 verifications=None, gssapi=None, state=None):
         self.settings = settings
         self.state = state if state is not None else MemoryStateStore(clock)
         self._new_lease = holder_ids()
@@ -74,6 +84,7 @@ class ServerContext:
         self.metrics = metrics
         self._protocol_log = protocol_log
         self._ntlm_delegate = ntlm_delegate
+        self._gssapi = gssapi
         self.sessions = set()
 
     @property
@@ -169,7 +180,7 @@ class ServerContext:
 
         allow_cleartext = session.listener.insecure_allow_cleartext or \
             not self.settings.tls.require_secure_channel
-        offered = mechanisms_for(self.settings.auth.mechanisms, self.source.capabilities(),
+        offered = mechanisms_for(self.settings.auth.mechanisms, self.kinds(),
                                  session.secure, allow_cleartext)
         return [m.name for m in offered if m.name in self.mechanisms]
 
@@ -318,6 +329,16 @@ class ServerContext:
             return None
         return self._ntlm_delegate()
 
+    def kinds(self):
+        """What logins can be verified with: the source's kinds, and KERBEROS with a keytab."""
+        return source_kinds(self.source, self._gssapi)
+
+    def gssapi_acceptor(self, peer):
+        """A fresh GSS-API acceptor context charged to C{peer}, or None without a keytab."""
+        if self._gssapi is None:
+            return None
+        return self._gssapi.newExchange(peer)
+
     # -- reload --------------------------------------------------------------------
 
     def replace_from(self, fresh):
@@ -338,6 +359,7 @@ class ServerContext:
         self.tls = fresh.tls
         self.policy = fresh.policy
         self._ntlm_delegate = fresh._ntlm_delegate
+        self._gssapi = fresh._gssapi
         # The counts live in the store, which stays; only the rules change.
         self.limits = fresh.limits
         self.penalty = fresh.penalty

@@ -9,6 +9,8 @@ reason goes to the log.
 
 from __future__ import annotations
 
+import base64
+
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError
@@ -26,6 +28,9 @@ from securepop.protocol.states import CLOSED
 POLICY_REFUSALS = {
     "ntlmv1-refused": "the client sent NTLMv1: use NTLMv2 (or PLAIN/SCRAM over TLS)",
     "lm-refused": "the client sent only an LM response: use NTLMv2",
+    "channel-binding-missing": "auth.channel_binding = require and the client did not bind "
+                               "its login to the TLS channel: use a client with Extended "
+                               "Protection (docs/clients.rst)",
     "secret-missing": "no stored secret for this mechanism: set the password again "
                       "with securepop --config FILE user passwd, or use PLAIN over TLS",
 }
@@ -90,6 +95,9 @@ class LoginOutcome:
                 self.sendLine(R.MAILBOX_UNAVAILABLE)
                 return None
             if f.check(UnauthorizedLogin):
+                challenge = getattr(credentials, "failureChallenge", None)
+                if challenge is not None:
+                    return _bearer_refused(self, mechanism, user, _reason(f), challenge)
                 return self._login_failed(mechanism, user, _reason(f))
             events.log.failure("Login error", failure=f)
             self.sendLine(R.INTERNAL)
@@ -187,6 +195,32 @@ class LoginOutcome:
             self._abort(R.TOO_MANY_ATTEMPTS)
         elif reply is not None:
             self.sendLine(reply)
+
+
+class _AwaitingDummy:
+    """After a bearer error challenge: the client's next line only ends the AUTH."""
+
+    username = None
+
+    def abort(self):
+        """Nothing is held."""
+
+
+_AWAITING_DUMMY = _AwaitingDummy()
+
+
+def _bearer_refused(session, mechanism, user, reason, challenge):
+    """
+    RFC 7628 section 3.2.2: a refused bearer token gets the error JSON as a
+    continuation; the client's dummy response then gets the C{-ERR}.  The
+    failure counts now, so a client that hangs up instead of answering has
+    paid for its guess all the same.
+    """
+    session._login_failed(mechanism, user, reason, reply=None)
+    if session.state != CLOSED:
+        session._exchange, session._exchange_mech = _AWAITING_DUMMY, mechanism
+        session.sendLine(b"+ " + base64.b64encode(challenge))
+    return defer.succeed(None)
 
 
 def _reason(failure):

@@ -17,7 +17,7 @@ from securepop.errors import StateUnavailable
 from securepop.protocol.context import ServerContext
 from securepop.state.memory import MemoryStateStore
 from tests.unit.protocol_harness import (  # noqa: F401 (fixtures)
-    PASSWORD, Harness, identity, login, secure,
+    PASSWORD, Harness, identity, login,
 )
 
 
@@ -311,3 +311,29 @@ def test_a_locked_out_user_is_refused_before_the_check_with_one_read(tmp_path, i
     h.send(b"USER bob\r\n")
     assert h.send(b"PASS x\r\n") == [b"-ERR [AUTH] Authentication failed"]
     assert len(h.source.verified) == verified + 1      # another user is checked
+
+
+class Kerberos:
+    """A Kerberos acceptor double: hands out one exchange per peer."""
+
+    def newExchange(self, peer):
+        return ("exchange", peer)
+
+
+class Source:
+    def capabilities(self):
+        return frozenset({"plaintext"})
+
+
+def test_gssapi_acceptor_and_kinds_follow_the_keytab():
+    from securepop.interfaces import KERBEROS
+
+    clock = Clock()
+    with_keytab = ServerContext(SimpleNamespace(), clock, None, Source(), {}, gssapi=Kerberos())
+    without = ServerContext(SimpleNamespace(), clock, None, Source(), {})
+    assert with_keytab.kinds() == {"plaintext", KERBEROS}
+    assert without.kinds() == {"plaintext"}
+    assert with_keytab.gssapi_acceptor("192.0.2.7") == ("exchange", "192.0.2.7")
+    assert without.gssapi_acceptor("192.0.2.7") is None
+    without.replace_from(with_keytab)           # a reload that adds a keytab
+    assert without.gssapi_acceptor("192.0.2.8") == ("exchange", "192.0.2.8")
