@@ -11,6 +11,7 @@ from securepop.access.rules import parseRules
 from securepop.auth.userfile import UsersFile
 from securepop.auth.usernames import for_settings, index_names
 from securepop.mailstore.paths import mailbox_path
+from securepop.state import build as state_build
 from securepop.tls import certificates
 
 
@@ -49,6 +50,16 @@ def report(settings):
         warnings.append("APOP is enabled: the server must keep a password-equivalent secret")
     if s.auth.insecure_allow_ntlmv1:
         warnings.append("auth.insecure_allow_ntlmv1: NTLMv1 responses can be cracked")
+    if "GSSAPI" in s.auth.mechanisms:
+        g = s.auth.gssapi
+        lines.append(f"auth.gssapi: keytab {s.resolve(g.keytab)}, principal "
+                     f"{g.service}/{s.server.hostname}, realms "
+                     f"{', '.join(g.realms) or '(those of the keytab)'}")
+    if {"GSSAPI", "NTLM"} & set(s.auth.mechanisms):
+        lines.append(f"auth.channel_binding = {s.auth.channel_binding}")
+        if s.auth.channel_binding == "off":
+            warnings.append("auth.channel_binding = off: a relayed NTLM or Kerberos login "
+                            "through another TLS connection is not detected")
     lines.append(f"access.mode = {s.access.mode}")
     try:
         for number, rule in enumerate(parseRules(s.access.rules), 1):
@@ -65,6 +76,7 @@ def report(settings):
     lines.append(f"limits: total={s.access.max_connections} "
                  f"per-ip={s.access.max_connections_per_ip} "
                  f"per-user={s.access.max_connections_per_user}")
+    lines.append(state_build.describe(s))
     # Certificate.
     try:
         if s.tls.certificate:

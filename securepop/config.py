@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from securepop.auth.oauth2_settings import OAuth2Settings, oauth2_problem
+from securepop.auth.keytab import GSSAPISettings, gssapi_problem
 from securepop.errors import ConfigError
 
 DEFAULT_DATA_DIR = "./securepop-data"
@@ -26,7 +28,8 @@ DEFAULT_LISTENERS = (
     ("tcp:1110:interface=127.0.0.1", "starttls"),
     ("tcp:1995:interface=127.0.0.1", "implicit"),
 )
-ALL_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "NTLM", "CRAM-MD5")
+ALL_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "NTLM", "CRAM-MD5",
+                  "OAUTHBEARER", "XOAUTH2", "GSSAPI")
 DEFAULT_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
 
 
@@ -206,9 +209,12 @@ class AuthSettings:
     strip_domain: bool = False         # "DOMAIN\\user" and "user@domain" -> "user"
     cache_ttl: float = 3600.0          # a polling client stays warm; 0 = off
     cache_max_entries: int = 50000     # least recently used goes first
+    channel_binding: str = "allow"     # off | allow | require (NTLM, GSSAPI)
     file: FileSourceSettings = FileSourceSettings()
     ldap: LDAPSettings = LDAPSettings()
     ad: LDAPSettings = AD_DEFAULTS
+    oauth2: OAuth2Settings = OAuth2Settings()
+    gssapi: GSSAPISettings = GSSAPISettings()
 
 
 @dataclass(frozen=True)
@@ -294,6 +300,7 @@ _CHOICES = {
     "tls.profile": ("modern", "intermediate", "legacy"),
     "auth.source": ("file", "ldap", "ad"),
     "auth.username_case": ("lower", "preserve"),
+    "auth.channel_binding": ("off", "allow", "require"),
     "access.mode": ("allow-listed", "deny-listed"),
     "access.dns_failure": ("no-match", "match", "decline"),
     "mail.on_delete": ("delete", "trash"),
@@ -422,6 +429,11 @@ def _check(reader, settings):
         _check_lmtp(reader, settings, i, lmtp)
     if settings.auth.source in ("ldap", "ad"):
         _check_directory(reader, settings.auth)
+    problem = oauth2_problem(settings.auth)
+    if problem:
+        raise reader.error(*problem)
+    if "GSSAPI" in settings.auth.mechanisms and (problem := gssapi_problem(settings)):
+        raise reader.error(*problem)
     if settings.auth.source == "ad":
         reason = ntlm_auth_problem(settings.auth)
         if reason:
@@ -549,7 +561,8 @@ def parse(text, path="<string>", data_dir=None):
         table = dict(table)
         subs = {}
         for sub, base in (("file", FileSourceSettings()), ("ldap", LDAPSettings()),
-                          ("ad", AD_DEFAULTS)):
+                          ("ad", AD_DEFAULTS), ("oauth2", OAuth2Settings()),
+                          ("gssapi", GSSAPISettings())):
             if sub in table:
                 subs[sub] = reader.build(type(base), table.pop(sub), f"auth.{sub}", base)
         auth = reader.build(AuthSettings, table, "auth")

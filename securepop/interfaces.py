@@ -17,9 +17,10 @@ NT_HASH = "nt-hash"                  # MD4(UTF-16LE(password)), 16 bytes
 SCRAM_SHA_256 = "scram-sha-256"      # ScramSecret (salt, iterations, keys)
 CLEARTEXT_SECRET = "cleartext-secret"  # APOP / CRAM-MD5 shared secret (bytes)
 NTLM_DELEGATE = "ntlm-delegate"      # NTLM verified by a domain controller
+KERBEROS = "kerberos"                # a service key (keytab) verifies the ticket
 
 CREDENTIAL_KINDS = frozenset(
-    {PLAINTEXT, NT_HASH, SCRAM_SHA_256, CLEARTEXT_SECRET, NTLM_DELEGATE}
+    {PLAINTEXT, NT_HASH, SCRAM_SHA_256, CLEARTEXT_SECRET, NTLM_DELEGATE, KERBEROS}
 )
 
 
@@ -99,6 +100,22 @@ class IVerifiedCredentials(Interface):
     mechanism = Attribute("Name of the mechanism that verified them.")
 
 
+class IBearerCredentials(Interface):
+    """
+    An OAuth 2.0 bearer token (OAUTHBEARER, XOAUTH2) for the checker to
+    validate (L{securepop.auth.oauth2.BearerChecker}).
+    """
+
+    username = Attribute(
+        "The normalised authorization identity the client named (str), or "
+        "None: the token's user must equal it.")
+    token = Attribute("The bearer token (str).")
+    mechanism = Attribute("OAUTHBEARER or XOAUTH2.")
+    failureChallenge = Attribute(
+        "Bytes the server sends in a continuation when the token is refused "
+        "(RFC 7628 section 3.2.2), before the final -ERR.")
+
+
 class ISASLContext(Interface):
     """
     What a SASL exchange may know about its connection and ask of the
@@ -143,6 +160,13 @@ class ISASLContext(Interface):
         @return: a fresh L{securepop.sasl.ntlm.INTLMDelegate} (one NTLM
             exchange verified by the domain controller), or None when the
             server has none.
+        """
+
+    def gssapiAcceptor():
+        """
+        @return: a fresh L{securepop.sasl.gssapi.IGSSAcceptorExchange} (one
+            Kerberos login checked with the keytab), or None when the server
+            has no keytab.
         """
 
 

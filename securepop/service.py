@@ -27,18 +27,21 @@ from zope.interface import implementer
 from securepop import config as configmodule
 from securepop import events, serversecret
 from securepop.access.dns import AccessResolver, makeTwistedResolver
-from securepop.access.limits import ConnectionLimits
+from securepop.access.limits import LimitRule
 from securepop.access.policy import AccessPolicy
 from securepop.access.proxy import ProxyProtocolFactory, parseTrustedProxies
 from securepop.access.rules import DomainRule, HostRule, RuleError, parseRules
 from securepop.auth.ad import ADCredentialSource
 from securepop.auth.cache import AuthCache
 from securepop.auth.gate import PenaltyGate
+from securepop.auth.kerberos import KerberosAcceptor
 from securepop.auth.ldap import LDAPCredentialSource
-from securepop.auth.penalty import FailurePenalty, UserLockout
+from securepop.auth.oauth2 import build_validator
+from securepop.auth.penalty import LockoutRule, PenaltyRule
 from securepop.auth.portal import MaildirRealm, build_portal
+from securepop.auth.sharedcache import SharedAuthCache
 from securepop.auth.userfile import FileCredentialSource
-from securepop.auth.usernames import for_settings
+from securepop.auth.usernames import for_settings, normalise_username
 from securepop.auth.verifyqueue import VerificationQueue
 from securepop.errors import ConfigError
 from securepop.interfaces import PLAINTEXT
@@ -48,10 +51,11 @@ from securepop.ops import limits as ops_limits
 from securepop.ops import metrics as ops_metrics
 from securepop.ops.protolog import ProtocolLog
 from securepop.ops.shutdown import add_graceful_shutdown
-from securepop.protocol.context import ServerContext
+from securepop.protocol.context import ServerContext, source_kinds
 from securepop.protocol.server import POP3Factory
 from securepop.sasl.registry import check_pairings, mechanism_for
 from securepop.sasl.scram import ScramSHA256Mechanism
+from securepop.state.build import build_state
 from securepop.schemes import HashParameters
 from securepop.tls import certificates
 from securepop.tls.contextfactory import ServerTLS
@@ -113,14 +117,15 @@ def ntlm_verifier_of(source):
     return None
 
 
-def build_mechanisms(settings, source, server_secret=None):
+def build_mechanisms(settings, source, server_secret=None, gssapi=None):
     """
     The enabled SASL mechanisms the source can serve; an impossible pairing
     (e.g. CRAM-MD5 with Active Directory) stops the start.  Mechanisms that
     key something by the server secret (SCRAM's made-up salts) get it: the
-    data directory's one unless C{server_secret} is given.
+    data directory's one unless C{server_secret} is given.  GSSAPI needs
+    C{gssapi}, the Kerberos acceptor.
     """
-    capabilities = source.capabilities()
+    capabilities = source_kinds(source, gssapi)
     wanted = list(settings.auth.mechanisms)
     try:
         check_pairings(wanted + (["APOP"] if settings.auth.apop else []), capabilities)
@@ -134,6 +139,12 @@ def build_mechanisms(settings, source, server_secret=None):
         for name in keyed:
             mechanisms[name] = mechanisms[name].withServerSecret(server_secret)
     return mechanisms
+
+
+def build_bearer(settings, reactor):
+    """The OAuth 2.0 token validator, or None without OAUTHBEARER/XOAUTH2."""
+    return build_validator(settings, reactor, lambda raw: normalise_username(
+        raw, settings.auth, settings.server.hostname))
 
 
 def build_tls(settings, clock):
@@ -187,19 +198,22 @@ def build_access(settings, reactor):
         index = e.index if isinstance(e, RuleError) else None
         key = "access.rules" if index is None else f"access.rules[{index}]"
         raise ConfigError(settings.path or "(defaults)", key, str(e))
-    limits = ConnectionLimits(a.max_connections, a.max_connections_per_ip,
-                              a.max_connections_per_user)
+    limits = LimitRule(a.max_connections, a.max_connections_per_ip,
+                       a.max_connections_per_user)
     return policy, limits
 
 
-def build_penalty(settings, clock):
-    """The failure penalty, the gate in front of every verification, the lockout."""
+def build_penalty(settings, clock, state):
+    """
+    The failure penalty and lockout rules, and the gate in front of every
+    verification; the counts they judge live in C{state} (an IStateStore).
+    """
     a = settings.auth
-    penalty = FailurePenalty(clock, base=a.failure_delay, maximum=a.failure_delay_max)
-    gate = PenaltyGate(clock, penalty, max_per_address=a.max_verifications_per_ip)
+    penalty = PenaltyRule(base=a.failure_delay, maximum=a.failure_delay_max)
+    gate = PenaltyGate(clock, state, penalty, max_per_address=a.max_verifications_per_ip)
     lockout = None
     if a.lockout_threshold:
-        lockout = UserLockout(clock, a.lockout_threshold, a.lockout_window)
+        lockout = LockoutRule(a.lockout_threshold, a.lockout_window)
     return penalty, gate, lockout
 
 
@@ -211,12 +225,21 @@ def build_verifications(settings, reactor):
                              max_per_client=a.max_verifications_per_ip)
 
 
-def build_context(settings, reactor, pool, verifications=None):
-    """Everything a session needs, from the settings."""
+def build_context(settings, reactor, pool, verifications=None, state=None):
+    """
+    Everything a session needs, from the settings.
+
+    @param state: the L{securepop.interfaces.IStateStore} to count in (the
+        process's one store, kept across reloads); a fresh memory store
+        when None.
+    """
     prepare_data_dir(settings)
+    if state is None:
+        state = build_state(settings, reactor)
     secret = serversecret.for_settings(settings)
     source = build_credential_source(settings, reactor, verifications or pool)
-    mechanisms = build_mechanisms(settings, source, secret)
+    gssapi = KerberosAcceptor.fromSettings(settings, verifications or pool)
+    mechanisms = build_mechanisms(settings, source, secret, gssapi)
     if settings.auth.user_pass and PLAINTEXT not in source.capabilities():
         raise ConfigError(settings.path or "(defaults)", "auth.user_pass",
                           f"the {source.name} source cannot verify passwords")
@@ -227,23 +250,29 @@ def build_context(settings, reactor, pool, verifications=None):
                          lockMethod=settings.mail.lock,
                          inlineOpenMax=settings.mail.inline_open_max_messages)
     realm = MaildirRealm(store)
-    cache = None
+    cache = shared = None
     if settings.auth.cache_ttl > 0:
         # A fresh cache (and HMAC key) for every context: a reload forgets
-        # every cached login.
+        # every cached login of this process.
         cache = AuthCache(reactor, ttl=settings.auth.cache_ttl,
                           negative_ttl=min(5.0, settings.auth.cache_ttl),
                           max_entries=settings.auth.cache_max_entries)
-    portal = build_portal(source, realm, cache)
+        if state.kind != "memory":
+            # The shared level: what one worker or node verified, the others
+            # trust for what is left of its TTL (keys and values MACed under
+            # the server secret every node shares).
+            shared = SharedAuthCache(state, secret, reactor, ttl=cache.ttl,
+                                     negative_ttl=cache.negative_ttl)
+    portal = build_portal(source, realm, cache, build_bearer(settings, reactor), shared)
     tls = build_tls(settings, reactor)
     policy, limits = build_access(settings, reactor)
-    penalty, gate, lockout = build_penalty(settings, reactor)
+    penalty, gate, lockout = build_penalty(settings, reactor, state)
     verifier = ntlm_verifier_of(source)
     delegate = verifier.newExchange if verifier is not None else None
     return ServerContext(settings, reactor, portal, source, mechanisms, tls=tls,
                          policy=policy, limits=limits, penalty=penalty, gate=gate,
                          lockout=lockout, ntlm_delegate=delegate,
-                         verifications=verifications)
+                         verifications=verifications, gssapi=gssapi, state=state)
 
 
 class SecurePOPService(service.MultiService):
@@ -264,7 +293,9 @@ class SecurePOPService(service.MultiService):
         self.reactor = reactor
         self.pool = BlockingPool(reactor, "securepop-blocking")
         self.verifications = build_verifications(settings, reactor)
-        self.context = build_context(settings, reactor, self.pool, self.verifications)
+        self.state = build_state(settings, reactor)
+        self.context = build_context(settings, reactor, self.pool, self.verifications,
+                                     self.state)
         self.listeners = []
         for listener in settings.listen:
             self._add_listener(listener)
@@ -313,6 +344,9 @@ class SecurePOPService(service.MultiService):
         ops_limits.raise_open_files_limit(self.settings)
         self.pool.start()
         self.verifications.start()
+        self.state.start().addErrback(
+            lambda f: events.emit("state.start_failed", "error", store=self.state.kind,
+                                  error=f.getErrorMessage()))
         self.context.policy.start()
         super().startService()
         for svc in self.listeners:
@@ -332,6 +366,7 @@ class SecurePOPService(service.MultiService):
         d = defer.maybeDeferred(super().stopService)
         d.addBoth(lambda r: (self.pool.stop(), self.verifications.stop(),
                              self.context.policy.stop(), r)[3])
+        d.addBoth(lambda r: self.state.stop().addBoth(lambda _: r))
         return d
 
     def reload(self):
@@ -340,7 +375,8 @@ class SecurePOPService(service.MultiService):
         try:
             fresh = configmodule.load(path, self.settings.server.data_dir) if path else \
                 self.settings
-            context = build_context(fresh, self.reactor, self.pool, self.verifications)
+            context = build_context(fresh, self.reactor, self.pool, self.verifications,
+                                    self.state)
             trusted = trusted_proxies(fresh)
         except Exception as e:
             events.emit("config.reload_failed", "error", error=str(e))

@@ -17,7 +17,7 @@ from securepop.access.dns import (
     ReverseResult,
     makeTwistedResolver,
 )
-from securepop.access.limits import ConnectionLimits, Lease, LimitExceeded
+from securepop.access.limits import LimitExceeded, LimitRule
 from securepop.access.policy import AccessPolicy
 from securepop.access.proxy import (
     ProxyHeader,
@@ -39,11 +39,10 @@ __all__ = [
     "DENY_LISTED",
     "AccessPolicy",
     "AccessResolver",
-    "ConnectionLimits",
     "Decision",
     "HostAddressWatcher",
-    "Lease",
     "LimitExceeded",
+    "LimitRule",
     "ProxyHeader",
     "ProxyHeaderError",
     "ProxyProtocolFactory",

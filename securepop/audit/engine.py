@@ -38,11 +38,13 @@ from securepop.audit.judge import (
     judge_capa_after_stls,
     judge_cleartext_probe,
     judge_expiry,
+    judge_kerberos,
     judge_suite_answer,
     judge_version,
     judgeApopGreeting,
     judgeKey,
     judgeSignature,
+    judge_bearer,
     mechanismsOf,
     shorten,
 )
@@ -427,6 +429,7 @@ class Audit:
             parts.append(f"under TLS: {', '.join(under) or 'none'}")
         r.add("auth.mechanisms", INFO, "; ".join(parts) or "none announced")
         r.add("auth.password-exposing", INFO, describe_exposure(before + under))
+        r.add("auth.bearer", *judge_bearer(before, under))
         if self.cleartextAccepted:
             r.add("auth.cleartext", FAIL,
                   "password-exposing login usable without TLS: "
@@ -436,6 +439,7 @@ class Audit:
         else:
             r.add("auth.cleartext", PASS,
                   "no password-exposing login (USER/PASS, PLAIN, LOGIN) usable without TLS")
+        r.add("auth.kerberos", *judge_kerberos(before, under))
 
     def _login(self):
         r = self.result

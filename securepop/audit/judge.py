@@ -91,6 +91,25 @@ def exposingMechanisms(names):
     return exposing, safe, unknown
 
 
+def judge_kerberos(before, under):
+    """
+    @param before: login methods announced before TLS.
+    @param under: login methods announced under TLS.
+    @return: (status, reason) of C{auth.kerberos}: whether the Integrated
+        Windows Authentication offered is Kerberos (GSSAPI), or NTLM alone,
+        which Windows is phasing out.
+    """
+    names = list(dict.fromkeys(before + under))
+    if "GSSAPI" in names:
+        where = "before and under TLS" if "GSSAPI" in before and "GSSAPI" in under else \
+            "before TLS" if "GSSAPI" in before else "under TLS"
+        return PASS, f"Kerberos (GSSAPI) offered {where}"
+    if "NTLM" in names:
+        return INFO, ("NTLM offered without Kerberos (GSSAPI): Windows is phasing NTLM "
+                      "out; offer GSSAPI with a keytab")
+    return INFO, "no Integrated Windows Authentication (GSSAPI, NTLM) offered"
+
+
 def classifyCleartextAnswer(response):
     """
     Judge the answer to a USER or AUTH probe sent before TLS.
@@ -250,3 +269,25 @@ def describe_exposure(names):
     if unknown:
         text += f"; unknown: {', '.join(unknown)}"
     return text
+
+
+#: SASL mechanisms that carry an OAuth 2.0 bearer token (RFC 7628, XOAUTH2).
+BEARER_MECHANISMS = ("OAUTHBEARER", "XOAUTH2")
+
+
+def judge_bearer(before, under):
+    """
+    @param before: login methods announced before TLS.
+    @param under: login methods announced under TLS.
+    @return: (status, reason) of C{auth.bearer}: a WARN when a bearer token
+        mechanism is offered before TLS (a token is a password, valid until
+        it expires, for every service that accepts it).
+    """
+    early = [m for m in BEARER_MECHANISMS if m in before]
+    late = [m for m in BEARER_MECHANISMS if m in under]
+    if early:
+        return WARN, (f"bearer token mechanisms offered before TLS: {', '.join(early)} "
+                      "(a token is a password: offer them only under TLS)")
+    if late:
+        return PASS, f"bearer token mechanisms offered only under TLS: {', '.join(late)}"
+    return INFO, "no bearer token mechanism (OAUTHBEARER, XOAUTH2) offered"

@@ -125,21 +125,22 @@ class AuthCache:
         remaining = entry[0] - self._clock.seconds()
         return 0 < remaining <= self.ttl * (1.0 - self.refresh_after)
 
-    def putPositive(self, key, value):
+    def putPositive(self, key, value, lifetime=None):
         """
-        Remember a successful outcome (e.g. a L{UserRecord}) for C{ttl}.
+        Remember a successful outcome (e.g. a L{UserRecord}) for C{ttl}, or
+        for the C{lifetime} an entry of the shared level has left.
         """
         if self.ttl > 0:
-            self._store(key, value, self.ttl)
+            self._store(key, value, min(self.ttl, lifetime or self.ttl))
 
-    def putNegative(self, key):
+    def putNegative(self, key, lifetime=None):
         """
-        Remember a refusal for C{negative_ttl}.  Never call this for an
-        outage (L{securepop.errors.SourceUnavailable}): an outage is not an
-        answer.
+        Remember a refusal for C{negative_ttl} (at most C{lifetime}).  Never
+        call this for an outage (L{securepop.errors.SourceUnavailable}): an
+        outage is not an answer.
         """
         if self.negative_ttl > 0:
-            self._store(key, NEGATIVE, self.negative_ttl)
+            self._store(key, NEGATIVE, min(self.negative_ttl, lifetime or self.negative_ttl))
 
     def discard(self, key):
         """

@@ -39,13 +39,20 @@ class PasswordChecker:
     entry, a refusal drops it.  A client polling every few minutes then
     never meets a cold login, and a password changed in a directory still
     stops working at most one TTL after the change.
+
+    With a L{securepop.auth.sharedcache.SharedAuthCache} (C{shared}: the
+    state store of several workers or nodes), a miss here asks the shared
+    level next (one round trip) before the source, and what the source
+    answers is shared: a client polling through any worker is verified
+    once per TTL.  An entry taken from it keeps the lifetime it has left.
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, source, cache=None):
+    def __init__(self, source, cache=None, shared=None):
         self.source = source
         self.cache = cache
+        self.shared = shared if cache is not None else None
         self._renewing = set()      # keys with a background check in flight
 
     def requestAvatarId(self, credentials):
@@ -66,22 +73,44 @@ class PasswordChecker:
             return defer.fail(UnauthorizedLogin("bad-password-cached"))
         if hit is not MISS:
             if self.cache.due(key) and key not in self._renewing:
-                self._renew(key, username, password)
+                self._renew(key, username, password, stamp)
             return defer.succeed(hit)
+        if self.shared is None:
+            return self._verify(key, None, username, password)
+        shared_key = self.shared.keyFor(username, password, stamp)
+
+        def found(answer):
+            outcome, left = answer
+            if outcome is MISS:
+                return self._verify(key, shared_key, username, password)
+            if outcome is NEGATIVE:
+                self.cache.putNegative(key, left)
+                raise UnauthorizedLogin("bad-password-cached")
+            self.cache.putPositive(key, outcome, left)
+            return outcome
+
+        return self.shared.get(shared_key).addCallback(found)
+
+    def _verify(self, key, shared_key, username, password):
+        """Ask the source; remember its answer here and, when shared, there."""
         d = defer.maybeDeferred(self.source.verifyPassword, username, password)
 
         def remember(record):
             self.cache.putPositive(key, record)
+            if shared_key is not None:
+                self.shared.putPositive(shared_key, record)
             return record
 
         def refused(failure):
             failure.trap(UnauthorizedLogin)
             self.cache.putNegative(key)
+            if shared_key is not None:
+                self.shared.putNegative(shared_key)
             return failure
 
         return d.addCallbacks(remember, refused)
 
-    def _renew(self, key, username, password):
+    def _renew(self, key, username, password, stamp=""):
         """Verify again in the background; the login that asked does not wait."""
         self._renewing.add(key)
         # It runs even if that client hangs up meanwhile, and is no login's wait.
@@ -92,12 +121,19 @@ class PasswordChecker:
             ALIVE.reset(alive)
             PURPOSE.reset(purpose)
 
+        shared_key = self.shared.keyFor(username, password, stamp) \
+            if self.shared is not None else None
+
         def renewed(record):
             self.cache.putPositive(key, record)
+            if shared_key is not None:
+                self.shared.putPositive(shared_key, record)
 
         def refused(failure):
             if failure.check(UnauthorizedLogin):
                 self.cache.discard(key)             # the answer changed: ask again
+                if shared_key is not None:
+                    self.shared.discard(shared_key)
             # An outage or a full queue is no answer: the entry stays until its TTL.
 
         d.addCallbacks(renewed, refused)

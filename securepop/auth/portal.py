@@ -8,6 +8,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from securepop.auth.checkers import PasswordChecker, SecretChecker, VerifiedChecker
+from securepop.auth.oauth2 import BearerChecker
 from securepop.errors import MailboxUnavailable
 from securepop.interfaces import ISecureMailbox
 
@@ -51,7 +52,15 @@ class MaildirRealm:
         return d
 
 
-def build_portal(source, realm, cache=None):
-    """One portal with the three checkers over one credential source."""
-    return Portal(realm, [PasswordChecker(source, cache), SecretChecker(source),
-                          VerifiedChecker(source)])
+def build_portal(source, realm, cache=None, bearer=None, shared=None):
+    """
+    One portal with the checkers over one credential source, and the bearer
+    token checker when C{bearer} (a L{securepop.auth.oauth2.BearerValidator})
+    is given; C{shared} is the auth cache's shared level
+    (L{securepop.auth.sharedcache}) or None.
+    """
+    checkers = [PasswordChecker(source, cache, shared), SecretChecker(source),
+                VerifiedChecker(source)]
+    if bearer is not None:
+        checkers.append(BearerChecker(bearer, source))
+    return Portal(realm, checkers)

@@ -14,6 +14,12 @@ cancelled), while one that has started runs to its end and its result
 counts (a client cannot abandon a guess to dodge the penalty), and when the line is
 full the answer is C{[SYS/TEMP]} at once instead of a timeout.
 
+Background renewals of auth-cache entries (L{PURPOSE} "renewal") never
+take a login's thread: they run one at a time on a thread of their own at
+a lower CPU priority (L{RENEWAL_NICE}), so a polling client's login is not
+kept waiting behind another user's renewal; when too many wait, a renewal
+is dropped (its entry serves until its TTL, then the next login is cold).
+
 The client a verification is for comes from L{CLIENT}, a context variable
 the session sets around its call into the portal, so the credential
 source's C{run_blocking(f, *args)} signature needs no client argument.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import threading
 from collections import deque
 
 from twisted.internet import defer, threads
@@ -40,6 +47,30 @@ PURPOSE = contextvars.ContextVar("securepop_verification_purpose", default="logi
 
 DEFAULT_MAX_QUEUED = 256
 DEFAULT_MAX_PER_CLIENT = 16
+#: The renewal thread's nice value: a login's hashing and the reactor run
+#: first when both want the CPU (CFS weight 110 against 1024), while on an
+#: idle core a renewal still runs at full speed.
+RENEWAL_NICE = 10
+
+_lowered = threading.local()
+
+
+def _lower_priority():
+    """Lower this thread's CPU priority once (Linux: nice is per thread)."""
+    if getattr(_lowered, "done", False):
+        return
+    _lowered.done = True
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, max(current, RENEWAL_NICE))
+    except (AttributeError, OSError):
+        pass        # no per-thread priority here: renewals still never take a login's thread
+
+
+def _renewal(f, *args):
+    _lower_priority()
+    return f(*args)
 
 
 def default_threads():
@@ -48,12 +79,11 @@ def default_threads():
 
 
 class _Job:
-    __slots__ = ("f", "args", "key", "alive", "purpose", "deferred", "queued_at", "state")
+    __slots__ = ("f", "args", "key", "alive", "deferred", "queued_at", "state")
 
     def __init__(self, f, args, key, alive, queued_at):
         self.f, self.args, self.key, self.queued_at = f, args, key, queued_at
         self.alive = alive
-        self.purpose = PURPOSE.get()
         self.deferred = None
         self.state = "queued"     # queued | running | done | cancelled
 
@@ -77,7 +107,9 @@ class VerificationQueue:
         self.max_queued = max_queued
         self.max_per_client = max_per_client
         self.pool = ThreadPool(minthreads=0, maxthreads=self.threads, name=name)
+        self.renewal_pool = ThreadPool(minthreads=0, maxthreads=1, name=name + "-renewal")
         self.metrics = None
+        self._renewals = 0              # renewals waiting or running
         self._lines = {}                # client -> deque of queued jobs
         self._perClient = {}            # client -> jobs queued or running
         self._queued = 0
@@ -94,13 +126,22 @@ class VerificationQueue:
     def running(self):
         return self._running
 
+    @property
+    def renewals(self):
+        """Background renewals waiting or running now."""
+        return self._renewals
+
     def start(self):
         self.pool.start()
+        self.renewal_pool.start()
 
     def stop(self):
         self.pool.stop()
+        self.renewal_pool.stop()
 
     def __call__(self, f, *args):
+        if PURPOSE.get() == "renewal":
+            return self._renew(f, args)
         key = CLIENT.get()
         if self._queued >= self.max_queued:
             return defer.fail(VerificationBusy("verification queue full"))
@@ -114,6 +155,21 @@ class VerificationQueue:
         self._report()
         self._dispatch()
         return job.deferred
+
+    def _renew(self, f, args):
+        """A renewal: on its own low-priority thread, never in a login's line."""
+        if self._renewals >= self.max_queued:
+            return defer.fail(VerificationBusy("too many renewals waiting"))
+        self._renewals += 1
+        if self.metrics is not None:
+            self.metrics.verification_renewals.inc()
+
+        def done(result):
+            self._renewals -= 1
+            return result
+
+        d = threads.deferToThreadPool(self.reactor, self.renewal_pool, _renewal, f, *args)
+        return d.addBoth(done)
 
     def _next_client(self):
         """The waiting client served least recently (never served first)."""
@@ -138,11 +194,8 @@ class VerificationQueue:
             self._running += 1
             job.state = "running"
             if self.metrics is not None:
-                if job.purpose == "login":
-                    self.metrics.verification_wait.observe(
-                        max(0.0, self.reactor.seconds() - job.queued_at))
-                else:
-                    self.metrics.verification_renewals.inc()
+                self.metrics.verification_wait.observe(
+                    max(0.0, self.reactor.seconds() - job.queued_at))
             d = threads.deferToThreadPool(self.reactor, self.pool, job.f, *job.args)
             d.addBoth(self._finished, job)
         self._report()

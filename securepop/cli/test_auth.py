@@ -20,11 +20,13 @@ from twisted.internet import defer, task
 
 from securepop import config
 from securepop.auth.usernames import for_settings
-from securepop.errors import SourceUnavailable
+from securepop.errors import SASLError, SourceUnavailable
 from securepop.interfaces import CLEARTEXT_SECRET, NT_HASH
+from securepop.sasl.base import Challenge
+from securepop.sasl.gssapi import GSSAPI
 from securepop.schemes import nt_hash
 
-MECHANISMS = ("plain", "ntlm", "cram-md5", "apop", "lookup")
+MECHANISMS = ("plain", "ntlm", "cram-md5", "apop", "lookup", "gssapi")
 
 
 def add_parser(subparsers):
@@ -42,6 +44,8 @@ def add_parser(subparsers):
         help="plain: verify the password (USER/PASS, PLAIN, LOGIN); "
              "ntlm: NTLM (NT hash from the directory, or the DC via winbind); "
              "cram-md5/apop: compare with the stored secret; "
+             "gssapi: Kerberos with the ticket cache (kinit first) against "
+             "[auth.gssapi] keytab; "
              "lookup: only whether the user may log in (no password)")
     parser.add_argument("--password-stdin", action="store_true",
                         help="read the password from the first line of stdin")
@@ -143,11 +147,79 @@ async def _ntlmThroughVerifier(source, verifier, user, password, normalise=lambd
     return report
 
 
+async def tryKerberos(settings, source, user, clock):
+    """
+    A GSSAPI login as a client makes it: a ticket for C{service/hostname}
+    from the ticket cache (C{KRB5CCNAME}), with C{user} as the authorization
+    id, accepted with the configured keytab, then the source's decision.
+
+    @return: a report as L{tryLogin}'s, with the C{principal} the ticket
+        cache holds.
+    """
+    from gssapi.exceptions import GSSError
+    from twisted.internet import threads
+
+    from securepop.auth.kerberos import KerberosAcceptor
+    from securepop.testing.gssapi import GSSAPIClient
+
+    started = clock()
+    report = {"user": user, "mechanism": "gssapi", "source": source.name}
+    g = settings.auth.gssapi
+    try:
+        if not g.keytab:
+            raise ValueError("no keytab: set [auth.gssapi] keytab")
+        acceptor = KerberosAcceptor(str(settings.resolve(g.keytab)), g.service,
+                                    settings.server.hostname, threads.deferToThread, g.realms)
+        try:
+            client = GSSAPIClient(settings.server.hostname, g.service, authzid=user)
+            report["principal"] = str(client.credentials.name)
+            response = client.initial()
+        except GSSError as e:
+            raise ValueError(f"no ticket for {g.service}/{settings.server.hostname} "
+                             f"(kinit first): {e.gen_message()}") from None
+        exchange = GSSAPI.newExchange(_KerberosContext(settings, acceptor.newExchange()))
+        result = await defer.maybeDeferred(exchange.step, response)
+        while isinstance(result, Challenge):
+            result = await defer.maybeDeferred(exchange.step, client.respond(result.data))
+        report["login_name"] = result.username
+        record = await source.lookupUser(result.username)
+        report.update(result="ok", username=record.username, **record.info)
+    except UnauthorizedLogin as error:
+        report.update(result="refused", reason=str(error))
+    except SourceUnavailable as error:
+        report.update(result="unavailable", reason=str(error))
+    except (ValueError, SASLError) as error:
+        report.update(result="refused", reason=getattr(error, "reason", "") or str(error))
+    except GSSError as error:
+        report.update(result="refused", reason=error.gen_message())
+    report["seconds"] = round(clock() - started, 3)
+    return report
+
+
+class _KerberosContext:
+    """What the GSSAPI exchange asks of its connection, for test-auth (no TLS)."""
+
+    secure = False
+    clock = None
+
+    def __init__(self, settings, acceptor):
+        self.settings = settings.auth
+        self.hostname = settings.server.hostname
+        self._acceptor = acceptor
+        self.normaliseUsername = for_settings(settings)
+
+    def channelBinding(self, kind):
+        return None
+
+    def gssapiAcceptor(self):
+        return self._acceptor
+
+
 def formatReport(report):
     """
     @return: the report as aligned "key: value" lines.
     """
-    order = ["result", "user", "login_name", "mechanism", "source", "server", "dn",
+    order = ["result", "user", "principal", "login_name", "mechanism", "source", "server", "dn",
              "groups", "account", "bind", "verified_by_dc", "username",
              "mailbox", "attributes", "reason", "seconds"]
     keys = [key for key in order if key in report] + sorted(
@@ -168,7 +240,7 @@ def run(args, out=None):
     @return: exit code: 0 accepted, 1 refused, 2 directory unavailable.
     """
     out = out or sys.stdout
-    password = b"" if args.mechanism == "lookup" else readPassword(args)
+    password = b"" if args.mechanism in ("lookup", "gssapi") else readPassword(args)
 
     exitCode = []
 
@@ -182,8 +254,11 @@ def run(args, out=None):
         source = service.build_credential_source(settings, reactor)
         # Active Directory: NTLM is the domain controller's to verify.
         verifier = service.ntlm_verifier_of(source) if args.mechanism == "ntlm" else None
-        report = await tryLogin(source, args.user, args.mechanism, password,
-                                time.monotonic, verifier, for_settings(settings))
+        if args.mechanism == "gssapi":
+            report = await tryKerberos(settings, source, args.user, time.monotonic)
+        else:
+            report = await tryLogin(source, args.user, args.mechanism, password,
+                                    time.monotonic, verifier, for_settings(settings))
         out.write(formatReport(report) + "\n")
         exitCode.append({"ok": 0, "refused": 1}.get(report.get("result"), 2))
 

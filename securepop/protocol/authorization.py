@@ -1,7 +1,7 @@
 """
 The AUTHORIZATION state: STLS, USER/PASS, APOP and AUTH (RFC 1939, 2595,
-5034), the SASL exchange they drive, the penalty gate every check waits at,
-and the login that opens the maildrop.
+5034), the SASL exchange they drive, and the penalty gate every check waits
+at; the login's outcome is L{securepop.protocol.login}.
 
 A client sees one generic failure text whatever went wrong; the precise
 reason goes to the log, and a guess (not a policy refusal) grows the
@@ -21,26 +21,15 @@ from twisted.internet.defer import CancelledError
 from zope.interface import implementer
 
 from securepop import events
-from securepop.access.limits import LimitExceeded
-from securepop.errors import (
-    MailboxInUse, MailboxUnavailable, SASLError, SourceUnavailable, VerificationBusy,
-)
+from securepop.errors import SASLError, SourceUnavailable, StateUnavailable, VerificationBusy
 from securepop.interfaces import ISASLContext
 from securepop.protocol import responses as R
 from securepop.protocol.commands import command
+from securepop.protocol.login import _AWAITING_DUMMY, LoginOutcome
 from securepop.protocol.states import AUTHORIZATION, CLOSED
 from securepop.sasl.apop import APOPCredentials
 from securepop.sasl.base import Challenge
 from securepop.tls.transport import startTLS
-
-# Refusals that are policy, not a wrong guess: no secret was tried, so they
-# feed neither the penalty nor the lockout; the log says what to use instead.
-POLICY_REFUSALS = {
-    "ntlmv1-refused": "the client sent NTLMv1: use NTLMv2 (or PLAIN/SCRAM over TLS)",
-    "lm-refused": "the client sent only an LM response: use NTLMv2",
-    "secret-missing": "no stored secret for this mechanism: set the password again "
-                      "with securepop --config FILE user passwd, or use PLAIN over TLS",
-}
 
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -71,8 +60,11 @@ class SASLContext:
     def ntlmDelegate(self):
         return self._session.ctx.ntlm_delegate()
 
+    def gssapiAcceptor(self):
+        return self._session.ctx.gssapi_acceptor(self._session.peer)
+
     def checkPolicy(self, username):
-        self._session.ctx.check_policy(username)
+        self._session.ctx.check_policy(username, self._session._ticket)
 
 
 def _user_pass_enabled(session):
@@ -83,7 +75,7 @@ def _apop_enabled(session):
     return session.ctx.apop_enabled
 
 
-class AuthorizationCommands:
+class AuthorizationCommands(LoginOutcome):
     """
     The commands and the login of the AUTHORIZATION state, mixed into
     L{securepop.protocol.session.POP3Session}: the session provides the
@@ -161,15 +153,21 @@ class AuthorizationCommands:
             self.sendLine(b"-ERR USER first")
             return
         raw, self._user = self._user, None
+        username = self._normalised(raw)
 
         def verify():
-            try:
-                username = self.ctx.normalise(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
+            if username is None:
                 return self._login_failed("USER", raw, "bad-username")
             return self._login(UsernamePassword(username, password), "USER")
 
-        return self._gated("USER", verify)
+        return self._gated("USER", verify, username=username)
+
+    def _normalised(self, raw):
+        """The user name rules applied to C{raw} (bytes), or None when it breaks them."""
+        try:
+            return self.ctx.normalise(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
 
     @command("APOP", AUTHORIZATION, arity=(2, 2), wrong_state=R.ALREADY_LOGGED_IN,
              enabled=_apop_enabled, disabled=R.APOP_DISABLED)
@@ -180,9 +178,12 @@ class AuthorizationCommands:
             self.sendLine(R.MECHANISM_UNAVAILABLE)
             return
 
+        username = self._normalised(name)
+
         def verify():
             try:
-                username = self.ctx.normalise(name.decode("utf-8"))
+                if username is None:
+                    raise ValueError
                 digest_text = digest.decode("ascii")
                 if not _HEX_DIGEST.fullmatch(digest_text):
                     raise ValueError
@@ -192,7 +193,7 @@ class AuthorizationCommands:
                                     digest_text.lower().encode("ascii"))
             return self._login(creds, "APOP")
 
-        return self._gated("APOP", verify)
+        return self._gated("APOP", verify, username=username)
 
     @command("AUTH", AUTHORIZATION, arity=(0, 2), wrong_state=R.ALREADY_LOGGED_IN)
     def do_AUTH(self, *args):
@@ -226,6 +227,9 @@ class AuthorizationCommands:
 
     def _auth_continue(self, line):
         name = self._exchange_mech
+        if self._exchange is _AWAITING_DUMMY:   # counted at the error challenge
+            self._exchange = None
+            return self.sendLine(R.LOGIN_FAILED)
         if line == b"*":
             _abort_exchange(self._exchange)
             self._exchange = None
@@ -248,7 +252,8 @@ class AuthorizationCommands:
 
         # The server's turn again: through the gate, as at AUTH (at once
         # unless another login of this address is being checked right now).
-        return self._gated(name, resume, on_busy=self._drop_exchange)
+        return self._gated(name, resume, on_busy=self._drop_exchange,
+                           username=getattr(exchange, "username", None) or None)
 
     def _auth_step(self, data, wait=True):
         exchange = self._exchange
@@ -303,7 +308,7 @@ class AuthorizationCommands:
 
     # -- the penalty gate -----------------------------------------------------------
 
-    def _gated(self, mechanism, verify, on_busy=None):
+    def _gated(self, mechanism, verify, on_busy=None, username=None):
         """
         Wait at the penalty gate, then run C{verify} (which checks the
         credentials, or takes one SASL step, and writes the one reply).  The
@@ -311,9 +316,13 @@ class AuthorizationCommands:
         result, so the time to an answer tells nothing; the idle timer stops
         meanwhile, since the wait is the server's, not the client's.
         C{on_busy} runs when the gate refuses (an exchange in progress ends).
+        C{username}, when known, has its lockout count read with the
+        address's failures (one read).
         """
         self._cancel_timer()
-        d = self._gate_wait = self.ctx.enter_gate(self.peer)
+        if not isinstance(username, str):
+            username = None
+        d = self._gate_wait = self.ctx.enter_gate(self.peer, username)
 
         def entered(ticket):
             self._gate_wait = None
@@ -327,6 +336,13 @@ class AuthorizationCommands:
         def refused(f):
             self._gate_wait = None
             if f.check(CancelledError) or self.state == CLOSED:
+                return None
+            if f.check(StateUnavailable):
+                if on_busy is not None:
+                    on_busy()
+                self.ctx.state_unavailable(f, ip=self.peer)
+                self.ctx.count("login", mechanism, "unavailable")
+                self.sendLine(R.STATE_UNAVAILABLE)
                 return None
             f.trap(VerificationBusy)
             if on_busy is not None:
@@ -357,125 +373,6 @@ class AuthorizationCommands:
         if self._inflight is None:
             self._release_ticket()
 
-    # -- login --------------------------------------------------------------------
-
-    def _login(self, credentials, mechanism):
-        started = self.clock.seconds()
-        self._cancel_timer()
-        d = self._inflight = self.ctx.login(credentials, self.peer, self._alive)
-
-        def success(result):
-            self._inflight = None
-            record, mailbox, logout = result
-            if self.state == CLOSED:
-                mailbox.release()
-                logout()
-                # The client never saw this success: it counts as a failure,
-                # or hanging up would tell a right guess by the next delay.
-                self._login_failed(mechanism, record.username, "abandoned")
-                return
-            if self.ctx.limits is not None:
-                try:
-                    self._leases.append(self.ctx.limits.acquireUser(record.username))
-                except LimitExceeded:
-                    mailbox.release()
-                    logout()
-                    events.emit("auth.limit", ip=self.peer, user=record.username)
-                    self.sendLine(R.TOO_MANY_SESSIONS)
-                    return
-            self._open_mailbox(mailbox, logout)
-            self.username = record.username
-            self.mechanism = mechanism
-            self._logged_in()
-            sizes = self._list_messages()
-            self.ctx.penalty_success(self.peer)
-            self._release_ticket()
-            events.emit("auth.success", ip=self.peer, user=record.username,
-                        mechanism=mechanism, tls=self.secure,
-                        ms="%.1f" % ((self.clock.seconds() - started) * 1000))
-            self.ctx.count("login", mechanism, "success")
-            self.sendLine(b"+OK Logged in, %d messages (%d octets)" % (len(sizes), sum(sizes)))
-
-        def failure(f):
-            self._inflight = None
-            user = credentials.username
-            if f.check(CancelledError):
-                return None     # dropped before it ran: the client had gone
-            if self.state == CLOSED:
-                if f.check(UnauthorizedLogin):   # a guess is a guess, answered or not
-                    self._login_failed(mechanism, user, _reason(f))
-                return None
-            if f.check(VerificationBusy):
-                events.emit("auth.busy", "warn", ip=self.peer, user=user,
-                            mechanism=mechanism, reason=f.getErrorMessage())
-                self.ctx.count("login", mechanism, "busy")
-                self.sendLine(R.LOGINS_BUSY)
-                return None
-            if f.check(MailboxInUse):
-                events.emit("auth.in_use", ip=self.peer, user=user)
-                self.sendLine(R.IN_USE)
-                return None
-            if f.check(SourceUnavailable):
-                events.emit("auth.unavailable", "warn", ip=self.peer, user=user,
-                            mechanism=mechanism, error=f.getErrorMessage())
-                self.sendLine(R.SOURCE_UNAVAILABLE)
-                return None
-            if f.check(MailboxUnavailable):
-                events.emit("mailbox.unavailable", "error", ip=self.peer, user=user,
-                            error=f.getErrorMessage())
-                self.sendLine(R.MAILBOX_UNAVAILABLE)
-                return None
-            if f.check(UnauthorizedLogin):
-                return self._login_failed(mechanism, user, _reason(f))
-            events.log.failure("Login error", failure=f)
-            self.sendLine(R.INTERNAL)
-            return None
-
-        d.addCallbacks(success, failure)
-        d.addBoth(self._after_login)
-        return d
-
-    def _alive(self):
-        return not self._gone
-
-    def _after_login(self, result):
-        self._release_ticket()      # the outcome is recorded: the next may go
-        return result
-
-    def _login_failed(self, mechanism, user, reason, reply=R.LOGIN_FAILED):
-        """
-        Log the precise reason, record the guess in the penalty (which the
-        next attempt from this address waits out before its check), send
-        the generic text.  A policy refusal (L{POLICY_REFUSALS}) tried no
-        secret: it is logged with what to use instead and counts nowhere.
-        """
-        if isinstance(user, bytes):
-            user = user.decode("utf-8", "replace")
-        hint = POLICY_REFUSALS.get(reason)
-        if hint is not None:
-            events.emit("auth.refused", ip=self.peer, user=user, mechanism=mechanism,
-                        reason=reason, hint=hint)
-            self.ctx.count("login", mechanism, "refused")
-        else:
-            events.emit("auth.failure", ip=self.peer, user=user, mechanism=mechanism,
-                        reason=reason)
-            self.ctx.count("login", mechanism, "failure")
-            self.ctx.penalty_failure(self.peer, user)
-        self._release_ticket()
-        if self.state != CLOSED:
-            self._count_attempt(mechanism, reason, reply)
-        return defer.succeed(None)
-
-    def _count_attempt(self, mechanism, reason, reply=None):
-        self._attempts += 1
-        if self._attempts >= self.ctx.settings.auth.max_attempts:
-            events.emit("auth.attempts_exceeded", "warn", ip=self.peer)
-            if reply is not None:
-                self.sendLine(reply)
-            self._abort(R.TOO_MANY_ATTEMPTS)
-        elif reply is not None:
-            self.sendLine(reply)
-
 
 def _decode64(data):
     if data == b"=":
@@ -492,8 +389,3 @@ def _abort_exchange(exchange):
         exchange.abort()
     except Exception:
         events.log.failure("SASL exchange abort failed")
-
-
-def _reason(failure):
-    text = failure.getErrorMessage()
-    return text if text and len(text) < 64 and text.isascii() else "unauthorized"

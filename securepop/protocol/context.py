@@ -17,10 +17,27 @@ from twisted.internet import defer
 
 from securepop import events
 from securepop.access.rules import Decision
+from securepop.auth.gate import holder_ids
+from securepop.auth.penalty import address_key
 from securepop.auth.portal import LoginMind
 from securepop.auth.verifyqueue import ALIVE, CLIENT
-from securepop.interfaces import ISecureMailbox
+from securepop.errors import StateUnavailable
+from securepop.interfaces import KERBEROS, ISecureMailbox
 from securepop.protocol.states import AUTHORIZATION
+from securepop.state.memory import MemoryStateStore
+from securepop.state.slots import SlotLease
+
+STATE_LOG_EVERY = 60.0      # seconds between two state.unavailable events
+
+
+def source_kinds(source, gssapi=None):
+    """
+    The credential kinds logins can use: the source's, plus KERBEROS when a
+    Kerberos acceptor (a keytab) is configured (GSSAPI needs the source only
+    to look the user up, which every source can).
+    """
+    kinds = frozenset(source.capabilities())
+    return kinds | {KERBEROS} if gssapi is not None else kinds
 
 
 class ServerContext:
@@ -32,8 +49,13 @@ class ServerContext:
         in the configuration and servable by the source.
     @ivar tls: the server TLS connection creator for STLS / implicit TLS.
     @ivar policy: an L{securepop.interfaces.IAccessPolicy} or None.
-    @ivar limits: a L{securepop.access.limits.ConnectionLimits} or None.
-    @ivar penalty: a L{securepop.auth.penalty.FailurePenalty} or None.
+    @ivar state: the L{securepop.interfaces.IStateStore} every count lives
+        in (connection slots, failures, lockout, turns): the same one for
+        the life of the process, across reloads.
+    @ivar limits: a L{securepop.access.limits.LimitRule} or None (nothing
+        counted).
+    @ivar penalty: a L{securepop.auth.penalty.PenaltyRule} or None.
+    @ivar lockout: a L{securepop.auth.penalty.LockoutRule} or None.
     @ivar gate: a L{securepop.auth.gate.PenaltyGate} every login passes
         before its credentials are checked, or None.
     @ivar verifications: the L{securepop.auth.verifyqueue.VerificationQueue}
@@ -43,8 +65,11 @@ class ServerContext:
     def __init__(self, settings, clock, portal, source, mechanisms, tls=None,
                  policy=None, limits=None, penalty=None, lockout=None,
                  metrics=None, protocol_log=None, ntlm_delegate=None, gate=None,
-                 verifications=None):
+                 verifications=None, gssapi=None, state=None):
         self.settings = settings
+        self.state = state if state is not None else MemoryStateStore(clock)
+        self._new_lease = holder_ids()
+        self._state_logged = None
         self.clock = clock
         self.portal = portal
         self.source = source
@@ -59,6 +84,7 @@ class ServerContext:
         self.metrics = metrics
         self._protocol_log = protocol_log
         self._ntlm_delegate = ntlm_delegate
+        self._gssapi = gssapi
         self.sessions = set()
 
     @property
@@ -87,6 +113,46 @@ class ServerContext:
             return Decision(True, None, "no-policy")
         return self.policy.check(address)
 
+    def acquire_connection(self, address):
+        """
+        Count a new connection from C{address} (the real client address).
+
+        @return: Deferred firing with a L{SlotLease} (C{release()} it when
+            the connection ends; its user slot is added by
+            L{acquire_user}), or failing with L{LimitExceeded} (nothing
+            taken) or L{StateUnavailable}.
+        """
+        lease = SlotLease(self.state, self._new_lease())
+        if self.limits is None:
+            return defer.succeed(lease)
+        try:
+            counts = self.limits.connectionCounts(address)
+        except ValueError:
+            return defer.fail()
+        return lease.add(counts).addCallback(lambda _: lease)
+
+    def acquire_user(self, lease, username):
+        """
+        Add C{username}'s session slot to the connection's C{lease}.
+
+        @return: Deferred firing with None, or failing with L{LimitExceeded}
+            (answer C{-ERR [IN-USE]}) or L{StateUnavailable}.
+        """
+        if self.limits is None or lease is None:
+            return defer.succeed(None)
+        return lease.add(self.limits.userCounts(username))
+
+    def state_unavailable(self, failure, **fields):
+        """
+        The one place a store outage is logged: C{state.unavailable} at most
+        once a minute, never a traceback.  The caller answers C{[SYS/TEMP]}.
+        """
+        now = self.clock.seconds()
+        if self._state_logged is None or now - self._state_logged >= STATE_LOG_EVERY:
+            self._state_logged = now
+            events.emit("state.unavailable", "error", store=self.state.kind,
+                        error=failure.getErrorMessage(), **fields)
+
     def session_started(self, session):
         self.sessions.add(session)
 
@@ -114,7 +180,7 @@ class ServerContext:
 
         allow_cleartext = session.listener.insecure_allow_cleartext or \
             not self.settings.tls.require_secure_channel
-        offered = mechanisms_for(self.settings.auth.mechanisms, self.source.capabilities(),
+        offered = mechanisms_for(self.settings.auth.mechanisms, self.kinds(),
                                  session.secure, allow_cleartext)
         return [m.name for m in offered if m.name in self.mechanisms]
 
@@ -150,39 +216,61 @@ class ServerContext:
 
     # -- login -------------------------------------------------------------------
 
-    def enter_gate(self, address):
+    def enter_gate(self, address, username=None):
         """
+        @param username: the user the credentials are for, when known
+            before the check (its lockout count comes with the same read).
         @return: a Deferred firing with a ticket (C{release()} it once the
             outcome is recorded) when C{address} may have credentials
             checked: after its penalty, one at a time when penalised.
         """
         if self.gate is None:
             return defer.succeed(None)
-        return self.gate.enter(address)
+        return self.gate.enter(address, username)
 
-    def check_policy(self, username):
+    def check_policy(self, username, ticket=None):
         """
         Refuse a user that policy refuses whatever the credentials (a
-        lockout), before any mechanism proves anything to the client.
+        lockout), before any mechanism proves anything to the client: with
+        the user's count read at the gate (C{ticket}); without it, the
+        login reads it (L{login}).
 
         @raise UnauthorizedLogin: C{locked-out}.
         """
-        if self.lockout is not None and username and self.lockout.locked(username):
+        state = _state_for(ticket, username)
+        if self.lockout is not None and username and state is not None \
+                and self.lockout.locked(state):
             raise UnauthorizedLogin("locked-out")
 
-    def login(self, credentials, address=None, alive=None):
+    def login(self, credentials, address=None, alive=None, ticket=None):
         """
         @param address: the client the verification runs for (its hashing
             takes turns with other clients').
         @param alive: a callable, false once the client has gone (its
             queued hashing is then dropped).
-        @return: Deferred firing with (UserRecord, mailbox, logout).
+        @param ticket: the gate's ticket; its state spares a second read
+            of the user's lockout count when it was read for this user.
+        @return: Deferred firing with (UserRecord, mailbox, logout); failing
+            with L{UnauthorizedLogin} (C{locked-out} too) or
+            L{StateUnavailable} when the lockout count cannot be read.
         """
         user = getattr(credentials, "username", None)
-        try:
-            self.check_policy(user)
-        except UnauthorizedLogin:
-            return defer.fail()
+        if self.lockout is None or not user:
+            return self._portal_login(credentials, address, alive)
+        state = _state_for(ticket, user)
+        if state is not None:
+            d = defer.succeed(state)
+        else:
+            d = self.state.login_state(self._address_key(address), user)
+
+        def checked(state):
+            if self.lockout is not None and self.lockout.locked(state):
+                raise UnauthorizedLogin("locked-out")
+            return self._portal_login(credentials, address, alive)
+
+        return d.addCallback(checked)
+
+    def _portal_login(self, credentials, address, alive):
         mind = LoginMind()
         token, alive_token = CLIENT.set(address or "-"), ALIVE.set(alive)
         try:
@@ -192,18 +280,44 @@ class ServerContext:
             ALIVE.reset(alive_token)
         return d.addCallback(lambda result: (mind.record, result[1], result[2]))
 
-    def penalty_failure(self, address, user):
-        """A guess that failed: grows the address's penalty and the user's lockout."""
-        if self.lockout is not None and user:
-            self.lockout.record_failure(user)
-        if self.penalty is None:
-            return 0.0
-        self.penalty.record_failure(address)
-        return self.penalty.delay_for(address)
-
-    def penalty_success(self, address):
+    def _address_key(self, address):
         if self.penalty is not None:
-            self.penalty.record_success(address)
+            return self.penalty.key(address)
+        return address_key(address or "-")
+
+    def penalty_failure(self, address, user):
+        """
+        A guess that failed: grows the address's penalty and the user's
+        lockout (one write).
+
+        @return: Deferred firing when it is recorded (never failing: an
+            outage is logged, and the guess then counts nowhere).
+        """
+        if self.penalty is None and self.lockout is None:
+            return defer.succeed(None)
+        forget = self.penalty.forget_after if self.penalty is not None else 900.0
+        window = self.lockout.window if self.lockout is not None else 0.0
+        d = self.state.record_failure(self._address_key(address),
+                                      user if self.lockout is not None else None,
+                                      forget, window)
+        return d.addCallbacks(lambda _: None, self._record_failed, errbackArgs=(address,))
+
+    def penalty_success(self, address, ticket=None):
+        """
+        A success clears the address's failures; an address with none on
+        record at the gate (C{ticket}) costs no write.  The user's lockout
+        count stays: a success does not give an attacker new guesses.
+        """
+        if self.penalty is None:
+            return defer.succeed(None)
+        if ticket is not None and ticket.state.failures == 0:
+            return defer.succeed(None)
+        d = self.state.record_success(self._address_key(address), None)
+        return d.addCallbacks(lambda _: None, self._record_failed, errbackArgs=(address,))
+
+    def _record_failed(self, failure, address):
+        failure.trap(StateUnavailable)
+        self.state_unavailable(failure, ip=address)
 
     def channel_binding(self, transport, kind):
         from securepop.tls.contextfactory import channel_binding
@@ -215,15 +329,26 @@ class ServerContext:
             return None
         return self._ntlm_delegate()
 
+    def kinds(self):
+        """What logins can be verified with: the source's kinds, and KERBEROS with a keytab."""
+        return source_kinds(self.source, self._gssapi)
+
+    def gssapi_acceptor(self, peer):
+        """A fresh GSS-API acceptor context charged to C{peer}, or None without a keytab."""
+        if self._gssapi is None:
+            return None
+        return self._gssapi.newExchange(peer)
+
     # -- reload --------------------------------------------------------------------
 
     def replace_from(self, fresh):
         """
         Serve with the settings and collaborators of C{fresh}, a context the
         reloaded configuration built: settings, portal, source, mechanisms,
-        TLS, policy and the NTLM delegate.  What must survive a reload stays
-        (open sessions and their connection counts, the failure history of
-        attacking addresses, the lockout counts); only its limits change.
+        TLS, policy, the NTLM delegate, and the limit, penalty and lockout
+        rules.  What must survive a reload stays: the state store (open
+        sessions' connection counts, the failure history of attacking
+        addresses, the lockout counts) and the line at the gate.
         Starting the new policy and retiring the old source are the
         caller's.
         """
@@ -234,19 +359,14 @@ class ServerContext:
         self.tls = fresh.tls
         self.policy = fresh.policy
         self._ntlm_delegate = fresh._ntlm_delegate
-        if self.limits is not None and fresh.limits is not None:
-            self.limits.maxConnections = fresh.limits.maxConnections
-            self.limits.maxPerIP = fresh.limits.maxPerIP
-            self.limits.maxPerUser = fresh.limits.maxPerUser
-        if self.penalty is not None and fresh.penalty is not None:
-            self.penalty.base, self.penalty.maximum = fresh.penalty.base, fresh.penalty.maximum
+        self._gssapi = fresh._gssapi
+        # The counts live in the store, which stays; only the rules change.
+        self.limits = fresh.limits
+        self.penalty = fresh.penalty
+        self.lockout = fresh.lockout
         if self.gate is not None and fresh.gate is not None:
+            self.gate.penalty = fresh.penalty
             self.gate.max_per_address = fresh.gate.max_per_address
-        if (self.lockout is None) != (fresh.lockout is None):
-            self.lockout = fresh.lockout
-        elif self.lockout is not None:
-            self.lockout.threshold = fresh.lockout.threshold
-            self.lockout.window = fresh.lockout.window
 
     def use_protocol_log(self, protocol_log):
         """Write the protocol log to C{protocol_log} (a ProtocolLog), or nowhere for None."""
@@ -266,3 +386,10 @@ class ServerContext:
         """A multi-line reply: one protocol log entry, however many lines."""
         if self._protocol_log is not None:
             self._protocol_log.write_reply(session, lines)
+
+
+def _state_for(ticket, username):
+    """The L{securepop.state.LoginState} the gate read for C{username}, or None."""
+    if ticket is None or ticket.username is None or ticket.username != username:
+        return None
+    return ticket.state

@@ -8,7 +8,8 @@ declared in the table of L{securepop.protocol.commands}.
 
 from twisted.internet.protocol import Factory
 
-from securepop.protocol.authorization import POLICY_REFUSALS, SASLContext
+from securepop.protocol.authorization import SASLContext
+from securepop.protocol.login import POLICY_REFUSALS
 from securepop.protocol.session import (
     CLOSE_GRACE, COMMANDS_PER_TURN, MAX_AUTH_LINE, MAX_BUFFER, MAX_COMMAND_LINE, POP3Session,
 )

@@ -12,6 +12,7 @@ L{securepop.protocol.authorization} and L{securepop.protocol.transaction}.
 
 from __future__ import annotations
 
+import re
 import time
 
 from twisted.internet import defer
@@ -22,6 +23,8 @@ from zope.interface import implementer
 
 from securepop import events
 from securepop.access.limits import LimitExceeded
+from securepop.auth.oauth2_settings import BEARER_MECHANISMS
+from securepop.errors import StateUnavailable
 from securepop.protocol import responses as R
 from securepop.protocol.authorization import AuthorizationCommands
 from securepop.protocol.commands import command, lookup, redact
@@ -31,6 +34,11 @@ from securepop.tls.contextfactory import tls_facts
 
 MAX_COMMAND_LINE = 255          # RFC 2449, including CRLF
 MAX_AUTH_LINE = 8 * 1024        # an AUTH continuation (NTLM tokens are ~1-2 KiB)
+MAX_BEARER_LINE = 16 * 1024     # OAUTHBEARER/XOAUTH2 under TLS: Microsoft 365 tokens pass 2 KiB
+#: GSSAPI: a Kerberos ticket carries the user's groups (its PAC); Windows
+#: allows tokens up to 48,000 octets (MaxTokenSize): 64,000 in base64, + CRLF.
+MAX_KERBEROS_LINE = 4 * ((48000 + 2) // 3) + 2
+_LONG_AUTH = re.compile(rb"AUTH +(OAUTHBEARER|XOAUTH2|GSSAPI) ", re.IGNORECASE)
 MAX_BUFFER = 64 * 1024          # unread pipelined input before we stop reading
 COMMANDS_PER_TURN = 32          # pipelined commands answered before others get a turn
 CLOSE_GRACE = 5.0               # seconds a closing line may take to reach the client
@@ -66,6 +74,10 @@ class LineBuffer:
         self._data = b""
         self._discarding = False
 
+    def peek(self, size):
+        """The first C{size} unread octets (a line's command, before its end arrives)."""
+        return self._data[:size]
+
     def next_line(self, limit):
         """
         The next complete line without its terminator, or None.
@@ -91,6 +103,27 @@ class LineBuffer:
         if len(line) + 2 > limit:
             raise _LineTooLong()
         return line
+
+
+def _line_limit(session):
+    """The longest line the session reads now (with its CRLF)."""
+    if session._exchange is not None:
+        return _token_line_limit(session._exchange_mech, MAX_AUTH_LINE)
+    # A token in the initial response (AUTH XOAUTH2 <base64>): only under
+    # TLS, where bearer mechanisms are offered at all.
+    if session.secure and session.state == AUTHORIZATION:
+        found = _LONG_AUTH.match(session._input.peek(32))
+        if found:
+            return _token_line_limit(found.group(1).upper().decode("ascii"), MAX_COMMAND_LINE)
+    return MAX_COMMAND_LINE
+
+
+def _token_line_limit(mechanism, otherwise):
+    if mechanism in BEARER_MECHANISMS:
+        return MAX_BEARER_LINE
+    if mechanism == "GSSAPI":
+        return MAX_KERBEROS_LINE
+    return otherwise
 
 
 class IdleTimer:
@@ -201,15 +234,15 @@ class POP3Session(AuthorizationCommands, TransactionCommands, Protocol):
             self.ctx.count("declined", decision.rule or decision.reason)
             self._decline(self.ctx.settings.access.decline_message, decision.rule)
             return
-        if self.ctx.limits is not None:
-            try:
-                self._leases.append(self.ctx.limits.acquireConnection(self.peer))
-            except LimitExceeded as e:
-                events.emit("access.limit", ip=self.peer, limit=e.limit)
-                self.ctx.count("declined", "limit")
-                self.sendLine(R.TOO_MANY_CONNECTIONS)
-                self._close()
-                return
+        d = self.ctx.acquire_connection(self.peer)
+        d.addCallbacks(self._counted, _not_counted, errbackArgs=(self,))
+
+    def _counted(self, lease):
+        """The connection has its slots: greet."""
+        if self.state == CLOSED:
+            lease.release()
+            return
+        self._leases.append(lease)
         self.sendLine(self._greeting())
         self._produce_replies()
         self._greeted = True
@@ -359,7 +392,7 @@ class POP3Session(AuthorizationCommands, TransactionCommands, Protocol):
         self._drain()
 
     def _line_limit(self):
-        return MAX_AUTH_LINE if self._exchange is not None else MAX_COMMAND_LINE
+        return _line_limit(self)
 
     def _discard_input(self):
         """Forget everything unread (STLS: what came in cleartext after it)."""
@@ -541,3 +574,21 @@ def _no_delay(transport):
         transport = getattr(transport, "transport", None)
         if transport is None:
             return
+
+
+def _not_counted(failure, session):
+    """A limit is reached, or the state store did not answer: one -ERR, then close."""
+    if session.state == CLOSED:
+        return
+    if failure.check(LimitExceeded):
+        events.emit("access.limit", ip=session.peer, limit=failure.value.limit)
+        session.ctx.count("declined", "limit")
+        session.sendLine(R.TOO_MANY_CONNECTIONS)
+    elif failure.check(StateUnavailable):
+        session.ctx.state_unavailable(failure, ip=session.peer)
+        session.ctx.count("declined", "state")
+        session.sendLine(R.STATE_UNAVAILABLE)
+    else:
+        events.log.failure("Connection admission error", failure=failure)
+        session.sendLine(R.INTERNAL)
+    session._close()

@@ -17,6 +17,7 @@ from securepop.sasl.apop import APOPCredentials, new_timestamp
 from securepop.sasl.base import Challenge
 from securepop.sasl.cram_md5 import CRAM_MD5, CramMD5Credentials, CramMD5Mechanism
 from securepop.sasl.credentials import VerifiedCredentials
+from securepop.sasl.gssapi import GSSAPI, GSSAPIMechanism, IGSSAcceptorExchange
 from securepop.sasl.login import LOGIN, LoginMechanism
 from securepop.sasl.ntlm import (
     NTLM, NTLM_DELEGATED, INTLMDelegate, NTLMCredentials,
@@ -33,7 +34,7 @@ from securepop.sasl.scram import (
 
 __all__ = [
     "APOPCredentials", "CRAM_MD5", "Challenge", "CramMD5Credentials",
-    "CramMD5Mechanism", "INTLMDelegate", "LOGIN", "LoginMechanism",
+    "CramMD5Mechanism", "GSSAPI", "GSSAPIMechanism", "IGSSAcceptorExchange", "INTLMDelegate", "LOGIN", "LoginMechanism",
     "MECHANISMS", "NTLM", "NTLMCredentials", "NTLMDelegateMechanism",
     "NTLMMechanism", "NTLMRefused", "NTLM_DELEGATED", "PLAIN",
     "PlainMechanism", "SCRAM_SHA_256_MECHANISM",

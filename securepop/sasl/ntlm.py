@@ -12,7 +12,9 @@ AUTHENTICATE -> credentials.  A NEGOTIATE may also come as the initial
 response.
 
 Settings read from C{context.settings} (each optional):
-C{insecure_allow_ntlmv1} (bool, False), C{ntlm_timestamp_window} (seconds,
+C{insecure_allow_ntlmv1} (bool, False), C{channel_binding} (C{"off"},
+C{"allow"} (default), C{"require"}: L{check_channel_binding}),
+C{ntlm_timestamp_window} (seconds,
 300), C{netbios_domain} (str; the configuration's default is "SECUREPOP";
 when empty, the host name's first label), C{dns_domain} (str; when empty,
 the host name without its first label).
@@ -268,16 +270,63 @@ def check_authenticate_policy(message, context, check_timestamp=True):
     if len(nt) == 24:
         if not _settings(context, "insecure_allow_ntlmv1", False):
             raise NTLMRefused("ntlmv1-refused")
+        check_channel_binding(None, context)
         return
     if len(nt) < 16 + 32:
         raise msgs.NTLMMessageError("NT response of impossible length")
     blob = parse_ntlmv2_blob(nt[16:])
+    check_channel_binding(blob, context)
     if check_timestamp:
         window = float(_settings(context, "ntlm_timestamp_window",
                                  DEFAULT_TIMESTAMP_WINDOW))
         skew = abs(filetime_to_unix(blob.timestamp) - context.clock.seconds())
         if skew > window:
             raise NTLMRefused("timestamp-outside-window")
+
+
+def channel_binding_hash(application_data):
+    """
+    MsvAvChannelBindings for C{application_data}: the MD5 of a
+    gss_channel_bindings_struct with no addresses (RFC 4121 4.1.1.2, [MS-NLMP]
+    2.2.2.1), as SSPI and pyspnego compute it.
+    """
+    return hashlib.md5(struct.pack("<5I", 0, 0, 0, 0, len(application_data))
+                       + application_data).digest()
+
+
+def check_channel_binding(blob, context):
+    """
+    Extended Protection: the client's MsvAvChannelBindings against this TLS
+    connection (C{tls-server-end-point}, RFC 5929).  The pair is inside the
+    NTLMv2 response, so the proof covers it: a relay cannot change it.
+
+    C{auth.channel_binding}: C{"off"} ignores it; C{"allow"} refuses a
+    binding to another channel (a relay, or TLS ended at a proxy) and
+    accepts a client that sent none (or zeros, "no binding"); C{"require"}
+    also refuses a client that sent none, NTLMv1 (which has no room for it),
+    and a connection without TLS.
+
+    @param blob: the L{NTLMv2Blob}, or None for NTLMv1.
+    @raise NTLMRefused: C{channel-binding-missing}, C{-unavailable},
+        C{-mismatch}.
+    """
+    mode = _settings(context, "channel_binding", "allow")
+    if mode == "off":
+        return
+    sent = next((value for av_id, value in (blob.av_pairs if blob else ())
+                 if av_id == msgs.AV_CHANNEL_BINDINGS and any(value)), None)
+    if sent is None:
+        if mode == "require":
+            raise NTLMRefused("channel-binding-missing")
+        return
+    ours = context.channelBinding("tls-server-end-point")
+    if not ours:
+        if mode == "require":
+            raise NTLMRefused("channel-binding-unavailable")
+        return
+    expected = channel_binding_hash(b"tls-server-end-point:" + ours)
+    if not hmac.compare_digest(sent, expected):
+        raise NTLMRefused("channel-binding-mismatch")
 
 
 def _message_username(message):

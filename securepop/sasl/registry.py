@@ -9,8 +9,10 @@ start, instead of failing every login later.
 
 from securepop.interfaces import CLEARTEXT_SECRET, PLAINTEXT
 from securepop.sasl.cram_md5 import CRAM_MD5
+from securepop.sasl.gssapi import GSSAPI
 from securepop.sasl.login import LOGIN
 from securepop.sasl.ntlm import NTLM, NTLM_DELEGATED
+from securepop.sasl.oauth import OAUTHBEARER, XOAUTH2
 from securepop.sasl.plain import PLAIN
 from securepop.sasl.scram import (
     SCRAM_SHA_256_MECHANISM, SCRAM_SHA_256_PLUS_MECHANISM,
@@ -25,13 +27,19 @@ MECHANISMS = {
     "SCRAM-SHA-256": (SCRAM_SHA_256_MECHANISM,),
     "SCRAM-SHA-256-PLUS": (SCRAM_SHA_256_PLUS_MECHANISM,),
     "NTLM": (NTLM_DELEGATED, NTLM),
+    "OAUTHBEARER": (OAUTHBEARER,),
+    "XOAUTH2": (XOAUTH2,),
+    "GSSAPI": (GSSAPI,),
 }
 
 #: Logins that are not SASL but need the source all the same.
 NON_SASL_REQUIREMENTS = {"USER": PLAINTEXT, "APOP": CLEARTEXT_SECRET}
 
-#: Mechanisms bound to the TLS channel: offered only under TLS.
-_NEEDS_TLS = frozenset({"SCRAM-SHA-256-PLUS"})
+#: Offered only under TLS, whatever the cleartext options say: SCRAM-PLUS is
+#: bound to the TLS channel; a bearer token is a password that stays valid
+#: for its lifetime and, unlike a password, is never meant to be typed in a
+#: cleartext protocol (insecure_allow_cleartext does not extend to it).
+_NEEDS_TLS = frozenset({"SCRAM-SHA-256-PLUS", "OAUTHBEARER", "XOAUTH2"})
 
 
 def _canonical(name):
@@ -50,7 +58,8 @@ def mechanism_for(name, source_capabilities):
     @raise ValueError: for an unknown name.
     """
     for mechanism in MECHANISMS.get(_canonical(name), ()):
-        if mechanism.requires in source_capabilities:
+        # requires None: any source (bearer tokens only look the user up).
+        if mechanism.requires is None or mechanism.requires in source_capabilities:
             return mechanism
     return None
 

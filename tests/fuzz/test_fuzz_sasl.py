@@ -19,6 +19,7 @@ from securepop.interfaces import ISASLContext
 from securepop.sasl import ntlm_messages as msgs
 from securepop.sasl.base import Challenge
 from securepop.sasl.cram_md5 import CramMD5Mechanism
+from securepop.sasl.gssapi import GSSAPI, GSSAPIRefused, parse_layer_choice
 from securepop.sasl.login import LOGIN
 from securepop.sasl.ntlm import NTLMDelegateMechanism, NTLMMechanism
 from securepop.sasl.plain import PLAIN
@@ -54,6 +55,34 @@ class Context:
     def ntlmDelegate(self):
         return FakeDelegate()
 
+    def gssapiAcceptor(self):
+        return TransparentAcceptor()
+
+
+class TransparentAcceptor:
+    """Accepts any token as alice's; wrapping is the identity, so the fuzzed
+    bytes reach the security-layer parser as they are."""
+
+    realms = ("EXAMPLE.COM",)
+
+    def step(self, token, binding):
+        return defer.succeed((b"rep" if token[:1] == b"m" else None, token[:1] != b"c"))
+
+    def initiator(self):
+        return "alice@EXAMPLE.COM"
+
+    def channelBound(self):
+        return False
+
+    def wrap(self, data):
+        return data
+
+    def unwrap(self, message):
+        return message
+
+    def abort(self):
+        pass
+
 
 class FakeDelegate:
     def negotiate(self, token):
@@ -67,7 +96,7 @@ class FakeDelegate:
 
 MECHANISMS = [PLAIN, LOGIN, CramMD5Mechanism(), NTLMMechanism(lambda: FIXED_NTLM_CHALLENGE),
               NTLMDelegateMechanism(), ScramSHA256Mechanism(),
-              ScramSHA256Mechanism(channel_binding=True)]
+              ScramSHA256Mechanism(channel_binding=True), GSSAPI]
 
 NTLM_SEEDS = [m for m in corpus("ntlm")]
 scram_like = st.lists(st.sampled_from([b"n", b"y", b"p=tls-exporter", b"p=x", b",", b"a=", b"n=",
@@ -131,6 +160,15 @@ def test_ntlm_parsers_fail_only_with_message_error(token):
             parse(token)
         except msgs.NTLMMessageError:
             pass
+
+
+@fuzz_settings(300)
+@given(st.binary(max_size=300))
+def test_gssapi_layer_parser_fails_only_with_refusal(data):
+    try:
+        assert isinstance(parse_layer_choice(data), str)
+    except GSSAPIRefused:
+        pass
 
 
 def test_real_ntlm_messages_parse():

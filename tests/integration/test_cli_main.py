@@ -83,6 +83,7 @@ def test_list_and_check_config_take_options_after_the_command(server):
     checked = securepop(server, "check-config", "--config", str(server.config_path))
     assert checked.returncode in (0, 1), checked.stderr.decode()
     assert f"configuration: {server.config_path}".encode() in checked.stdout
+    assert b"\nstate: memory (this process only)\n" in checked.stdout   # the store in force
 
 
 def test_a_misplaced_word_is_still_a_usage_error(server):

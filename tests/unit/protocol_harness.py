@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from securepop import config
 from securepop.auth.gate import PenaltyGate
-from securepop.auth.penalty import FailurePenalty
+from securepop.auth.penalty import PenaltyRule
 from securepop.auth.portal import MaildirRealm, build_portal
 from securepop.auth.records import UserRecord
 from securepop.interfaces import ICredentialSource, PLAINTEXT
@@ -30,6 +30,7 @@ from securepop.protocol.context import ServerContext
 from securepop.protocol.server import POP3Factory
 from securepop.protocol.streaming import MessageProducer
 from securepop.sasl import registry
+from securepop.state.memory import MemoryStateStore
 from securepop.tls.contextfactory import ServerTLS
 from securepop.testing import tls as tlstesting
 
@@ -103,17 +104,26 @@ class Harness:
         cert, key, self.ca_path = identity
         tls = ServerTLS(certificate=cert, key=key, hostname="localhost", clock=self.clock)
         mechanisms = {"PLAIN": registry.mechanism_for("PLAIN", self.source.capabilities())}
-        self.penalty = FailurePenalty(self.clock, base=2.0, maximum=2.0) if penalty else None
+        self.state = MemoryStateStore(self.clock)
+        self.penalty = PenaltyRule(base=2.0, maximum=2.0) if penalty else None
         self.ctx = ServerContext(
             self.settings, self.clock, build_portal(self.source, realm), self.source,
-            mechanisms, tls=tls,
-            penalty=self.penalty, gate=PenaltyGate(self.clock, self.penalty) if penalty else None)
+            mechanisms, tls=tls, state=self.state, penalty=self.penalty,
+            gate=PenaltyGate(self.clock, self.state, self.penalty) if penalty else None)
         self.listener = config.ListenSettings(endpoint="tcp:0", tls=listener_tls)
         self.maildir = tmp_path / "mail" / "alice" / "Maildir"
         for sub in ("tmp", "new", "cur"):
             (self.maildir / sub).mkdir(parents=True, exist_ok=True)
         for i, body in enumerate(MESSAGES):
             (self.maildir / "new" / f"100{i}.M1P1.host").write_bytes(body)
+
+    def failures(self, address):
+        """The failures the store holds for C{address} now."""
+        key = self.penalty.key(address)
+        return self.state.login_state(key, None).result.failures
+
+    def record_failure(self, address):
+        self.state.record_failure(self.penalty.key(address), None, 900.0, 900.0)
 
     def connect(self, transport=None):
         self.transport = transport or StringTransport()

@@ -1,8 +1,15 @@
-"""Tests for securepop.access.limits.ConnectionLimits."""
+"""
+Connection limits: the rules of L{securepop.access.limits.LimitRule}
+counted in a memory state store through L{SlotLease}s, as a session takes
+them.
+"""
+
+import itertools
 
 import pytest
 from twisted.internet import protocol
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python import failure
 from twisted.internet import error
@@ -11,9 +18,55 @@ from securepop.access.limits import (
     PER_IP,
     PER_USER,
     TOTAL,
-    ConnectionLimits,
     LimitExceeded,
+    LimitRule,
 )
+from securepop.state.memory import MemoryStateStore
+from securepop.state.slots import SlotLease
+
+
+def now(d):
+    out = []
+    d.addBoth(out.append)
+    if isinstance(out[0], failure.Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+class ConnectionLimits:
+    """The rule and a store, with the questions these tests ask of the counts."""
+
+    def __init__(self, *args, **kwargs):
+        self.rule = LimitRule(*args, **kwargs)
+        self.store = MemoryStateStore(Clock())
+        self._ids = itertools.count()
+
+    def acquireConnection(self, address):
+        lease = SlotLease(self.store, f"lease-{next(self._ids)}")
+        now(lease.add(self.rule.connectionCounts(address)))
+        return lease
+
+    def acquireUser(self, username, lease=None):
+        lease = lease or SlotLease(self.store, f"lease-{next(self._ids)}")
+        now(lease.add(self.rule.userCounts(username)))
+        return lease
+
+    @property
+    def connections(self):
+        return now(self.store.count("total", "*"))
+
+    def connectionsFrom(self, address):
+        return now(self.store.count("ip", self.rule.addressKey(address)))
+
+    def sessionsOf(self, username):
+        return now(self.store.count("user", username))
+
+    @property
+    def addressesCounted(self):
+        return sum(1 for scope, _ in self.store._counters if scope == "ip")
+
+    def describe(self):
+        return self.rule.describe()
 
 
 def test_per_ip_limit_holds_and_other_addresses_are_served():
@@ -126,9 +179,9 @@ def test_bad_address_and_bad_configuration():
     assert limits.connections == 0
     for bad in (-1, 1.5, "3", True):
         with pytest.raises(ValueError):
-            ConnectionLimits(max_connections=bad)
+            LimitRule(max_connections=bad)
     with pytest.raises(ValueError):
-        ConnectionLimits(ipv6PrefixLength=0)
+        LimitRule(ipv6PrefixLength=0)
 
 
 def test_describe():
@@ -152,7 +205,7 @@ class CountedProtocol(protocol.Protocol):
             self.transport.loseConnection()
 
     def login(self, user):
-        self.leases.append(self.limits.acquireUser(user))
+        self.limits.acquireUser(user, self.leases[0])   # the same lease
 
     def quit(self):
         for lease in self.leases:

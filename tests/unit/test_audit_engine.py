@@ -132,6 +132,23 @@ def test_authentication_nothing_in_clear():
     assert "none" in f["auth.password-exposing"].reason
 
 
+@pytest.mark.parametrize("before, under, status, words", [
+    (("PLAIN", "XOAUTH2"), ("PLAIN", "XOAUTH2", "OAUTHBEARER"), WARN, "before TLS: XOAUTH2"),
+    ((), ("OAUTHBEARER", "XOAUTH2"), PASS, "only under TLS: OAUTHBEARER, XOAUTH2"),
+    ((), ("SCRAM-SHA-256",), INFO, "no bearer"),
+])
+def test_bearer_mechanisms_listed_and_flagged_before_tls(before, under, status, words):
+    audit = Audit(options())
+    audit.capabilitiesBefore = {"STLS": (), **({"SASL": before} if before else {})}
+    audit.capabilitiesUnderTLS = {"SASL": under}
+    f = authFindings(audit)
+    assert f["auth.bearer"].status == status and words in f["auth.bearer"].reason
+    for name in under:
+        assert name in f["auth.mechanisms"].reason
+    if before:
+        assert "XOAUTH2" in f["auth.password-exposing"].reason.split("do not")[0]
+
+
 def test_login_refused_without_tls():
     audit = Audit(options(user="alice", password=b"pw"))
     audit._login()

@@ -164,3 +164,13 @@ def test_judge_key(kind, bits, status):
 ])
 def test_judge_signature(name, status):
     assert judgeSignature(name)[0] == status
+
+
+def test_kerberos_offered_or_ntlm_alone():
+    from securepop.audit.judge import judge_kerberos
+
+    assert judge_kerberos([], ["GSSAPI", "NTLM"]) == (PASS, "Kerberos (GSSAPI) offered under TLS")
+    assert judge_kerberos(["GSSAPI"], ["GSSAPI"])[1].endswith("before and under TLS")
+    status, reason = judge_kerberos(["NTLM"], ["PLAIN", "NTLM"])
+    assert status == INFO and "without Kerberos" in reason
+    assert judge_kerberos(["USER"], ["PLAIN"])[0] == INFO

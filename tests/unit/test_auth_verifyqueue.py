@@ -144,3 +144,68 @@ def test_only_a_logins_wait_is_a_login_latency(queue):
         PURPOSE.reset(token)
     yield d
     assert len(metrics.waits) == 1 and metrics.renewals == 1
+
+
+def renew(q, f, *args):
+    from securepop.auth.verifyqueue import PURPOSE
+
+    token = PURPOSE.set("renewal")
+    try:
+        return q(f, *args)
+    finally:
+        PURPOSE.reset(token)
+
+
+@defer.inlineCallbacks
+def test_a_renewal_never_takes_a_logins_thread(queue):
+    """With the one hashing thread busy renewing, a login still runs at once."""
+    gate = Gate()
+    renewing = renew(queue, gate.work, "renewal")
+    wait_until(lambda: gate.ran == ["renewal"])
+    login = yield submit(queue, "a", lambda: "login")
+    assert login == "login" and not renewing.called
+    assert queue.renewals == 1 and queue.depth == 0
+    gate.event.set()
+    assert (yield renewing) == "renewal"
+    assert queue.renewals == 0
+
+
+@defer.inlineCallbacks
+def test_a_login_never_waits_for_queued_renewals(queue):
+    gate = Gate()
+    first = renew(queue, gate.work, "r1")
+    wait_until(lambda: gate.ran == ["r1"])
+    later = [renew(queue, lambda n=n: n, n) for n in range(3)]
+    assert (yield submit(queue, "a", lambda: "login")) == "login"
+    assert not any(d.called for d in later)
+    gate.event.set()
+    yield first
+    assert (yield defer.gatherResults(later)) == [0, 1, 2]
+
+
+@defer.inlineCallbacks
+def test_renewals_run_at_a_lower_cpu_priority_than_logins(queue):
+    import os
+
+    def nice():
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    from securepop.auth.verifyqueue import RENEWAL_NICE
+
+    login_nice = yield submit(queue, "a", nice)
+    renewal_nice = yield renew(queue, nice)
+    assert renewal_nice >= RENEWAL_NICE > login_nice
+
+
+@defer.inlineCallbacks
+def test_renewals_are_bounded_and_never_count_against_a_client(queue):
+    gate = Gate()
+    held = [renew(queue, gate.work, n) for n in range(queue.max_queued)]
+    refused = renew(queue, lambda: None)
+    with pytest.raises(VerificationBusy):
+        yield refused
+    # A client's own cap (3) is untouched by the renewals in flight.
+    logins = yield defer.gatherResults([submit(queue, "a", lambda n=n: n) for n in range(3)])
+    assert logins == [0, 1, 2]
+    gate.event.set()
+    yield defer.gatherResults(held)

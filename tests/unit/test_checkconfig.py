@@ -82,3 +82,28 @@ def test_lmtp_listeners_and_the_quota_are_shown(tmp_path):
     assert "mail quota: no octets, 9 messages (per-user overrides apply)" in lines
     lines, _ = report_for(tmp_path)
     assert not any(l.startswith(("lmtp ", "mail quota")) for l in lines)
+
+
+def test_names_the_state_store_in_force(tmp_path):
+    lines, _ = report_for(tmp_path)
+    assert "state: memory (this process only)" in lines
+    assert sum(1 for l in lines if l.startswith("state: ")) == 1
+
+
+def test_gssapi_and_channel_binding_are_shown(tmp_path):
+    from tests.unit.test_auth_keytab import GOOD
+
+    (tmp_path / "data").mkdir()
+    keytab = tmp_path / "data" / "pop.keytab"
+    keytab.write_bytes(GOOD)
+    keytab.chmod(0o600)
+    lines, _ = report_for(tmp_path, '[server]\nhostname = "mail.example.com"\n'
+                                    '[auth]\nmechanisms = ["GSSAPI", "PLAIN"]\n'
+                                    'channel_binding = "off"\n'
+                                    '[auth.gssapi]\nkeytab = "pop.keytab"\n')
+    assert f"auth.gssapi: keytab {keytab}, principal pop/mail.example.com, realms " \
+           "(those of the keytab)" in lines
+    assert "auth.channel_binding = off" in lines
+    assert any("channel_binding = off" in l and "relayed" in l for l in lines)
+    plain, _ = report_for(tmp_path)
+    assert not any(l.startswith(("auth.gssapi", "auth.channel_binding")) for l in plain)

@@ -196,3 +196,37 @@ def test_the_name_the_dc_verified_is_normalised(monkeypatch):
     report = _tryWithRule(source, "EXAMPLE\\Carol", "ntlm", b"pw", Verifier())
     assert report["verified_by_dc"] == "EXAMPLE\\Carol"
     assert source.calls == [("lookup", "carol")] and report["result"] == "ok"
+
+
+def _kerberos(tmp_path, keytab):
+    import dataclasses
+
+    from securepop import config
+
+    settings = config.Settings()
+    return dataclasses.replace(
+        settings, server=dataclasses.replace(settings.server, hostname="mail.example.com",
+                                             data_dir=str(tmp_path)),
+        auth=dataclasses.replace(settings.auth, gssapi=config.GSSAPISettings(keytab=keytab)))
+
+
+def test_gssapi_without_a_keytab_or_a_ticket_is_refused_and_says_why(tmp_path, monkeypatch):
+    from tests.unit.test_auth_keytab import GOOD, write
+
+    source = FakeSource()
+    report = _result(ensureDeferred(test_auth.tryKerberos(
+        _kerberos(tmp_path, ""), source, "alice", Ticks())))
+    assert report["result"] == "refused" and "keytab" in report["reason"]
+    write(tmp_path, GOOD)
+    monkeypatch.setenv("KRB5CCNAME", f"FILE:{tmp_path}/no-such-cache")
+    report = _result(ensureDeferred(test_auth.tryKerberos(
+        _kerberos(tmp_path, "pop.keytab"), source, "alice", Ticks())))
+    assert report["result"] == "refused" and "kinit" in report["reason"]
+    assert source.calls == []               # nobody was looked up
+
+
+def _result(d):
+    box = []
+    d.addBoth(box.append)
+    assert box, "the report is not ready"
+    return box[0]

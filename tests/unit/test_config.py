@@ -118,9 +118,10 @@ def test_every_setting_is_documented_in_the_sample():
     import dataclasses
 
     text = SAMPLE.read_text()
-    nested = {"file", "ldap", "ad", "sni"}
+    nested = {"file", "ldap", "ad", "sni", "oauth2", "gssapi"}
     for cls in (config.ServerSettings, config.ListenSettings, config.TLSSettings,
                 config.AuthSettings, config.FileSourceSettings, config.LDAPSettings,
+                config.OAuth2Settings, config.GSSAPISettings,
                 config.AccessSettings, config.MailSettings, config.LogSettings,
                 config.MetricsSettings, config.LMTPSettings):
         for f in dataclasses.fields(cls):

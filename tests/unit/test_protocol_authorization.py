@@ -209,9 +209,9 @@ def test_policy_refusal_is_no_guess(secure):
     """An NTLMv1 refusal (a policy) grows neither the penalty nor the lockout."""
     session = secure.session
     session._login_failed("NTLM", "alice", "ntlmv1-refused")
-    assert secure.penalty.failures(session.peer) == 0
+    assert secure.failures(session.peer) == 0
     session._login_failed("PLAIN", "alice", "bad-password")
-    assert secure.penalty.failures(session.peer) == 1
+    assert secure.failures(session.peer) == 1
 
 
 def test_credentials_before_tls_are_refused_and_counted(starttls):
@@ -232,7 +232,7 @@ def test_a_penalised_address_waiting_for_its_client_holds_no_one(tmp_path, ident
     h = Harness(tmp_path, identity, listener_tls="implicit")
     first = h.connect()
     h.lines()
-    h.penalty.record_failure(first.peer)
+    h.record_failure(first.peer)
     h.clock.advance(10)                              # the penalty has elapsed
     assert h.send(b"AUTH PLAIN\r\n") == [b"+ "]      # first: the client's turn now
     second_transport = StringTransport()

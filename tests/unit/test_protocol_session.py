@@ -288,3 +288,38 @@ def test_login_deadline_does_not_touch_a_logged_in_session(secure):
     login(secure)
     secure.clock.advance(130)
     assert secure.send(b"NOOP\r\n") == [b"+OK"]
+
+
+class _Peek:
+    def __init__(self, data):
+        self.data = data
+
+    def peek(self, n):
+        return self.data[:n]
+
+
+class _LimitSession:
+    def __init__(self, mech=None, line=b"", secure=True):
+        from securepop.protocol.states import AUTHORIZATION
+
+        self._exchange = object() if mech else None
+        self._exchange_mech = mech
+        self._input = _Peek(line)
+        self.secure = secure
+        self.state = AUTHORIZATION
+
+
+def test_line_limits_fit_each_mechanisms_tokens():
+    """A Kerberos ticket with a large PAC (Windows: 48,000 octets) fits; others keep theirs."""
+    from securepop.protocol import session as s
+
+    assert s._line_limit(_LimitSession("GSSAPI")) == s.MAX_KERBEROS_LINE >= 64002
+    assert s._line_limit(_LimitSession("XOAUTH2")) == s.MAX_BEARER_LINE
+    assert s._line_limit(_LimitSession("NTLM")) == s.MAX_AUTH_LINE
+    assert s._line_limit(_LimitSession(line=b"AUTH GSSAPI YII=")) == s.MAX_KERBEROS_LINE
+    assert s._line_limit(_LimitSession(line=b"AUTH gssapi YII=")) == s.MAX_KERBEROS_LINE
+    assert s._line_limit(_LimitSession(line=b"AUTH PLAIN AGEA")) == s.MAX_COMMAND_LINE
+    # Before TLS no command line grows.
+    assert s._line_limit(_LimitSession(line=b"AUTH GSSAPI YII=", secure=False)) == \
+        s.MAX_COMMAND_LINE
+    assert s.MAX_KERBEROS_LINE <= s.MAX_BUFFER

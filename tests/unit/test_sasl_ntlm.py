@@ -1,5 +1,6 @@
 """NTLM verified locally (NT hash) and through a domain controller."""
 
+import hashlib
 import struct
 from types import SimpleNamespace
 
@@ -20,7 +21,7 @@ from securepop.testing import ntlm as m
 from securepop.sasl.base import Challenge
 from securepop.sasl.ntlm import (
     NTLM, NTLM_DELEGATED, INTLMDelegate, NTLMCredentials, NTLMMechanism,
-    NTLMRefused, check_authenticate_policy, desl, filetime_to_unix, hmac_md5,
+    NTLMRefused, channel_binding_hash, check_authenticate_policy, desl, filetime_to_unix, hmac_md5,
     ntlm2_session_challenge, ntlmv1_response, ntowfv2, parse_ntlmv2_blob,
     unix_to_filetime,
 )
@@ -595,3 +596,113 @@ def test_delegated_name_follows_the_same_rule():
     with pytest.raises(SASLError):
         run_exchange(RuleContext(delegate=ForeignDC({"alice": nt_hash("secret")})),
                      mechanism=NTLM_DELEGATED)
+
+
+# -- channel binding (Extended Protection) -----------------------------------
+
+SERVER_END_POINT = bytes(range(32))         # our certificate's hash
+
+
+class TLSContext(Context):
+    """A connection under TLS whose certificate hash is L{SERVER_END_POINT}."""
+
+    secure = True
+
+    def __init__(self, binding=SERVER_END_POINT, **settings):
+        super().__init__(**settings)
+        self.binding = binding
+
+    def channelBinding(self, kind):
+        assert kind == "tls-server-end-point"
+        return self.binding
+
+
+def bound_client(application_data):
+    from spnego.channel_bindings import GssChannelBindings
+
+    bindings = None
+    if application_data is not None:
+        bindings = GssChannelBindings(application_data=application_data)
+    return spnego.client("alice", "secret", hostname="mail.example.test", service="pop",
+                         protocol="ntlm", channel_bindings=bindings)
+
+
+def bound_exchange(context, application_data, mechanism=NTLM):
+    client = bound_client(application_data)
+    exchange = mechanism.newExchange(context)
+    challenge = result(exchange.step(client.step()))
+    return result(exchange.step(client.step(challenge.data)))
+
+
+RIGHT = b"tls-server-end-point:" + SERVER_END_POINT
+WRONG = b"tls-server-end-point:" + b"\xee" * 32     # a relay's certificate
+
+
+def test_channel_binding_hash_is_what_pyspnego_sends():
+    from spnego.channel_bindings import GssChannelBindings
+
+    expected = hashlib.md5(GssChannelBindings(application_data=RIGHT).pack()).digest()
+    assert channel_binding_hash(RIGHT) == expected
+    client = bound_client(RIGHT)
+    exchange = NTLM.newExchange(TLSContext())
+    challenge = result(exchange.step(client.step()))
+    message = m.parse_authenticate(client.step(challenge.data))
+    pairs = dict(parse_ntlmv2_blob(message.nt_response[16:]).av_pairs)
+    assert pairs[m.AV_CHANNEL_BINDINGS] == expected
+
+
+@pytest.mark.parametrize("mode, sent, ours, refusal", [
+    ("require", RIGHT, SERVER_END_POINT, None),
+    ("require", None, SERVER_END_POINT, "channel-binding-missing"),
+    ("require", WRONG, SERVER_END_POINT, "channel-binding-mismatch"),
+    ("require", RIGHT, None, "channel-binding-unavailable"),    # no TLS here
+    ("allow", RIGHT, SERVER_END_POINT, None),
+    ("allow", None, SERVER_END_POINT, None),
+    ("allow", WRONG, SERVER_END_POINT, "channel-binding-mismatch"),
+    ("allow", WRONG, None, None),           # cannot tell without TLS
+    ("off", WRONG, SERVER_END_POINT, None),
+    ("off", None, SERVER_END_POINT, None),
+], ids=["require-right", "require-none", "require-wrong", "require-no-tls", "allow-right",
+        "allow-none", "allow-wrong", "allow-wrong-no-tls", "off-wrong", "off-none"])
+def test_channel_binding_modes(mode, sent, ours, refusal):
+    context = TLSContext(binding=ours, channel_binding=mode)
+    if refusal is None:
+        creds = bound_exchange(context, sent)
+        assert creds.checkSecret(nt_hash("secret"))
+        return
+    with pytest.raises(NTLMRefused) as info:
+        bound_exchange(context, sent)
+    assert info.value.reason == refusal
+
+
+def test_channel_binding_default_is_allow():
+    with pytest.raises(NTLMRefused, match="mismatch"):
+        bound_exchange(TLSContext(), WRONG)
+    assert bound_exchange(TLSContext(), None).checkSecret(nt_hash("secret"))
+
+
+def test_channel_binding_required_refuses_ntlmv1():
+    token = m.build_authenticate(m.NEGOTIATE_UNICODE, b"L" * 24, b"N" * 24, "D",
+                                 "alice", "WS")
+    exchange = NTLM.newExchange(TLSContext(channel_binding="require",
+                                           insecure_allow_ntlmv1=True))
+    exchange.step(m.build_negotiate(m.NEGOTIATE_UNICODE | m.NEGOTIATE_NTLM))
+    with pytest.raises(NTLMRefused) as info:
+        exchange.step(token)
+    assert info.value.reason == "channel-binding-missing"
+
+
+@pytest.mark.parametrize("sent, refusal", [
+    (None, "channel-binding-missing"), (WRONG, "channel-binding-mismatch")],
+    ids=["none", "wrong"])
+def test_delegated_ntlm_checks_the_binding_before_the_dc_is_asked(sent, refusal):
+    dc = FakeDomainController({"alice": nt_hash("secret")})
+    context = TLSContext(channel_binding="require", delegate=dc)
+    with pytest.raises(NTLMRefused) as info:
+        bound_exchange(context, sent, NTLM_DELEGATED)
+    assert info.value.reason == refusal
+    assert dc.calls == ["negotiate"]
+    dc = FakeDomainController({"alice": nt_hash("secret")})
+    creds = bound_exchange(TLSContext(channel_binding="require", delegate=dc), RIGHT,
+                           NTLM_DELEGATED)
+    assert creds.username == "alice" and dc.calls == ["negotiate", "authenticate"]

@@ -5,7 +5,7 @@ from zope.interface.verify import verifyObject
 
 import securepop.sasl
 from securepop.interfaces import (
-    CLEARTEXT_SECRET, NT_HASH, NTLM_DELEGATE, PLAINTEXT, SCRAM_SHA_256,
+    CLEARTEXT_SECRET, KERBEROS, NT_HASH, NTLM_DELEGATE, PLAINTEXT, SCRAM_SHA_256,
     ISASLMechanism,
 )
 from securepop.sasl.registry import (
@@ -72,8 +72,8 @@ def test_order_kept_duplicates_and_non_sasl_dropped():
 
 
 def test_unknown_name_raises():
-    with pytest.raises(ValueError, match="GSSAPI"):
-        mechanisms_for(["GSSAPI"], FILE_SOURCE, True, False)
+    with pytest.raises(ValueError, match="OTP"):
+        mechanisms_for(["OTP"], FILE_SOURCE, True, False)
     with pytest.raises(ValueError, match="DIGEST-MD5"):
         check_pairings(["DIGEST-MD5"], FILE_SOURCE)
 
@@ -89,6 +89,7 @@ def test_possible_pairings_pass():
     ("SCRAM-SHA-256", LDAP_SOURCE, SCRAM_SHA_256),
     ("NTLM", LDAP_SOURCE, NT_HASH),
     ("USER", {NT_HASH}, PLAINTEXT),
+    ("GSSAPI", AD_SOURCE, KERBEROS),        # no keytab configured
 ])
 def test_impossible_pairings_name_the_mechanism_and_the_lack(name, source,
                                                              lacking):
@@ -96,3 +97,12 @@ def test_impossible_pairings_name_the_mechanism_and_the_lack(name, source,
         check_pairings(["PLAIN", name] if name != "USER" else [name], source)
     message = str(info.value)
     assert name in message and lacking in message
+
+
+def test_gssapi_needs_a_keytab_and_is_offered_with_one():
+    """GSSAPI needs KERBEROS (a keytab), not a password: offered with any source then."""
+    assert mechanism_for("GSSAPI", AD_SOURCE) is None
+    check_pairings(["GSSAPI", "NTLM"], AD_SOURCE | {KERBEROS})
+    offered = mechanisms_for(["GSSAPI", "PLAIN"], LDAP_SOURCE | {KERBEROS}, secure=False,
+                             allow_cleartext=False)
+    assert names(offered) == ["GSSAPI"]     # no password crosses the wire

@@ -87,18 +87,27 @@ def test_reload_keeps_counts_and_penalties_but_applies_new_limits(setup):
     reactor = MemoryReactorClock()
     svc = service.makeService(config.load(setup), reactor)
     context = svc.context
-    limits, penalty = context.limits, context.penalty
-    lease = limits.acquireConnection("192.0.2.50")
-    penalty.record_failure("198.51.100.7")
+    store = context.state
+    assert store is svc.state and store.kind == "memory"
+
+    def now(d):
+        out = []
+        d.addBoth(out.append)
+        return out[0]
+
+    lease = now(context.acquire_connection("192.0.2.50"))
+    now(context.penalty_failure("198.51.100.7", None))
     setup.write_text(setup.read_text() + "max_connections_per_ip = 7\n"
                      "[auth]\nfailure_delay = 1.0\nfailure_delay_max = 4.0\n")
     assert svc.reload() is True
-    assert context.limits is limits and limits.maxPerIP == 7
-    assert limits.connectionsFrom("192.0.2.50") == 1      # the open session still counts
-    assert context.penalty is penalty and penalty.base == 1.0 and penalty.maximum == 4.0
-    assert penalty.failures("198.51.100.7") == 1           # an attacker's history survives
+    assert context.state is store and context.gate.store is store
+    assert context.limits.maxPerIP == 7
+    assert now(store.count("ip", "192.0.2.50")) == 1      # the open session still counts
+    assert context.penalty.base == 1.0 and context.penalty.maximum == 4.0
+    assert context.gate.penalty is context.penalty
+    assert now(store.login_state("198.51.100.7", None)).failures == 1   # history survives
     lease.release()
-    assert limits.connectionsFrom("192.0.2.50") == 0
+    assert now(store.count("ip", "192.0.2.50")) == 0
 
 
 def test_implicit_listener_follows_the_tls_in_force(setup):
