@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from securepop.auth.oauth2_settings import OAuth2Settings, oauth2_problem
 from securepop.auth.keytab import GSSAPISettings, gssapi_problem
 from securepop.errors import ConfigError
+from securepop.state.settings import StateSettings, problems as state_problems
 
 DEFAULT_DATA_DIR = "./securepop-data"
 DEFAULT_LISTENERS = (
@@ -283,6 +284,7 @@ class Settings:
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     lmtp: tuple[LMTPSettings, ...] = ()
+    state: StateSettings = StateSettings()
     path: str | None = None
 
     @property
@@ -434,6 +436,8 @@ def _check(reader, settings):
         raise reader.error(*problem)
     if "GSSAPI" in settings.auth.mechanisms and (problem := gssapi_problem(settings)):
         raise reader.error(*problem)
+    if problem := state_problems(settings.state):
+        raise reader.error(f"state.{problem[0]}", problem[1])
     if settings.auth.source == "ad":
         reason = ntlm_auth_problem(settings.auth)
         if reason:
@@ -522,7 +526,8 @@ def parse(text, path="<string>", data_dir=None):
         raise ConfigError(path, "(syntax)", "nested too deeply")
     reader = _Reader(path, text)
     settings = Settings(path=str(path))
-    known = {"server", "listen", "tls", "auth", "access", "mail", "log", "metrics", "lmtp"}
+    known = {"server", "listen", "tls", "auth", "access", "mail", "log", "metrics", "lmtp",
+             "state"}
     for name in raw:
         if name not in known:
             raise reader.error(name, "unknown section")
@@ -568,7 +573,7 @@ def parse(text, path="<string>", data_dir=None):
         auth = reader.build(AuthSettings, table, "auth")
         settings = replace(settings, auth=replace(auth, **subs))
     for name, cls in (("access", AccessSettings), ("mail", MailSettings), ("log", LogSettings),
-                      ("metrics", MetricsSettings)):
+                      ("metrics", MetricsSettings), ("state", StateSettings)):
         if name in raw:
             settings = replace(settings, **{name: reader.build(cls, raw[name], name)})
     if data_dir is not None:

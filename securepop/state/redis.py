@@ -1,0 +1,408 @@
+"""
+The C{redis} state store: workers and nodes share one Redis (6+, or
+Valkey), standalone or found through Sentinel.
+
+Client: txredisapi, Twisted-native (no second event loop, no reactor
+swap), with TLS and Sentinel built in.  One connection, reconnected in the
+background; every operation is one Lua script (L{securepop.state.scripts})
+or one plain command: atomic on the server, one round trip.
+
+Every call is bounded by C{timeout}: when no answer comes in time, or no
+connection is up, it fails with L{StateUnavailable} at once and the
+connection is aborted (so nothing queued on it runs late and nothing piles
+up while the server hangs); txredisapi reconnects.  A call that timed out
+may still have been applied: a slot so taken is not refreshed by the
+heartbeat and goes within C{lease_ttl}.
+
+Keys: C{<prefix>slot:<scope>:<hex>}, C{<prefix>fail:<hex>},
+C{<prefix>user:<hex>}, C{<prefix>turn:<hex>}, C{<prefix>drop:<hex>},
+C{<prefix>cache:<hex>}; C{<hex>} is the UTF-8 of the user name, address
+or cache key in hex, so no client-chosen text can name another key.
+Multi-key scripts: a standalone Redis or Sentinel, not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import txredisapi
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from securepop.access.limits import PER_IP, PER_USER, TOTAL, LimitExceeded
+from securepop.errors import StateUnavailable
+from securepop.interfaces import IStateStore
+from securepop.state import LoginState
+from securepop.state.scripts import LOADED
+from securepop.state.settings import parse_redis_url, parse_sentinel
+
+SCOPES = {"total": TOTAL, "ip": PER_IP, "user": PER_USER}
+MAX_USER_FAILURES = 1024     # failures remembered per user: far above any threshold
+RECONNECT_MAX_DELAY = 2.0    # seconds between reconnection attempts, at most
+
+
+def hex_key(value):
+    """A key part from C{value} (str or bytes): its bytes in hex."""
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    return bytes(value).hex()
+
+
+def _bytes(value):
+    """A reply as bytes (txredisapi decodes what is valid UTF-8)."""
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _ms(seconds):
+    return max(1, int(seconds * 1000))
+
+
+def _oldest(member):
+    """The failure time in a user failure's member C{"time:nonce"}."""
+    text = _text(member)
+    return float(text.split(":", 1)[0]) if text else 0.0
+
+
+def _login_state(reply):
+    failures, last, user_failures, oldest = reply
+    return LoginState(int(_text(failures) or 0), float(_text(last) or 0), int(user_failures),
+                      _oldest(oldest))
+
+
+@implementer(IStateStore)
+class RedisStateStore:
+    """
+    @param reactor: L{IReactorTime} and L{IReactorTCP}; its C{seconds()} is
+        the wall time every node's leases are dated with.
+    @param url: C{redis://host:port/db} or C{rediss://...}.
+    @param sentinels: C{"host:port"} of Sentinels (then C{url} gives only
+        the database) and C{sentinel_master}, the service they watch.
+    @param password: the Redis password (str) or None.
+    @param ca_file: PEM CAs a C{rediss://} server's certificate must chain
+        to (default: the system's).
+    @param timeout: seconds a call may take.
+    @param lease_ttl: seconds a slot outlives its holder's last heartbeat;
+        the heartbeat runs every third of it.
+    """
+
+    kind = "redis"
+
+    def __init__(self, reactor, url="redis://127.0.0.1:6379/0", sentinels=(),
+                 sentinel_master="mymaster", password=None, ca_file="",
+                 key_prefix="securepop:", timeout=0.5, lease_ttl=30.0):
+        self._tls, self._host, self._port, self._db = parse_redis_url(url)
+        self._sentinels = [parse_sentinel(s) for s in sentinels]
+        if timeout <= 0 or lease_ttl <= 0:
+            raise ValueError("timeout and lease_ttl must be positive")
+        self._reactor = reactor
+        self._sentinel_master = sentinel_master
+        self._password = password or None
+        self._ca_file = ca_file
+        self._prefix = key_prefix
+        self.timeout = float(timeout)
+        self.lease_ttl = float(lease_ttl)
+        self._factory = None
+        self._sentinel = None
+        self._leases = {}       # lease id -> [counter key, ...]
+        self._maildrops = {}    # maildrop key -> holder
+        self._heartbeat = LoopingCall(self.beat)
+        self._heartbeat.clock = reactor
+        self.round_trips = 0    # commands sent (for measurements)
+
+    # -- life ----------------------------------------------------------------------
+
+    def start(self):
+        """
+        Connect, start the heartbeat and load the scripts.  Fails with
+        L{StateUnavailable} when no usable connection comes within a few
+        timeouts; the store goes on trying in the background.
+        """
+        if self._factory is None:
+            self._factory = self._connect()
+            self._heartbeat.start(self.lease_ttl / 3, now=False)
+        ready = defer.Deferred()
+        first = self._factory.deferred
+        if first is None:
+            ready.callback(None)
+        else:
+            first.addCallbacks(lambda _: ready.callback(None) if not ready.called else None,
+                               lambda f: ready.errback(StateUnavailable(
+                                   f"redis: {f.getErrorMessage()}")) if not ready.called else None)
+            wait = max(5 * self.timeout, 2.0)
+            timer = self._reactor.callLater(wait, lambda: ready.called or ready.errback(
+                StateUnavailable(f"redis: not connected within {wait:g} s")))
+            ready.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
+        return ready.addCallback(lambda _: self._load_scripts())
+
+    def _load_scripts(self):
+        calls = [self._command("SCRIPT", "LOAD", text) for _sha, text in LOADED.values()]
+        return defer.gatherResults(calls, consumeErrors=True).addCallbacks(
+            lambda _: None, lambda f: Failure(f.value.subFailure.value))
+
+    def _connect(self):
+        """A txredisapi factory keeping one connection up (or trying to)."""
+        options = dict(charset="utf-8", convertNumbers=False, password=self._password,
+                       replyTimeout=None)
+        dbid = self._db or None
+        if self._sentinels:
+            made = []
+
+            def factory_class(**kwargs):
+                made.append(txredisapi.SentinelConnectionFactory(**kwargs))
+                return made[-1]
+
+            self._sentinel = txredisapi.Sentinel(self._sentinels)
+            self._sentinel.master_for(self._sentinel_master, factory_class=factory_class,
+                                      dbid=dbid, poolsize=1, **options)
+            factory = made[0]
+        else:
+            factory = txredisapi.RedisFactory(f"{self._host}:{self._port}", dbid, 1, True,
+                                              **options)
+            endpoint = HostnameEndpoint(self._reactor, self._host, self._port,
+                                        timeout=max(2 * self.timeout, 1.0))
+            if self._tls:
+                endpoint = wrapClientTLS(self._tls_options(), endpoint)
+            factory.startConnecting(endpoint)
+        factory.maxDelay = RECONNECT_MAX_DELAY
+        factory.initialDelay = min(factory.initialDelay, 0.5)
+        return factory
+
+    def _tls_options(self):
+        trust = None
+        if self._ca_file:
+            with open(self._ca_file, "rb") as f:
+                pem = f.read()
+            trust = ssl.trustRootFromCertificates(
+                [ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----\n")
+                 for block in pem.split(b"-----END CERTIFICATE-----") if b"-----BEGIN" in block])
+        return ssl.optionsForClientTLS(self._host, trustRoot=trust)
+
+    def stop(self):
+        """Give back every slot and maildrop lease of this process, then disconnect."""
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        keys, members = self._held(self._leases.items(), self._maildrops.items())
+        self._leases.clear()
+        self._maildrops.clear()
+        d = self._script("release", keys, [len(keys) - len(members[1]), *members[0],
+                                           *members[1]]) if keys else defer.succeed(None)
+        d.addErrback(lambda _: None)
+
+        def disconnect(_):
+            factory, self._factory = self._factory, None
+            sentinel, self._sentinel = self._sentinel, None
+            waits = [factory.disconnect()] if factory is not None else []
+            if sentinel is not None:
+                waits.append(sentinel.disconnect())
+            return defer.gatherResults(waits, consumeErrors=True).addBoth(lambda _: None)
+        return d.addCallback(disconnect)
+
+    @staticmethod
+    def _held(leases, maildrops):
+        """KEYS and the two ARGV lists (slot members, maildrop holders)."""
+        keys, slot_members, holders = [], [], []
+        for lease, counters in leases:
+            keys.extend(counters)
+            slot_members.extend([lease] * len(counters))
+        for key, holder in maildrops:
+            keys.append(key)
+            holders.append(holder)
+        return keys, (slot_members, holders)
+
+    def beat(self):
+        """Re-date this process's slots and maildrop leases: one script call."""
+        keys, (slot_members, holders) = self._held(self._leases.items(), self._maildrops.items())
+        if not keys:
+            return defer.succeed(None)
+        expiry = self._reactor.seconds() + self.lease_ttl
+        d = self._script("heartbeat", keys, [f"{expiry:.6f}", _ms(self.lease_ttl * 2),
+                                             len(slot_members), *slot_members, *holders])
+        return d.addErrback(lambda _: None)  # a missed beat: the next one catches up
+
+    # -- one round trip ------------------------------------------------------------------
+
+    def _connection(self):
+        factory = self._factory
+        if factory is not None:
+            for conn in factory.pool:
+                if conn.connected:
+                    return conn
+        return None
+
+    def _command(self, *command):
+        """Send one command; its answer within C{timeout} or L{StateUnavailable}."""
+        conn = self._connection()
+        if conn is None:
+            return defer.fail(StateUnavailable("redis: not connected"))
+        self.round_trips += 1
+        try:
+            sent = conn.execute_command(*command)
+        except txredisapi.RedisError as e:
+            return defer.fail(StateUnavailable(f"redis: {e}"))
+        return self._bounded(sent, conn, command)
+
+    def _script(self, name, keys, args):
+        sha, _text_ = LOADED[name]
+        return self._command("EVALSHA", sha, len(keys), *keys, *args)
+
+    def _bounded(self, sent, conn, command):
+        result = defer.Deferred()
+
+        def expire():
+            result.errback(StateUnavailable(f"redis: no answer within {self.timeout:g} s"))
+            conn.transport.abortConnection()
+
+        timer = self._reactor.callLater(self.timeout, expire)
+
+        def answered(value):
+            if not timer.active():
+                return None
+            if isinstance(value, Failure) and value.check(txredisapi.ResponseError) \
+                    and str(value.value).startswith("NOSCRIPT") and command[0] == "EVALSHA":
+                # The server lost its scripts (restart, SCRIPT FLUSH): send the text.
+                self.round_trips += 1
+                name = next(n for n, (sha, _t) in LOADED.items() if sha == command[1])
+                try:
+                    again = conn.execute_command("EVAL", LOADED[name][1], *command[2:])
+                except txredisapi.RedisError as e:
+                    again = defer.fail(e)
+                again.addBoth(answered)
+                return None
+            timer.cancel()
+            if isinstance(value, Failure):
+                result.errback(StateUnavailable(f"redis: {value.getErrorMessage()}"))
+            else:
+                result.callback(value)
+            return None
+
+        sent.addBoth(answered)
+        return result
+
+    # -- connection slots -------------------------------------------------------------------
+
+    def _slot_key(self, scope, key):
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}")
+        return f"{self._prefix}slot:{scope}:{hex_key(key)}"
+
+    def acquire(self, lease, counts):
+        try:
+            wanted = [(scope, key, self._slot_key(scope, key), int(limit))
+                      for scope, key, limit in counts]
+        except ValueError as e:
+            return defer.fail(e)
+        if not wanted:
+            return defer.succeed(None)
+        now = self._reactor.seconds()
+        keys = [k for _s, _k, k, _l in wanted]
+        d = self._script("acquire", keys, [f"{now:.6f}", f"{now + self.lease_ttl:.6f}", lease,
+                                           _ms(self.lease_ttl * 2),
+                                           *[max(0, l) for _s, _k, _r, l in wanted]])
+
+        def taken(full):
+            if full:
+                scope, key, _r, _l = wanted[int(full) - 1]
+                raise LimitExceeded(SCOPES[scope], None if scope == "total" else key)
+            held = self._leases.setdefault(lease, [])
+            held.extend(k for k in keys if k not in held)
+
+        def lost(failure):
+            # It may have been applied all the same: take it back (best effort).
+            new = [k for k in keys if k not in self._leases.get(lease, ())]
+            if failure.check(StateUnavailable) and new:
+                self._reactor.callLater(0, self._forget, lease, new)
+            return failure
+
+        return d.addCallbacks(taken, lost)
+
+    def _forget(self, lease, keys):
+        self._script("release", keys, [len(keys)] + [lease] * len(keys)).addErrback(
+            lambda _: None)
+
+    def release(self, lease):
+        keys = self._leases.pop(lease, None)
+        if not keys:
+            return defer.succeed(None)
+        return self._script("release", keys, [len(keys)] + [lease] * len(keys)).addCallback(
+            lambda _: None)
+
+    def count(self, scope, key):
+        try:
+            slot = self._slot_key(scope, key)
+        except ValueError as e:
+            return defer.fail(e)
+        return self._command("ZCOUNT", slot, f"({self._reactor.seconds():.6f}", "+inf") \
+            .addCallback(int)
+
+    # -- failure penalty and lockout ----------------------------------------------------------
+
+    def _login_keys(self, address_key, username):
+        keys = [f"{self._prefix}fail:{hex_key(address_key)}"]
+        if username:
+            keys.append(f"{self._prefix}user:{hex_key(username)}")
+        return keys
+
+    def login_state(self, address_key, username):
+        return self._script("login_state", self._login_keys(address_key, username),
+                            [f"{self._reactor.seconds():.6f}"]).addCallback(_login_state)
+
+    def record_failure(self, address_key, username, forget_after, window):
+        now = self._reactor.seconds()
+        member = f"{now:.6f}:{secrets.token_hex(6)}"
+        return self._script("record_failure", self._login_keys(address_key, username),
+                            [f"{now:.6f}", _ms(forget_after), f"{now + window:.6f}", member,
+                             _ms(window), MAX_USER_FAILURES]).addCallback(_login_state)
+
+    def record_success(self, address_key, username):
+        return self._command("DEL", *self._login_keys(address_key, username)).addCallback(
+            lambda _: None)
+
+    def claim_turn(self, address_key, holder, ttl):
+        return self._script("claim", [f"{self._prefix}turn:{hex_key(address_key)}"],
+                            [holder, _ms(ttl)]).addCallback(bool)
+
+    def release_turn(self, address_key, holder):
+        return self._script("unclaim", [f"{self._prefix}turn:{hex_key(address_key)}"],
+                            [holder]).addCallback(lambda _: None)
+
+    # -- auth cache -------------------------------------------------------------------------------
+
+    def _cache_key(self, key):
+        return f"{self._prefix}cache:{hex_key(key)}"
+
+    def cache_get(self, key):
+        return self._command("GET", self._cache_key(key)).addCallback(
+            lambda v: None if v is None else _bytes(v))
+
+    def cache_put(self, key, value, ttl):
+        if ttl <= 0:
+            return self.cache_forget(key)
+        return self._command("SET", self._cache_key(key), bytes(value), "PX", _ms(ttl)) \
+            .addCallback(lambda _: None)
+
+    def cache_forget(self, key):
+        return self._command("DEL", self._cache_key(key)).addCallback(lambda _: None)
+
+    # -- maildrop leases -----------------------------------------------------------------------------
+
+    def acquire_maildrop(self, username, holder):
+        key = f"{self._prefix}drop:{hex_key(username)}"
+
+        def claimed(won):
+            if won:
+                self._maildrops[key] = holder
+            return bool(won)
+        return self._script("claim", [key], [holder, _ms(self.lease_ttl)]).addCallback(claimed)
+
+    def release_maildrop(self, username, holder):
+        key = f"{self._prefix}drop:{hex_key(username)}"
+        if self._maildrops.get(key) == holder:
+            del self._maildrops[key]
+        return self._script("unclaim", [key], [holder]).addCallback(lambda _: None)
