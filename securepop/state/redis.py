@@ -33,11 +33,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from securepop.access.limits import PER_IP, PER_USER, TOTAL, LimitExceeded
-from securepop.errors import StateUnavailable
+from securepop.errors import ConfigError, StateUnavailable
 from securepop.interfaces import IStateStore
 from securepop.state import LoginState
 from securepop.state.scripts import LOADED
 from securepop.state.settings import parse_redis_url, parse_sentinel
+from securepop.tls.checks import check_key_file_mode
 
 SCOPES = {"total": TOTAL, "ip": PER_IP, "user": PER_USER}
 MAX_USER_FAILURES = 1024     # failures remembered per user: far above any threshold
@@ -49,6 +50,31 @@ def hex_key(value):
     if isinstance(value, str):
         value = value.encode("utf-8")
     return bytes(value).hex()
+
+
+def read_password_file(path, key="state.password_file"):
+    """
+    The Redis password in C{path} (its first line), read at start.
+
+    @raise ConfigError: unreadable, or readable by group or others.
+    """
+    check_key_file_mode(path, key, "the Redis password file")
+    try:
+        with open(path, "rb") as f:
+            return f.read().split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, key, f"cannot read the file: {getattr(e, 'strerror', None) or e}")
+
+
+def from_settings(settings, reactor):
+    """A L{RedisStateStore} for C{settings.state} (C{[state] backend = "redis"})."""
+    state = settings.state
+    password = read_password_file(str(settings.resolve(state.password_file))) \
+        if state.password_file else None
+    return RedisStateStore(
+        reactor, state.url, sentinels=state.sentinels, sentinel_master=state.sentinel_master,
+        password=password, ca_file=str(settings.resolve(state.ca_file)) if state.ca_file else "",
+        key_prefix=state.key_prefix, timeout=state.timeout, lease_ttl=state.lease_ttl)
 
 
 def _bytes(value):

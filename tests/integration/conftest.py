@@ -40,3 +40,7 @@ def daemon_factory(tmp_path_factory):
 @pytest.fixture(scope="session")
 def daemon(daemon_factory):
     return daemon_factory()
+
+
+# A real redis-server for the shared-state tests (session-wide, started on first use).
+from tests.integration.fixtures_redis import redis, redis_server, redis_tls_server  # noqa: E402,F401
