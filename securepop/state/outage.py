@@ -62,7 +62,7 @@ class OutageGuard:
         self._local_turns = set()       # (address key, holder)
         self._local_maildrops = set()   # (username, holder)
 
-    # -- outage and recovery ---------------------------------------------------------
+    # -- outage and recovery -----------------------------------------------------------
 
     def _down(self, reason):
         if self.outage:
@@ -109,7 +109,7 @@ class OutageGuard:
         d = getattr(self._store, name)(*args).addErrback(_ignore)
         return defer.succeed(None) if self.outage else d
 
-    # -- life ------------------------------------------------------------------------------
+    # -- life --------------------------------------------------------------------------
 
     def start(self):
         """Start both stores; an unreachable shared store is an outage, not an error."""
@@ -129,7 +129,7 @@ class OutageGuard:
             defer.maybeDeferred(self._local.stop)], consumeErrors=True).addCallback(
                 lambda _: None)
 
-    # -- connection slots ----------------------------------------------------------------------
+    # -- connection slots --------------------------------------------------------------
 
     def acquire(self, lease, counts):
         outage = self.outage
@@ -150,7 +150,7 @@ class OutageGuard:
     def count(self, scope, key):
         return self._call("count", scope, key)
 
-    # -- failure penalty and lockout ---------------------------------------------------------------
+    # -- failure penalty and lockout ---------------------------------------------------
 
     def login_state(self, address_key, username):
         return self._call("login_state", address_key, username)
@@ -180,7 +180,7 @@ class OutageGuard:
             self._local.release_turn(address_key, holder)
         return self._give_back("release_turn", address_key, holder)
 
-    # -- auth cache -------------------------------------------------------------------------------------
+    # -- auth cache --------------------------------------------------------------------
 
     def cache_get(self, key):
         return self._call("cache_get", key)
@@ -193,7 +193,7 @@ class OutageGuard:
             self._local.cache_forget(key)
         return self._give_back("cache_forget", key)
 
-    # -- maildrop leases -----------------------------------------------------------------------------------
+    # -- maildrop leases ---------------------------------------------------------------
 
     def acquire_maildrop(self, username, holder):
         return self._claimed(self._call("acquire_maildrop", username, holder),

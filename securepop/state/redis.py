@@ -142,7 +142,7 @@ class RedisStateStore:
         self._heartbeat.clock = reactor
         self.round_trips = 0    # commands sent (for measurements)
 
-    # -- life ----------------------------------------------------------------------
+    # -- life --------------------------------------------------------------------------
 
     def start(self):
         """
@@ -252,7 +252,7 @@ class RedisStateStore:
                                              len(slot_members), *slot_members, *holders])
         return d.addErrback(lambda _: None)  # a missed beat: the next one catches up
 
-    # -- one round trip ------------------------------------------------------------------
+    # -- one round trip ----------------------------------------------------------------
 
     def _connection(self):
         factory = self._factory
@@ -311,7 +311,7 @@ class RedisStateStore:
         sent.addBoth(answered)
         return result
 
-    # -- connection slots -------------------------------------------------------------------
+    # -- connection slots --------------------------------------------------------------
 
     def _slot_key(self, scope, key):
         if scope not in SCOPES:
@@ -367,7 +367,7 @@ class RedisStateStore:
         return self._command("ZCOUNT", slot, f"({self._reactor.seconds():.6f}", "+inf") \
             .addCallback(int)
 
-    # -- failure penalty and lockout ----------------------------------------------------------
+    # -- failure penalty and lockout ---------------------------------------------------
 
     def _login_keys(self, address_key, username):
         keys = [f"{self._prefix}fail:{hex_key(address_key)}"]
@@ -398,7 +398,7 @@ class RedisStateStore:
         return self._script("unclaim", [f"{self._prefix}turn:{hex_key(address_key)}"],
                             [holder]).addCallback(lambda _: None)
 
-    # -- auth cache -------------------------------------------------------------------------------
+    # -- auth cache --------------------------------------------------------------------
 
     def _cache_key(self, key):
         return f"{self._prefix}cache:{hex_key(key)}"
@@ -416,7 +416,7 @@ class RedisStateStore:
     def cache_forget(self, key):
         return self._command("DEL", self._cache_key(key)).addCallback(lambda _: None)
 
-    # -- maildrop leases -----------------------------------------------------------------------------
+    # -- maildrop leases ---------------------------------------------------------------
 
     def acquire_maildrop(self, username, holder):
         key = f"{self._prefix}drop:{hex_key(username)}"

@@ -43,4 +43,5 @@ def daemon(daemon_factory):
 
 
 # A real redis-server for the shared-state tests (session-wide, started on first use).
-from tests.integration.fixtures_redis import redis, redis_server, redis_tls_server  # noqa: E402,F401
+from tests.integration.fixtures_redis import (  # noqa: E402,F401
+    redis, redis_sentinel, redis_server, redis_tls_server)

@@ -5,7 +5,8 @@ a free loopback port with its files under a temporary directory.
 L{RedisServer} runs one redis-server (optionally with C{requirepass} and
 TLS only, with a test CA made here) and can pause it (SIGSTOP), resume it
 (SIGCONT) and empty it; C{redis_server} and C{redis_tls_server} are the
-session fixtures (conftest.py registers them), C{redis} the per-test view
+session fixtures (conftest.py registers them; C{redis_sentinel} a Sentinel
+watching the first), C{redis} the per-test view
 of the first: running and empty at the start of each test.  In CI a
 missing redis-server is a failure, elsewhere a skip.
 """
@@ -163,6 +164,46 @@ class RedisServer:
             terminate(self.process)
 
 
+class SentinelServer:
+    """One Redis Sentinel on 127.0.0.1 watching C{master} as C{name}."""
+
+    def __init__(self, directory, master, name="mymaster"):
+        self.directory = str(directory)
+        self.master = master
+        self.name = name
+        self.port = free_port()
+        self.process = None
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout=10.0):
+        os.makedirs(self.directory, exist_ok=True)
+        conf = os.path.join(self.directory, "sentinel.conf")
+        with open(conf, "w") as out:    # Sentinel rewrites it: its own file
+            out.write(f"bind 127.0.0.1\nport {self.port}\ndir {self.directory}\n"
+                      f"logfile {os.path.join(self.directory, 'sentinel.log')}\n"
+                      f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1\n"
+                      f"sentinel down-after-milliseconds {self.name} 30000\n")
+        self.process = subprocess.Popen([REDIS_SERVER, conf, "--sentinel"],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("redis sentinel exited")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        terminate(self.process)
+        raise RuntimeError(f"redis sentinel not listening on {self.port}")
+
+    def stop(self):
+        terminate(self.process)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A plain redis-server (no password) for the whole session."""
@@ -179,6 +220,14 @@ def redis_tls_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis-tls"), password=PASSWORD, tls=True).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(redis_server, tmp_path_factory):
+    """A Sentinel watching L{redis_server} as C{mymaster}."""
+    sentinel = SentinelServer(tmp_path_factory.mktemp("sentinel"), redis_server).start()
+    yield sentinel
+    sentinel.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 from twisted.logger import globalLogPublisher
 from zope.interface.verify import verifyObject
 
@@ -373,3 +373,22 @@ async def test_tls_with_ca_file_and_password_file(redis_tls_server, tmp_path):
         finally:
             await store.stop()
     assert os.path.exists(server.ca_file)
+
+
+@pytest_twisted.ensureDeferred
+async def test_master_found_through_sentinel(stores, redis, redis_sentinel):
+    store = await stores(url="redis://ignored.invalid:1/0", sentinels=[redis_sentinel.address],
+                         sentinel_master="mymaster")
+    await store.cache_put(b"k", b"via sentinel", 60)
+    assert redis.command("GET", "securepop:cache:6b").endswith(b"via sentinel\r\n")
+    assert await store.cache_get(b"k") == b"via sentinel"
+    # negative: a service the Sentinel does not know is never reached
+    lost = RedisStateStore(reactor, redis.url, sentinels=[redis_sentinel.address],
+                           sentinel_master="nosuchmaster", timeout=0.2)
+    try:
+        with pytest.raises(StateUnavailable):
+            await lost.start()
+        with pytest.raises(StateUnavailable):
+            await lost.cache_get(b"k")
+    finally:
+        await lost.stop()
