@@ -43,6 +43,7 @@ from securepop.tls.checks import check_key_file_mode
 SCOPES = {"total": TOTAL, "ip": PER_IP, "user": PER_USER}
 MAX_USER_FAILURES = 1024     # failures remembered per user: far above any threshold
 RECONNECT_MAX_DELAY = 2.0    # seconds between reconnection attempts, at most
+BEAT_BATCH = 1000            # keys per heartbeat script call
 
 
 def hex_key(value):
@@ -243,14 +244,24 @@ class RedisStateStore:
         return keys, (slot_members, holders)
 
     def beat(self):
-        """Re-date this process's slots and maildrop leases: one script call."""
+        """
+        Re-date this process's slots and maildrop leases: one script call
+        per L{BEAT_BATCH} keys, all sent at once (pipelined), so a node with
+        many sessions never holds the server up for long.
+        """
         keys, (slot_members, holders) = self._held(self._leases.items(), self._maildrops.items())
         if not keys:
             return defer.succeed(None)
-        expiry = self._reactor.seconds() + self.lease_ttl
-        d = self._script("heartbeat", keys, [f"{expiry:.6f}", _ms(self.lease_ttl * 2),
-                                             len(slot_members), *slot_members, *holders])
-        return d.addErrback(lambda _: None)  # a missed beat: the next one catches up
+        expiry, ttl = f"{self._reactor.seconds() + self.lease_ttl:.6f}", _ms(self.lease_ttl * 2)
+        members, slots = slot_members + holders, len(slot_members)
+        calls = []
+        for start in range(0, len(keys), BEAT_BATCH):
+            end = min(start + BEAT_BATCH, len(keys))
+            n = max(0, min(slots, end) - start)
+            calls.append(self._script("heartbeat", keys[start:end],
+                                      [expiry, ttl, n, *members[start:end]]))
+        # a missed beat: the next one catches up
+        return defer.gatherResults(calls, consumeErrors=True).addBoth(lambda _: None)
 
     # -- one round trip ----------------------------------------------------------------
 

@@ -160,3 +160,20 @@ def test_password_file(tmp_path):
                             'url = "redis://127.0.0.1:1/2"\nkey_prefix = "sp1:"\n')
     made = from_settings(settings, task.Clock())
     assert made._password == "s3cret" and made._db == 2 and made._prefix == "sp1:"
+
+
+def test_heartbeat_of_many_leases_is_split_and_pipelined(monkeypatch):
+    from securepop.state import redis as module
+    monkeypatch.setattr(module, "BEAT_BATCH", 4)
+    s, conn, _ = store([0, 0, 0, 1, None, None])
+    for lease in ("l1", "l2", "l3"):
+        result(s.acquire(lease, [("total", "*", 0), ("ip", "192.0.2.7", 0)]))
+    assert result(s.acquire_maildrop("alice", "h1")) is True
+    d = s.beat()
+    beats = conn.sent[-2:]          # both sent before any answer came
+    assert not d.called
+    assert [b[2] for b in beats] == [4, 3]
+    assert beats[0][9:] == (4, "l1", "l1", "l2", "l2")
+    assert beats[1][8:] == (2, "l3", "l3", "h1")
+    assert beats[1][3:6] == ("securepop:slot:total:2a", "securepop:slot:ip:3139322e302e322e37",
+                             "securepop:drop:616c696365")
