@@ -431,13 +431,10 @@ def _check(reader, settings):
         _check_lmtp(reader, settings, i, lmtp)
     if settings.auth.source in ("ldap", "ad"):
         _check_directory(reader, settings.auth)
-    problem = oauth2_problem(settings.auth)
-    if problem:
+    if problem := oauth2_problem(settings.auth) or state_problems(settings.state):
         raise reader.error(*problem)
     if "GSSAPI" in settings.auth.mechanisms and (problem := gssapi_problem(settings)):
         raise reader.error(*problem)
-    if problem := state_problems(settings.state):
-        raise reader.error(f"state.{problem[0]}", problem[1])
     if settings.auth.source == "ad":
         reason = ntlm_auth_problem(settings.auth)
         if reason:
@@ -526,8 +523,7 @@ def parse(text, path="<string>", data_dir=None):
         raise ConfigError(path, "(syntax)", "nested too deeply")
     reader = _Reader(path, text)
     settings = Settings(path=str(path))
-    known = {"server", "listen", "tls", "auth", "access", "mail", "log", "metrics", "lmtp",
-             "state"}
+    known = {f.name for f in fields(Settings)} - {"path"}
     for name in raw:
         if name not in known:
             raise reader.error(name, "unknown section")

@@ -87,26 +87,30 @@ class OutageGuard:
                 self._probe.stop()
         return d.addCallbacks(answered, _ignore)
 
-    def _call(self, name, *args):
-        """Forward C{name} to the store, or answer as the outage policy says."""
+    def _call(self, shared, local, *args):
+        """
+        Call C{shared} (a method of the store), or answer as the outage
+        policy says: C{local} (the same method of the local store) or a
+        refusal.
+        """
         if self.outage:
-            return self._fallback(name, args)
-        d = getattr(self._store, name)(*args)
+            return self._fallback(local, args)
+        d = shared(*args)
 
         def failed(failure):
             failure.trap(StateUnavailable)
             self._down(failure.getErrorMessage())
-            return self._fallback(name, args)
+            return self._fallback(local, args)
         return d.addErrback(failed)
 
-    def _fallback(self, name, args):
+    def _fallback(self, local, args):
         if self.on_outage == "refuse":
             return defer.fail(StateUnavailable(f"{self.kind} state store unavailable"))
-        return getattr(self._local, name)(*args)
+        return local(*args)
 
-    def _give_back(self, name, *args):
+    def _give_back(self, shared, *args):
         """Give something back to the store: never fails, never waits in an outage."""
-        d = getattr(self._store, name)(*args).addErrback(_ignore)
+        d = shared(*args).addErrback(_ignore)
         return defer.succeed(None) if self.outage else d
 
     # -- life --------------------------------------------------------------------------
@@ -133,7 +137,7 @@ class OutageGuard:
 
     def acquire(self, lease, counts):
         outage = self.outage
-        d = self._call("acquire", lease, counts)
+        d = self._call(self._store.acquire, self._local.acquire, lease, counts)
 
         def taken(result):
             if self.outage or outage:
@@ -145,24 +149,28 @@ class OutageGuard:
         if lease in self._local_leases:
             self._local_leases.discard(lease)
             self._local.release(lease)
-        return self._give_back("release", lease)
+        return self._give_back(self._store.release, lease)
 
     def count(self, scope, key):
-        return self._call("count", scope, key)
+        return self._call(self._store.count, self._local.count, scope, key)
 
     # -- failure penalty and lockout ---------------------------------------------------
 
     def login_state(self, address_key, username):
-        return self._call("login_state", address_key, username)
+        return self._call(self._store.login_state, self._local.login_state,
+                          address_key, username)
 
     def record_failure(self, address_key, username, forget_after, window):
-        return self._call("record_failure", address_key, username, forget_after, window)
+        return self._call(self._store.record_failure, self._local.record_failure,
+                          address_key, username, forget_after, window)
 
     def record_success(self, address_key, username):
-        return self._call("record_success", address_key, username)
+        return self._call(self._store.record_success, self._local.record_success,
+                          address_key, username)
 
     def claim_turn(self, address_key, holder, ttl):
-        return self._claimed(self._call("claim_turn", address_key, holder, ttl),
+        return self._claimed(self._call(self._store.claim_turn, self._local.claim_turn,
+                                        address_key, holder, ttl),
                              self._local_turns, (address_key, holder))
 
     def _claimed(self, d, local, entry):
@@ -178,29 +186,31 @@ class OutageGuard:
         if (address_key, holder) in self._local_turns:
             self._local_turns.discard((address_key, holder))
             self._local.release_turn(address_key, holder)
-        return self._give_back("release_turn", address_key, holder)
+        return self._give_back(self._store.release_turn, address_key, holder)
 
     # -- auth cache --------------------------------------------------------------------
 
     def cache_get(self, key):
-        return self._call("cache_get", key)
+        return self._call(self._store.cache_get, self._local.cache_get, key)
 
     def cache_put(self, key, value, ttl):
-        return self._call("cache_put", key, value, ttl).addErrback(_ignore)
+        return self._call(self._store.cache_put, self._local.cache_put, key, value, ttl) \
+            .addErrback(_ignore)
 
     def cache_forget(self, key):
         if self.outage and self.on_outage == "local":
             self._local.cache_forget(key)
-        return self._give_back("cache_forget", key)
+        return self._give_back(self._store.cache_forget, key)
 
     # -- maildrop leases ---------------------------------------------------------------
 
     def acquire_maildrop(self, username, holder):
-        return self._claimed(self._call("acquire_maildrop", username, holder),
+        return self._claimed(self._call(self._store.acquire_maildrop,
+                                        self._local.acquire_maildrop, username, holder),
                              self._local_maildrops, (username, holder))
 
     def release_maildrop(self, username, holder):
         if (username, holder) in self._local_maildrops:
             self._local_maildrops.discard((username, holder))
             self._local.release_maildrop(username, holder)
-        return self._give_back("release_maildrop", username, holder)
+        return self._give_back(self._store.release_maildrop, username, holder)

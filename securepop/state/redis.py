@@ -63,8 +63,10 @@ def read_password_file(path, key="state.password_file"):
     try:
         with open(path, "rb") as f:
             return f.read().split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, key, f"cannot read the file: {getattr(e, 'strerror', None) or e}")
+    except OSError as e:
+        raise ConfigError(path, key, f"cannot read the file: {e.strerror or e}")
+    except UnicodeDecodeError:
+        raise ConfigError(path, key, "is not UTF-8 text")
 
 
 def from_settings(settings, reactor):

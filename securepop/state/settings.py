@@ -83,31 +83,34 @@ def parse_sentinel(address):
 
 def problems(state):
     """
-    @return: C{(key, reason)} of the first bad value of C{[state]}, or None.
+    @return: C{(dotted key, reason)} of the first bad value of C{[state]}, or
+        None.
     """
     if state.backend not in BACKENDS:
-        return "backend", f"must be one of {', '.join(BACKENDS)}, not {state.backend!r}"
+        return "state.backend", f"must be one of {', '.join(BACKENDS)}, not {state.backend!r}"
     if state.on_outage not in ON_OUTAGE:
-        return "on_outage", f"must be one of {', '.join(ON_OUTAGE)}, not {state.on_outage!r}"
+        return "state.on_outage", \
+            f"must be one of {', '.join(ON_OUTAGE)}, not {state.on_outage!r}"
     if not 0.01 <= state.timeout <= 10:
-        return "timeout", "must be between 0.01 and 10 seconds"
+        return "state.timeout", "must be between 0.01 and 10 seconds"
     if not 1 <= state.lease_ttl <= 300:
-        return "lease_ttl", "must be between 1 and 300 seconds"
+        return "state.lease_ttl", "must be between 1 and 300 seconds"
     if not _PREFIX.fullmatch(state.key_prefix):
-        return "key_prefix", "must be 1 to 64 printable characters without spaces"
+        return "state.key_prefix", "must be 1 to 64 printable characters without spaces"
     try:
         tls = parse_redis_url(state.url)[0]
     except ValueError as e:
-        return "url", str(e)
+        return "state.url", str(e)
     for address in state.sentinels:
         try:
             parse_sentinel(address)
         except ValueError as e:
-            return "sentinels", str(e)
+            return "state.sentinels", str(e)
     if state.sentinels and tls:
-        return "sentinels", "Sentinel connections are not encrypted: use redis:// with sentinels"
+        return "state.sentinels", \
+            "Sentinel connections are not encrypted: use redis:// with sentinels"
     if state.sentinels and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", state.sentinel_master):
-        return "sentinel_master", "must be a Sentinel service name (letters, digits, . _ -)"
+        return "state.sentinel_master", "must be a Sentinel service name (letters, digits, . _ -)"
     if state.ca_file and not tls:
-        return "ca_file", "needs a rediss:// url (TLS)"
+        return "state.ca_file", "needs a rediss:// url (TLS)"
     return None
