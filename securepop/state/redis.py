@@ -139,6 +139,7 @@ class RedisStateStore:
         self.lease_ttl = float(lease_ttl)
         self._factory = None
         self._sentinel = None
+        self._waiters = []      # calls waiting for a connection
         self._leases = {}       # lease id -> [counter key, ...]
         self._maildrops = {}    # maildrop key -> holder
         self._heartbeat = LoopingCall(self.beat)
@@ -184,21 +185,31 @@ class RedisStateStore:
             made = []
 
             def factory_class(**kwargs):
-                made.append(txredisapi.SentinelConnectionFactory(**kwargs))
+                made.append(self._watch(txredisapi.SentinelConnectionFactory(**kwargs)))
                 return made[-1]
 
             self._sentinel = txredisapi.Sentinel(self._sentinels)
             self._sentinel.master_for(self._sentinel_master, factory_class=factory_class,
                                       dbid=dbid, poolsize=1, **options)
-            factory = made[0]
-        else:
-            factory = txredisapi.RedisFactory(f"{self._host}:{self._port}", dbid, 1, True,
-                                              **options)
-            endpoint = HostnameEndpoint(self._reactor, self._host, self._port,
-                                        timeout=max(2 * self.timeout, 1.0))
-            if self._tls:
-                endpoint = wrapClientTLS(self._tls_options(), endpoint)
-            factory.startConnecting(endpoint)
+            return made[0]
+        factory = self._watch(txredisapi.RedisFactory(f"{self._host}:{self._port}", dbid, 1,
+                                                      True, **options))
+        endpoint = HostnameEndpoint(self._reactor, self._host, self._port,
+                                    timeout=max(2 * self.timeout, 1.0))
+        if self._tls:
+            endpoint = wrapClientTLS(self._tls_options(), endpoint)
+        factory.startConnecting(endpoint)
+        return factory
+
+    def _watch(self, factory):
+        """Reconnect soon after a loss, and hear of each usable connection."""
+        added = factory.addConnection
+
+        def add_connection(conn):
+            added(conn)
+            if conn in factory.pool:
+                self._connection_ready()
+        factory.addConnection = add_connection
         factory.maxDelay = RECONNECT_MAX_DELAY
         factory.initialDelay = min(factory.initialDelay, 0.5)
         return factory
@@ -275,30 +286,61 @@ class RedisStateStore:
                     return conn
         return None
 
+    def _connection_ready(self):
+        """A connection joined the pool: the calls waiting for one go."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
     def _command(self, *command):
-        """Send one command; its answer within C{timeout} or L{StateUnavailable}."""
+        """
+        Send one command; its answer within C{timeout} or L{StateUnavailable}.
+        With no connection up (the first one of a start, a reconnection),
+        the call waits for one within the same C{timeout}.
+        """
+        if self._factory is None:
+            return defer.fail(StateUnavailable("redis: not started"))
         conn = self._connection()
-        if conn is None:
-            return defer.fail(StateUnavailable("redis: not connected"))
+        if conn is not None:
+            return self._send(conn, command, self.timeout)
+        deadline = self._reactor.seconds() + self.timeout
+        waiter = defer.Deferred()
+        self._waiters.append(waiter)
+
+        def expire():
+            self._waiters.remove(waiter)
+            waiter.errback(StateUnavailable("redis: not connected"))
+
+        timer = self._reactor.callLater(self.timeout, expire)
+
+        def connected(_):
+            timer.cancel()
+            conn = self._connection()
+            if conn is None:
+                raise StateUnavailable("redis: not connected")
+            return self._send(conn, command, deadline - self._reactor.seconds())
+        return waiter.addCallback(connected)
+
+    def _send(self, conn, command, timeout):
         self.round_trips += 1
         try:
             sent = conn.execute_command(*command)
         except txredisapi.RedisError as e:
             return defer.fail(StateUnavailable(f"redis: {e}"))
-        return self._bounded(sent, conn, command)
+        return self._bounded(sent, conn, command, max(timeout, 0.001))
 
     def _script(self, name, keys, args):
         sha, _text_ = LOADED[name]
         return self._command("EVALSHA", sha, len(keys), *keys, *args)
 
-    def _bounded(self, sent, conn, command):
+    def _bounded(self, sent, conn, command, timeout):
         result = defer.Deferred()
 
         def expire():
             result.errback(StateUnavailable(f"redis: no answer within {self.timeout:g} s"))
             conn.transport.abortConnection()
 
-        timer = self._reactor.callLater(self.timeout, expire)
+        timer = self._reactor.callLater(timeout, expire)
 
         def answered(value):
             if not timer.active():

@@ -76,11 +76,33 @@ def test_keys_are_hex_so_no_name_reaches_another_key():
     assert all(set(k.split(":")[-1]) <= set("0123456789abcdef") for k in command[3:5])
 
 
-def test_not_connected_fails_at_once():
+def test_not_started_fails_at_once():
     s = RedisStateStore(task.Clock())
     assert result(s.login_state("a", None)).check(StateUnavailable)
-    s._factory = Factory(None)
-    assert result(s.cache_get(b"k")).check(StateUnavailable)
+
+
+def test_no_connection_waits_for_one_within_the_timeout():
+    s, conn, clock = store([b"v", b"w"], timeout=0.5)
+    s._factory.pool = []                    # connecting (a start, a reconnection)
+    late = s.cache_get(b"k")
+    clock.advance(0.6)
+    assert result(late).check(StateUnavailable) and s._waiters == []
+    d = s.cache_get(b"k")
+    clock.advance(0.3)
+    assert not d.called
+    s._factory.pool = [conn]                # the connection is up: the call goes
+    s._connection_ready()
+    assert result(d) == b"v"
+    assert clock.getDelayedCalls() == [] and conn.sent == [("GET", "securepop:cache:6b")]
+    # the time spent waiting counts: what is left of the timeout bounds the answer
+    s._factory.pool = []
+    conn.replies = [None]
+    d = s.cache_get(b"k")
+    clock.advance(0.4)
+    s._factory.pool = [conn]
+    s._connection_ready()
+    clock.advance(0.11)
+    assert result(d).check(StateUnavailable) and conn.aborted
 
 
 def test_no_answer_within_the_timeout_fails_and_drops_the_connection():
