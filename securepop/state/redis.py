@@ -7,12 +7,14 @@ swap), with TLS and Sentinel built in.  One connection, reconnected in the
 background; every operation is one Lua script (L{securepop.state.scripts})
 or one plain command: atomic on the server, one round trip.
 
-Every call is bounded by C{timeout}: when no answer comes in time, or no
-connection is up, it fails with L{StateUnavailable} at once and the
-connection is aborted (so nothing queued on it runs late and nothing piles
-up while the server hangs); txredisapi reconnects.  A call that timed out
-may still have been applied: a slot so taken is not refreshed by the
-heartbeat and goes within C{lease_ttl}.
+Every call is bounded by C{timeout}: when no answer comes in time (or no
+connection comes up in time) it fails with L{StateUnavailable} and the
+connection is aborted, so nothing piles up while the server hangs;
+txredisapi reconnects.  A command already in the socket of a stopped
+server may still run when it resumes: a slot request is then fenced (each
+attempt has a fence key the script checks; the store sets it and takes the
+slots back, whichever runs first), a failure count or cache entry so
+written is harmless, a turn or maildrop lease expires with its ttl.
 
 Keys: C{<prefix>slot:<scope>:<hex>}, C{<prefix>fail:<hex>},
 C{<prefix>user:<hex>}, C{<prefix>turn:<hex>}, C{<prefix>drop:<hex>},
@@ -23,6 +25,7 @@ Multi-key scripts: a standalone Redis or Sentinel, not Redis Cluster.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 
 import txredisapi
@@ -140,6 +143,7 @@ class RedisStateStore:
         self._factory = None
         self._sentinel = None
         self._waiters = []      # calls waiting for a connection
+        self._attempts = itertools.count()
         self._leases = {}       # lease id -> [counter key, ...]
         self._maildrops = {}    # maildrop key -> holder
         self._heartbeat = LoopingCall(self.beat)
@@ -383,29 +387,37 @@ class RedisStateStore:
             return defer.succeed(None)
         now = self._reactor.seconds()
         keys = [k for _s, _k, k, _l in wanted]
-        d = self._script("acquire", keys, [f"{now:.6f}", f"{now + self.lease_ttl:.6f}", lease,
-                                           _ms(self.lease_ttl * 2),
-                                           *[max(0, l) for _s, _k, _r, l in wanted]])
+        fence = f"{self._prefix}fence:{hex_key(lease)}:{next(self._attempts)}"
+        d = self._script("acquire", keys + [fence],
+                         [f"{now:.6f}", f"{now + self.lease_ttl:.6f}", lease,
+                          _ms(self.lease_ttl * 2), *[max(0, l) for _s, _k, _r, l in wanted]])
 
         def taken(full):
+            full = int(full)
+            if full < 0:
+                raise StateUnavailable("redis: the slot request was fenced")
             if full:
-                scope, key, _r, _l = wanted[int(full) - 1]
+                scope, key, _r, _l = wanted[full - 1]
                 raise LimitExceeded(SCOPES[scope], None if scope == "total" else key)
             held = self._leases.setdefault(lease, [])
             held.extend(k for k in keys if k not in held)
 
         def lost(failure):
-            # It may have been applied all the same: take it back (best effort).
-            new = [k for k in keys if k not in self._leases.get(lease, ())]
-            if failure.check(StateUnavailable) and new:
-                self._reactor.callLater(0, self._forget, lease, new)
+            # It may still run (it waits in a socket of a stopped server): fence it.
+            if failure.check(StateUnavailable):
+                self._reactor.callLater(0, self._forget, lease, keys, fence, now + self.lease_ttl)
             return failure
 
         return d.addCallbacks(taken, lost)
 
-    def _forget(self, lease, keys):
-        self._script("release", keys, [len(keys)] + [lease] * len(keys)).addErrback(
-            lambda _: None)
+    def _forget(self, lease, keys, fence, until):
+        """Fence a timed-out acquire, retried each second until it expires anyway."""
+        new = [k for k in keys if k not in self._leases.get(lease, ())]
+
+        def failed(failure):
+            if self._factory is not None and self._reactor.seconds() + 1 < until:
+                self._reactor.callLater(1, self._forget, lease, new, fence, until)
+        self._script("fence", new + [fence], [lease, _ms(self.lease_ttl * 2)]).addErrback(failed)
 
     def release(self, lease):
         keys = self._leases.pop(lease, None)

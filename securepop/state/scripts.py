@@ -11,24 +11,41 @@ are returned as strings: Redis truncates Lua numbers to integers.
 import hashlib
 
 #: Connection slots.  KEYS: the counters (sorted sets: member = lease id,
-#: score = expiry).  ARGV: now, expiry, lease, key ttl (ms), then one limit
-#: per key (0: unlimited).  Expired members go first; then every counter is
-#: checked before any is touched (all or none).  Returns 0 when the slots
-#: are taken, else the 1-based index of the first full counter.  A lease
+#: score = expiry), then this attempt's fence key.  ARGV: now, expiry,
+#: lease, key ttl (ms), then one limit per counter (0: unlimited).  An
+#: attempt whose caller gave up (its fence is set, see L{FENCE}) does
+#: nothing.  Expired members go first; then every counter is checked before
+#: any is touched (all or none).  Returns 0 when the slots are taken, else
+#: the 1-based index of the first full counter (-1: fenced).  A lease
 #: already counted in a counter is not counted twice.
 ACQUIRE = """
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
+  return -1
+end
 local now = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+for i = 1, #KEYS - 1 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   local limit = tonumber(ARGV[4 + i])
-  if limit > 0 and not redis.call('ZSCORE', key, ARGV[3])
-      and redis.call('ZCARD', key) >= limit then
+  if limit > 0 and not redis.call('ZSCORE', KEYS[i], ARGV[3])
+      and redis.call('ZCARD', KEYS[i]) >= limit then
     return i
   end
 end
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, ARGV[2], ARGV[3])
-  redis.call('PEXPIRE', key, ARGV[4])
+for i = 1, #KEYS - 1 do
+  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[3])
+  redis.call('PEXPIRE', KEYS[i], ARGV[4])
+end
+return 0
+"""
+
+#: An acquire attempt whose caller timed out may still run later (it sat in
+#: a socket while the server was stopped): fence it and take back what it
+#: took, whichever of the two runs first.  KEYS: the counters, then the
+#: attempt's fence key.  ARGV: lease, fence ttl (ms).
+FENCE = """
+redis.call('SET', KEYS[#KEYS], '1', 'PX', ARGV[2])
+for i = 1, #KEYS - 1 do
+  redis.call('ZREM', KEYS[i], ARGV[1])
 end
 return 0
 """
@@ -125,6 +142,7 @@ return 0
 
 SCRIPTS = {
     "acquire": ACQUIRE,
+    "fence": FENCE,
     "heartbeat": HEARTBEAT,
     "release": RELEASE,
     "login_state": LOGIN_STATE,

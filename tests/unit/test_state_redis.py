@@ -199,3 +199,23 @@ def test_heartbeat_of_many_leases_is_split_and_pipelined(monkeypatch):
     assert beats[1][8:] == (2, "l3", "l3", "h1")
     assert beats[1][3:6] == ("securepop:slot:total:2a", "securepop:slot:ip:3139322e302e322e37",
                              "securepop:drop:616c696365")
+
+
+def test_a_timed_out_slot_request_is_fenced_until_it_would_expire():
+    s, conn, clock = store([None, StateUnavailable("down"), 0, -1], lease_ttl=3, timeout=0.5)
+    d = s.acquire("l1", [("ip", "192.0.2.7", 4)])
+    clock.advance(0.5)
+    assert result(d).check(StateUnavailable)
+    acquire_fence = conn.sent[0][3 + 1]
+    assert acquire_fence.startswith("securepop:fence:6c31:")
+    clock.advance(0)                  # the fence goes out: it fails, and is tried again
+    assert conn.sent[1][1] == LOADED["fence"][0] and conn.sent[1][3:6] == (
+        "securepop:slot:ip:3139322e302e322e37", acquire_fence, "l1")
+    clock.advance(1)
+    assert conn.sent[2][1] == LOADED["fence"][0] and conn.sent[2][4] == acquire_fence
+    clock.advance(5)
+    assert len(conn.sent) == 3        # it held: no more
+    # each attempt has its own fence; a fenced attempt answers as unavailable
+    d = s.acquire("l1", [("ip", "192.0.2.7", 4)])
+    assert conn.sent[3][4] != acquire_fence
+    assert result(d).check(StateUnavailable)
