@@ -36,7 +36,7 @@ def test_redis_is_the_redis_store_behind_the_outage_guard(tmp_path):
                             f'lease_ttl = 12\n', "f.toml", tmp_path)
     store = build.build_state(settings, Clock())
     assert isinstance(store, OutageGuard) and verifyObject(IStateStore, store)
-    assert isinstance(store._store, RedisStateStore) and store._store._password == "pw"
+    assert isinstance(store._store, RedisStateStore) and store._store._link._password == "pw"
     assert isinstance(store._local, MemoryStateStore)
     assert store.kind == "redis" and store.on_outage == "refuse" and store.lease_ttl == 12
     assert build.backend_of(settings) == "redis"

@@ -11,6 +11,7 @@ from securepop.access.limits import LimitExceeded
 from securepop.errors import ConfigError, StateUnavailable
 from securepop.interfaces import IStateStore
 from securepop.state import LoginState
+from securepop.state import redis as redis_module
 from securepop.state.redis import RedisStateStore, from_settings, hex_key, read_password_file
 from securepop.state.scripts import LOADED
 
@@ -45,7 +46,7 @@ def store(replies=(), **options):
     clock = task.Clock()
     s = RedisStateStore(clock, **options)
     conn = Connection(replies)
-    s._factory = Factory(conn)
+    s._link._factory = Factory(conn)
     return s, conn, clock
 
 
@@ -83,24 +84,24 @@ def test_not_started_fails_at_once():
 
 def test_no_connection_waits_for_one_within_the_timeout():
     s, conn, clock = store([b"v", b"w"], timeout=0.5)
-    s._factory.pool = []                    # connecting (a start, a reconnection)
+    s._link._factory.pool = []                    # connecting (a start, a reconnection)
     late = s.cache_get(b"k")
     clock.advance(0.6)
-    assert result(late).check(StateUnavailable) and s._waiters == []
+    assert result(late).check(StateUnavailable) and s._link._waiters == []
     d = s.cache_get(b"k")
     clock.advance(0.3)
     assert not d.called
-    s._factory.pool = [conn]                # the connection is up: the call goes
-    s._connection_ready()
+    s._link._factory.pool = [conn]                # the connection is up: the call goes
+    s._link._connection_ready()
     assert result(d) == b"v"
     assert clock.getDelayedCalls() == [] and conn.sent == [("GET", "securepop:cache:6b")]
     # the time spent waiting counts: what is left of the timeout bounds the answer
-    s._factory.pool = []
+    s._link._factory.pool = []
     conn.replies = [None]
     d = s.cache_get(b"k")
     clock.advance(0.4)
-    s._factory.pool = [conn]
-    s._connection_ready()
+    s._link._factory.pool = [conn]
+    s._link._connection_ready()
     clock.advance(0.11)
     assert result(d).check(StateUnavailable) and conn.aborted
 
@@ -181,12 +182,11 @@ def test_password_file(tmp_path):
     settings = config.parse(f'[state]\nbackend = "redis"\npassword_file = "{path}"\n'
                             'url = "redis://127.0.0.1:1/2"\nkey_prefix = "sp1:"\n')
     made = from_settings(settings, task.Clock())
-    assert made._password == "s3cret" and made._db == 2 and made._prefix == "sp1:"
+    assert made._link._password == "s3cret" and made._link._db == 2 and made._prefix == "sp1:"
 
 
 def test_heartbeat_of_many_leases_is_split_and_pipelined(monkeypatch):
-    from securepop.state import redis as module
-    monkeypatch.setattr(module, "BEAT_BATCH", 4)
+    monkeypatch.setattr(redis_module, "BEAT_BATCH", 4)
     s, conn, _ = store([0, 0, 0, 1, None, None])
     for lease in ("l1", "l2", "l3"):
         result(s.acquire(lease, [("total", "*", 0), ("ip", "192.0.2.7", 0)]))
