@@ -240,7 +240,7 @@ class MailSettings:
     on_delete: str = "delete"          # delete | trash
     trash_folder: str = ".Trash"
     lock_stale_after: float = 1800.0   # a lock not refreshed this long is stale
-    lock: str = "flock"                # flock | dotlock (shared storage without lock manager)
+    lock: str = "flock"                # flock | dotlock | redis (a lease: state.backend redis)
     inline_open_max_messages: int = 1000   # 0: always open Maildirs in the thread pool
     quota_bytes: int = 0               # per mailbox, octets as stored; 0 = none
     quota_messages: int = 0            # per mailbox; 0 = none
@@ -306,7 +306,7 @@ _CHOICES = {
     "access.mode": ("allow-listed", "deny-listed"),
     "access.dns_failure": ("no-match", "match", "decline"),
     "mail.on_delete": ("delete", "trash"),
-    "mail.lock": ("flock", "dotlock"),
+    "mail.lock": ("flock", "dotlock", "redis"),
     "log.format": ("text", "json"),
 }
 
@@ -431,7 +431,7 @@ def _check(reader, settings):
         _check_lmtp(reader, settings, i, lmtp)
     if settings.auth.source in ("ldap", "ad"):
         _check_directory(reader, settings.auth)
-    if problem := oauth2_problem(settings.auth) or state_problems(settings.state):
+    if problem := oauth2_problem(settings.auth) or state_problems(settings.state, settings.mail):
         raise reader.error(*problem)
     if "GSSAPI" in settings.auth.mechanisms and (problem := gssapi_problem(settings)):
         raise reader.error(*problem)

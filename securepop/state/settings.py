@@ -81,11 +81,15 @@ def parse_sentinel(address):
     return host.strip("[]"), int(port)
 
 
-def problems(state):
+def problems(state, mail=None):
     """
-    @return: C{(dotted key, reason)} of the first bad value of C{[state]}, or
-        None.
+    @param mail: the C{[mail]} settings, whose C{lock = "redis"} needs the
+        C{redis} backend.
+    @return: C{(dotted key, reason)} of the first bad value of C{[state]}
+        (or of C{mail.lock}), or None.
     """
+    if mail is not None and (problem := lock_problem(mail.lock, state)):
+        return problem
     if state.backend not in BACKENDS:
         return "state.backend", f"must be one of {', '.join(BACKENDS)}, not {state.backend!r}"
     if state.on_outage not in ON_OUTAGE:
@@ -113,4 +117,17 @@ def problems(state):
         return "state.sentinel_master", "must be a Sentinel service name (letters, digits, . _ -)"
     if state.ca_file and not tls:
         return "state.ca_file", "needs a rediss:// url (TLS)"
+    return None
+
+
+def lock_problem(lock, state):
+    """
+    C{[mail] lock = "redis"} is a maildrop lease in the shared store: with
+    any other backend it would exclude only within one process.
+
+    @return: C{(dotted key, reason)} or None.
+    """
+    if lock == "redis" and state.backend != "redis":
+        return "mail.lock", ('"redis" needs [state] backend = "redis" (the maildrop lease '
+                             f'lives there), not {state.backend!r}')
     return None

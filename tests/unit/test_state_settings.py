@@ -74,3 +74,18 @@ def test_good_neighbours_of_the_bad_values():
                  'ca_file = "/ca.pem"\nurl = "rediss://h:6380/0"',
                  'sentinels = ["a:1"]\nsentinel_master = "my-master.1"'):
         config.parse('[state]\nbackend = "redis"\n' + text + "\n", "good.toml")
+
+
+@pytest.mark.parametrize("state", ["", '[state]\nbackend = "memory"\n'])
+def test_a_redis_mail_lock_needs_the_redis_backend(state):
+    with pytest.raises(ConfigError) as e:
+        config.parse('[mail]\nlock = "redis"\n' + state, "f.toml")
+    assert str(e.value).startswith("f.toml:2: mail.lock: ")
+    assert 'needs [state] backend = "redis"' in str(e.value)
+
+
+def test_a_redis_mail_lock_with_the_redis_backend_parses():
+    s = config.parse('[mail]\nlock = "redis"\n[state]\nbackend = "redis"\n', "f.toml")
+    assert s.mail.lock == "redis"
+    with pytest.raises(ConfigError, match="mail.lock: must be one of flock, dotlock, redis"):
+        config.parse('[mail]\nlock = "lease"\n[state]\nbackend = "redis"\n', "f.toml")
