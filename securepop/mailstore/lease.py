@@ -120,11 +120,16 @@ class LeasedMailbox:
         return self._mailbox.hasOnlyCRLF(index)
 
     def release(self):
-        """Drop the local lock, then give the lease back.  Idempotent."""
+        """
+        Drop the local lock, then give the lease back.  Idempotent.
+
+        @return: a Deferred firing (never failing) when the lease is back.
+        """
         try:
             self._mailbox.release()
         finally:
-            self._lease.release()
+            released = self._lease.release()
+        return released
 
     def __enter__(self):
         return self

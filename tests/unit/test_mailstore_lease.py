@@ -268,3 +268,15 @@ def test_describe_names_the_lock(tmp_path):
     assert "lease_ttl 3 s" in leasemodule.describe(redis)
     plain = config.parse("", data_dir=str(tmp_path))
     assert leasemodule.describe(plain).startswith("mail.lock = flock")
+
+
+def test_quit_answers_once_the_lease_is_back(leased):
+    """A client that reconnects at once after +OK must not meet its own lease."""
+    login(leased)
+    answer = defer.Deferred()
+    leased.state.release_maildrop = lambda username, holder: answer
+    assert leased.send(b"QUIT\r\n") == []
+    assert flock_free(leased)                         # the local lock first
+    answer.callback(None)
+    assert leased.lines() == [b"+OK Bye"]
+    assert leased.transport.disconnecting
