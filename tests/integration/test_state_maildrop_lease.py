@@ -1,11 +1,11 @@
 """
 C{[mail] lock = "redis"}: two securepop nodes on one shared data directory
 and one redis-server exclude each other by the maildrop lease.  A user
-logged in on A is IN-USE on B until A's QUIT gives the lease back; the
-lease of a node killed with SIGKILL holds for the lease TTL (the flock of
-the dead process is free at once: the lease is what still excludes) and
-then expires; a QUIT's deletions on A are what B serves, none lost or
-duplicated.
+logged in on A is IN-USE on B (the heartbeat keeps the lease past its TTL)
+until A's QUIT gives the lease back; the lease of a node killed with
+SIGKILL holds for the lease TTL (the flock of the dead process is free at
+once: the lease is what still excludes) and then expires; a QUIT's
+deletions on A are what B serves, none lost or duplicated.
 """
 
 from __future__ import annotations
@@ -81,9 +81,14 @@ def test_logged_in_on_a_is_in_use_on_b_and_free_at_once_after_quit(nodes):
     assert lease_holder(redis) is None
     client = pop3(a, user="alice", password=ALICE_PASSWORD)
     try:
-        assert lease_holder(redis) is not None       # the lease lives in Redis
+        holder = lease_holder(redis)
+        assert holder is not None                     # the lease lives in Redis
         assert in_use(b)
         assert in_use(a)                              # a second session on A too
+        time.sleep(LEASE_TTL + 1)                     # the heartbeat keeps it
+        assert lease_holder(redis) == holder
+        assert in_use(b)
+        client.noop()
     finally:
         client.quit()
     assert lease_holder(redis) is None               # given back at QUIT
