@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from securepop.auth.oauth2_settings import OAuth2Settings, oauth2_problem
 from securepop.auth.keytab import GSSAPISettings, gssapi_problem
 from securepop.errors import ConfigError
+from securepop.state.settings import StateSettings, problems as state_problems
 
 DEFAULT_DATA_DIR = "./securepop-data"
 DEFAULT_LISTENERS = (
@@ -239,7 +240,7 @@ class MailSettings:
     on_delete: str = "delete"          # delete | trash
     trash_folder: str = ".Trash"
     lock_stale_after: float = 1800.0   # a lock not refreshed this long is stale
-    lock: str = "flock"                # flock | dotlock (shared storage without lock manager)
+    lock: str = "flock"                # flock | dotlock | redis (a lease: state.backend redis)
     inline_open_max_messages: int = 1000   # 0: always open Maildirs in the thread pool
     quota_bytes: int = 0               # per mailbox, octets as stored; 0 = none
     quota_messages: int = 0            # per mailbox; 0 = none
@@ -283,6 +284,7 @@ class Settings:
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     lmtp: tuple[LMTPSettings, ...] = ()
+    state: StateSettings = StateSettings()
     path: str | None = None
 
     @property
@@ -304,7 +306,7 @@ _CHOICES = {
     "access.mode": ("allow-listed", "deny-listed"),
     "access.dns_failure": ("no-match", "match", "decline"),
     "mail.on_delete": ("delete", "trash"),
-    "mail.lock": ("flock", "dotlock"),
+    "mail.lock": ("flock", "dotlock", "redis"),
     "log.format": ("text", "json"),
 }
 
@@ -429,8 +431,7 @@ def _check(reader, settings):
         _check_lmtp(reader, settings, i, lmtp)
     if settings.auth.source in ("ldap", "ad"):
         _check_directory(reader, settings.auth)
-    problem = oauth2_problem(settings.auth)
-    if problem:
+    if problem := oauth2_problem(settings.auth) or state_problems(settings.state, settings.mail):
         raise reader.error(*problem)
     if "GSSAPI" in settings.auth.mechanisms and (problem := gssapi_problem(settings)):
         raise reader.error(*problem)
@@ -522,7 +523,7 @@ def parse(text, path="<string>", data_dir=None):
         raise ConfigError(path, "(syntax)", "nested too deeply")
     reader = _Reader(path, text)
     settings = Settings(path=str(path))
-    known = {"server", "listen", "tls", "auth", "access", "mail", "log", "metrics", "lmtp"}
+    known = {f.name for f in fields(Settings)} - {"path"}
     for name in raw:
         if name not in known:
             raise reader.error(name, "unknown section")
@@ -568,7 +569,7 @@ def parse(text, path="<string>", data_dir=None):
         auth = reader.build(AuthSettings, table, "auth")
         settings = replace(settings, auth=replace(auth, **subs))
     for name, cls in (("access", AccessSettings), ("mail", MailSettings), ("log", LogSettings),
-                      ("metrics", MetricsSettings)):
+                      ("metrics", MetricsSettings), ("state", StateSettings)):
         if name in raw:
             settings = replace(settings, **{name: reader.build(cls, raw[name], name)})
     if data_dir is not None:

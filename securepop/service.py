@@ -46,6 +46,7 @@ from securepop.auth.verifyqueue import VerificationQueue
 from securepop.errors import ConfigError
 from securepop.interfaces import PLAINTEXT
 from securepop.lmtp.server import LMTPFactory
+from securepop.mailstore.lease import LEASE_METHOD, LeasedMaildirStore, local_method
 from securepop.mailstore.maildir import MaildirStore
 from securepop.ops import limits as ops_limits
 from securepop.ops import metrics as ops_metrics
@@ -247,8 +248,10 @@ def build_context(settings, reactor, pool, verifications=None, state=None):
     store = MaildirStore(settings.mail.root, str(settings.data_path), trash=trash,
                          reactor=reactor, threadpool=pool.pool if pool else None,
                          staleAfter=settings.mail.lock_stale_after,
-                         lockMethod=settings.mail.lock,
+                         lockMethod=local_method(settings.mail.lock),
                          inlineOpenMax=settings.mail.inline_open_max_messages)
+    if settings.mail.lock == LEASE_METHOD:
+        store = LeasedMaildirStore(store, state)
     realm = MaildirRealm(store)
     cache = shared = None
     if settings.auth.cache_ttl > 0:

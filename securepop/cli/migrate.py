@@ -18,6 +18,7 @@ from securepop import config
 from securepop.audit.pop3client import parseURL
 from securepop.auth.usernames import for_settings
 from securepop.errors import ConfigError, MailboxInUse
+from securepop.mailstore.lease import local_method
 from securepop.mailstore.maildir import MaildirMailbox
 from securepop.mailstore.paths import mailbox_path
 from securepop.migrate import engine
@@ -178,7 +179,7 @@ def _one_user(args, settings, url, name, password_file):
             if args.verify:
                 mailbox = MaildirMailbox.open(path, create=False,
                                               staleAfter=settings.mail.lock_stale_after,
-                                              lockMethod=settings.mail.lock)
+                                              lockMethod=local_method(settings.mail.lock))
                 try:
                     served = engine.served_listing(mailbox)
                 finally:
@@ -186,7 +187,8 @@ def _one_user(args, settings, url, name, password_file):
                 report.listed = len(listing)
                 report.differences = engine.compare(listing, served)
                 return report, EX_DIFFERENT if report.differences else 0
-            target = TargetMaildir.open(path, settings.mail.lock, settings.mail.lock_stale_after)
+            target = TargetMaildir.open(path, local_method(settings.mail.lock),
+                                       settings.mail.lock_stale_after)
             try:
                 engine.migrate(source, target, report, args.delete_source,
                                _progress_for(args, name), listing=listing)

@@ -77,6 +77,9 @@ def check_secret_files(settings):
         if secret:
             check_key_file_mode(str(settings.resolve(secret)),
                                 f"auth.{source}.bind_password_file", "the bind password file")
+    if settings.state.backend == "redis" and settings.state.password_file:
+        check_key_file_mode(str(settings.resolve(settings.state.password_file)),
+                            "state.password_file", "the Redis password file")
 
 
 def check_data_dir(settings, identity: Identity):

@@ -44,15 +44,21 @@ class TransactionCommands:
         return self._sizes
 
     def _release_mailbox(self):
+        """
+        @return: a Deferred firing when a shared maildrop lease is given
+            back too (C{lock = "redis"}), or None when the release is done.
+        """
+        released = None
         mailbox, self.mailbox = self.mailbox, None
         if mailbox is not None:
             try:
-                mailbox.release()
+                released = mailbox.release()
             except Exception:
                 events.emit("mailbox.release_failed", "error", user=self.username)
         if self._logout is not None:
             logout, self._logout = self._logout, None
             logout()
+        return released if isinstance(released, defer.Deferred) else None
 
     def _message(self, arg, allow_deleted=False):
         """Message index (0-based) from a 1-based argument, or None after -ERR."""
@@ -153,16 +159,20 @@ class TransactionCommands:
         # before "+OK" so a client that reconnects at once does not meet its
         # own session's lock ([IN-USE]).
         def committed(_):
-            self._release_mailbox()
-            if self.state != CLOSED:
-                self.sendLine(b"+OK Bye")
+            return released(self._release_mailbox(), b"+OK Bye")
 
         def failed(f):
             events.emit("mailbox.commit_failed", "error", user=self.username,
                         error=f.getErrorMessage())
-            self._release_mailbox()
+            return released(self._release_mailbox(), R.COMMIT_FAILED)
+
+        def released(lease, reply):
+            # A maildrop lease is given back before the reply as well (one
+            # store round trip, bounded by its timeout, never failing).
+            if lease is not None:
+                return lease.addCallback(lambda _: released(None, reply))
             if self.state != CLOSED:
-                self.sendLine(R.COMMIT_FAILED)
+                self.sendLine(reply)
 
         d.addCallbacks(committed, failed)
         d.addBoth(lambda _: None if self.state == CLOSED else self._close())

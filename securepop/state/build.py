@@ -5,6 +5,8 @@ The state store the settings ask for: a small dispatch on the backend.
 from __future__ import annotations
 
 from securepop.state.memory import MemoryStateStore
+from securepop.state.outage import OutageGuard
+from securepop.state.redis import from_settings as redis_from_settings
 
 SPANS = {
     "memory": "this process only",
@@ -17,16 +19,28 @@ def build_state(settings, reactor):
     """
     @return: the L{securepop.interfaces.IStateStore} for C{settings}
         (not started): the C{memory} store unless a backend is configured.
+        C{redis}: the Redis store behind an L{OutageGuard} that answers
+        from a memory store of this process (or refuses) while Redis does
+        not; the password file is read here, at start.
     """
+    if settings.state.backend == "redis":
+        return OutageGuard(redis_from_settings(settings, reactor), MemoryStateStore(reactor),
+                           settings.state.on_outage, reactor)
     return MemoryStateStore(reactor)
 
 
 def backend_of(settings):
     """The C{kind} of the store L{build_state} makes for C{settings}."""
-    return "memory"
+    return "redis" if settings.state.backend == "redis" else "memory"
 
 
 def describe(settings):
     """One line for C{check-config}: which store is in force, and what it spans."""
     kind = backend_of(settings)
-    return f"state: {kind} ({SPANS.get(kind, 'shared')})"
+    line = f"state: {kind} ({SPANS.get(kind, 'shared')})"
+    if kind == "redis":
+        state = settings.state
+        where = (f"sentinels {', '.join(state.sentinels)} ({state.sentinel_master})"
+                 if state.sentinels else state.url)
+        line += f" at {where}, on_outage = {state.on_outage}"
+    return line

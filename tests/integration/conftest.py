@@ -40,3 +40,8 @@ def daemon_factory(tmp_path_factory):
 @pytest.fixture(scope="session")
 def daemon(daemon_factory):
     return daemon_factory()
+
+
+# A real redis-server for the shared-state tests (session-wide, started on first use).
+from tests.integration.fixtures_redis import (  # noqa: E402,F401
+    redis, redis_sentinel, redis_server, redis_tls_server)

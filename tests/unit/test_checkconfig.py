@@ -107,3 +107,11 @@ def test_gssapi_and_channel_binding_are_shown(tmp_path):
     assert any("channel_binding = off" in l and "relayed" in l for l in lines)
     plain, _ = report_for(tmp_path)
     assert not any(l.startswith(("auth.gssapi", "auth.channel_binding")) for l in plain)
+
+
+def test_names_the_mailbox_lock(tmp_path):
+    lines, _ = report_for(tmp_path)
+    assert "mail.lock = flock: a kernel flock (one host, NFSv4, NFSv3 with lockd)" in lines
+    lines, _ = report_for(tmp_path, '[mail]\nlock = "redis"\n[state]\nbackend = "redis"\n')
+    assert ("mail.lock = redis: a maildrop lease in the state store (lease_ttl 30 s) "
+            "and a flock on each host") in lines

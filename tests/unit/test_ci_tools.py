@@ -48,6 +48,7 @@ TOOL_PACKAGES = {
     "ntlm_auth": "winbind",
     "openssl": "openssl",
     "postfix": "postfix",
+    "redis-server": "redis-server",
     "samba": "samba",
     "samba-tool": "samba",
     "script": "bsdutils",

@@ -160,3 +160,22 @@ def test_acting_as_is_noop_without_identity_or_root():
 
 def test_preload_imports_modules():
     assert isinstance(privileges.preload_modules(), list)
+
+
+def test_redis_password_file_readable_by_others_refused_naming_it(tmp_path):
+    (tmp_path / "users").write_text("")
+    (tmp_path / "users").chmod(0o600)
+    secret = tmp_path / "redis-password"
+    secret.write_text("pw\n")
+    secret.chmod(0o604)
+    text = f'[state]\nbackend = "redis"\npassword_file = "{secret}"\n'
+    s = config.parse(text, "f.toml", str(tmp_path))
+    with pytest.raises(ConfigError) as e:
+        privileges.check_secret_files(s)
+    assert e.value.key == "state.password_file"
+    assert e.value.reason.startswith("the Redis password file is accessible by group or others")
+    # the memory backend never reads it
+    privileges.check_secret_files(config.parse(text.replace('"redis"', '"memory"'), "f.toml",
+                                               str(tmp_path)))
+    secret.chmod(0o600)
+    privileges.check_secret_files(s)
