@@ -23,6 +23,7 @@ from securepop.ops.metrics import metrics_service, multiprocess_render
 from securepop.ops.notify import NotifyService, SystemdNotifier
 from securepop.ops.twistdlog import observer_for_twistd
 from securepop.service import compose_server, prepare_data_dir
+from securepop.state import supervisor as supervisor_state
 from securepop.tls import certificates
 
 
@@ -104,7 +105,8 @@ def build_serving(settings, reactor, count):
         # The embedded default's certificate, made once before the workers
         # start (they would otherwise all try at the same moment).
         certificates.ensure_selfsigned(str(settings.data_path), settings.server.hostname)
-    inner = workers.WorkerSupervisor(settings, reactor, count)
+    inner = workers.WorkerSupervisor(settings, reactor, count,
+                                     state_hub=supervisor_state.hub_for(settings, reactor, count))
     if settings.metrics.endpoint:
         def render():
             return multiprocess_render(inner.metrics_dir)()

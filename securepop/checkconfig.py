@@ -12,6 +12,7 @@ from securepop.auth.userfile import UsersFile
 from securepop.auth.usernames import for_settings, index_names
 from securepop.mailstore.paths import mailbox_path
 from securepop.mailstore import lease as mail_lease
+from securepop.ops.workers import worker_count
 from securepop.state import build as state_build
 from securepop.tls import certificates
 
@@ -77,7 +78,7 @@ def report(settings):
     lines.append(f"limits: total={s.access.max_connections} "
                  f"per-ip={s.access.max_connections_per_ip} "
                  f"per-user={s.access.max_connections_per_user}")
-    lines.append(state_build.describe(s))
+    lines.append(state_build.describe(s, worker_count(s.server.workers)))
     lines.append(mail_lease.describe(s))
     # Certificate.
     try:

@@ -15,9 +15,11 @@ connection to one worker).  The supervisor:
 
 Per-user mailbox locks are file locks, so they hold across workers.  The
 connection limits (C{max_connections}, C{max_connections_per_ip},
-C{max_connections_per_user}) and the failure penalty are counted in each
-worker: with N workers a client may get up to N times the per-IP limit.
-Divide the limits by N if they must hold for the whole server.
+C{max_connections_per_user}), the failure penalty and the lockout hold for
+the whole server: with no C{[state]} backend other than memory the
+supervisor keeps one memory store and serves it to each worker over a
+socketpair of its own (L{securepop.state.supervisor}, passed after the
+listening sockets); with C{backend = "redis"} every worker uses the Redis.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from securepop.access.limits import LimitExceeded
 from securepop.errors import StateUnavailable
 from securepop.interfaces import IStateStore
 from securepop.state import LoginState
+from securepop.state.memory import MemoryStateStore
 
 DEFAULT_TIMEOUT = 0.5
 DEFAULT_LEASE_TTL = 30.0
@@ -502,3 +503,18 @@ def inherited_store(reactor, timeout=DEFAULT_TIMEOUT):
     if not _inherited:
         return None
     return SupervisorStateStore(reactor, fd=_inherited.pop(), timeout=timeout)
+
+
+def shares_store(settings, workers):
+    """
+    Whether the supervisor of C{workers} processes shares its store: more
+    than one worker, and no C{[state]} backend other than memory.
+    """
+    return workers > 1 and settings.state.backend == "memory"
+
+
+def hub_for(settings, reactor, workers):
+    """The supervisor's L{StateHub} for C{settings}, or None when it shares none."""
+    if not shares_store(settings, workers):
+        return None
+    return StateHub(MemoryStateStore(reactor, lease_ttl=settings.state.lease_ttl), reactor)

@@ -8,9 +8,8 @@ listeners; the nodes' rules and logs see the client's address, not the
 proxy's; the proxy's checks see both nodes up, and a stopped node is taken
 out while the other serves on.
 
-The nodes' C{[state]} section is the C{state_section} fixture: empty here
-(each node counts alone); the Redis-shared limits come in by making it
-name a redis-server.
+The nodes' C{[state]} section is the C{state_section} fixture: one
+redis-server, so the per-address limit holds across both nodes.
 """
 
 from __future__ import annotations
@@ -56,9 +55,12 @@ lock = "flock"
 
 
 @pytest.fixture(scope="module")
-def state_section():
-    """The nodes' C{[state]} (TOML text): none, so each node counts alone."""
-    return ""
+def state_section(redis_server):
+    """The nodes' C{[state]} (TOML text): one redis-server, as in the reference."""
+    return ("[state]\n"
+            'backend = "redis"\n'
+            f'url = "{redis_server.url}"\n'
+            'key_prefix = "scale-out:"\n')
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +216,29 @@ def test_rules_see_the_client_behind_the_proxy(proxy, nodes, listener):
     for node, mark in zip(nodes, marks):
         assert f"access.declined ip={PROXY} " not in node.log()[mark:]
     assert login(proxy, listener).startswith(b"+OK")   # the allowed client, next to it
+
+
+def test_the_per_address_limit_holds_across_the_nodes(proxy, nodes):
+    """4 sessions from one client, spread 2 + 2 by leastconn: the 5th is refused on either."""
+    source = "127.0.0.4"
+    marks = [len(node.log()) for node in nodes]
+    held = []
+    try:
+        for _ in range(4):
+            sock = connect(proxy.port("pop3"), source)
+            assert sock.makefile("rb").readline().startswith(b"+OK ")
+            held.append(sock)
+        refused = 0
+        for _ in range(4):               # leastconn sends them to both nodes in turn
+            with connect(proxy.port("pop3"), source) as sock:
+                if readAll(sock).startswith(b"-ERR [SYS/TEMP] Too many connections"):
+                    refused += 1
+        assert refused == 4
+        assert all(f"access.limit ip={source} " in node.log()[mark:]
+                   for node, mark in zip(nodes, marks))
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_a_stopped_node_is_taken_out_and_the_other_serves(proxy, nodes):

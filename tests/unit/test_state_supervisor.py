@@ -13,10 +13,12 @@ from twisted.test import iosim
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from securepop import config
 from securepop.access.limits import LimitExceeded
 from securepop.errors import StateUnavailable
 from securepop.interfaces import IStateStore
-from securepop.state import LoginState
+from securepop.state import LoginState, build, supervisor
+from securepop.state.memory import MemoryStateStore
 from securepop.state.supervisor import StateChannel, StateHub, SupervisorStateStore
 
 LIMIT_NAMES = {"total": "max_connections", "ip": "max_connections_per_ip",
@@ -319,11 +321,52 @@ def test_worker_adopts_its_inherited_fd():
 
 
 def test_only_a_worker_given_a_channel_gets_a_supervisor_store():
-    from securepop.state import supervisor
-
     reactor = MemoryReactorClock()
     assert supervisor.inherited_store(reactor) is None        # not a worker
     supervisor.inherit_channel(7)
     store = supervisor.inherited_store(reactor, timeout=0.25)
     assert (store.kind, store.fd, store.timeout) == ("supervisor", 7, 0.25)
     assert supervisor.inherited_store(reactor) is None        # handed out once
+
+
+def settings_with(tmp_path, text=""):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return config.load(str(path), str(tmp_path / "data"))
+
+
+def test_the_supervisor_shares_a_memory_store_only_with_workers(tmp_path):
+    plain = settings_with(tmp_path)
+    redis = settings_with(tmp_path, '[state]\nbackend = "redis"\n')
+    assert supervisor.shares_store(plain, 2) and not supervisor.shares_store(plain, 1)
+    assert not supervisor.shares_store(redis, 2)          # the workers use Redis
+    reactor = MemoryReactorClock()
+    hub = supervisor.hub_for(plain, reactor, 2)
+    assert isinstance(hub.store, MemoryStateStore) and hub.store.lease_ttl == 30.0
+    assert supervisor.hub_for(plain, reactor, 1) is None
+    assert supervisor.hub_for(redis, reactor, 4) is None
+
+
+def test_a_worker_builds_its_store_on_the_inherited_channel(tmp_path):
+    settings = settings_with(tmp_path, '[state]\ntimeout = 0.25\non_outage = "refuse"\n')
+    reactor = MemoryReactorClock()
+    assert build.build_state(settings, reactor).kind == "memory"   # no channel: alone
+    mine, theirs = socket.socketpair()
+    fd = theirs.detach()
+    supervisor.inherit_channel(fd)
+    try:
+        store = build.build_state(settings, reactor)
+        assert verifyObject(IStateStore, store)
+        assert (store.kind, store.on_outage) == ("supervisor", "refuse")
+        store.start()                                  # adopts the inherited fd
+        assert reactor.adoptedStreamConnections[0][:2] == (fd, socket.AF_UNIX)
+    finally:
+        mine.close()
+
+
+def test_check_config_line_names_the_store(tmp_path):
+    plain = settings_with(tmp_path)
+    redis = settings_with(tmp_path, '[state]\nbackend = "redis"\n')
+    assert build.describe(plain, 2) == "state: supervisor (shared by the supervisor's workers)"
+    assert build.describe(plain, 1) == "state: memory (this process only)"
+    assert build.describe(redis, 2).startswith("state: redis")
