@@ -6,10 +6,10 @@ one data directory, with PROXY v2 on the STLS and the implicit-TLS
 listeners.  A login through the proxy works on both nodes and both
 listeners; the nodes' rules and logs see the client's address, not the
 proxy's; the proxy's checks see both nodes up, and a stopped node is taken
-out while the other serves on.
-
-The nodes' C{[state]} section is the C{state_section} fixture: one
-redis-server, so the per-address limit holds across both nodes.
+out while the other serves on.  The nodes' C{[state]} is the
+C{state_section} fixture, one redis-server as in the reference: the
+per-address limit holds across both nodes.  The shipped files themselves
+are valid (haproxy -c, the node files load).
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ import csv
 import io
 import socket
 import ssl
+import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from securepop import config
 from tests.integration.conftest import ALICE_PASSWORD
 from tests.integration.daemon import LISTENERS, Daemon, wait_for
-from tests.integration.fixtures_haproxy import Frontend, HAProxyServer
+from tests.integration.fixtures_haproxy import HAPROXY, Frontend, HAProxyServer
 from tests.integration.test_access_daemon import SourcePOP3, SourcePOP3SSL, connect, readAll
 from tests.integration.test_access_daemon_proxy import requireTools
 
@@ -256,3 +259,17 @@ def test_a_stopped_node_is_taken_out_and_the_other_serves(proxy, nodes):
     finally:
         b.start()
     assert wait_for(lambda: all_up(proxy), timeout=20), proxy.servers()
+
+
+def test_the_reference_files_are_valid():
+    """haproxy accepts the reference file as shipped; both node files load and differ
+    only in the node's own address."""
+    check = subprocess.run([HAPROXY, "-c", "-f", str(REFERENCE / "haproxy.cfg")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    a, b = (config.load(str(REFERENCE / f"node-{n}.toml"), None) for n in "ab")
+    assert a.state.backend == "redis" and a.access.trusted_proxies == ("10.0.0.10/32",)
+    assert [l.endpoint for l in a.listen] == ["tcp:110:interface=10.0.0.11",
+                                              "tcp:995:interface=10.0.0.11"]
+    assert replace(a, path=None, listen=(), metrics=None) == \
+        replace(b, path=None, listen=(), metrics=None)
