@@ -15,16 +15,28 @@ realm the keytab holds that principal for; anonymous tickets are refused.
 
 from __future__ import annotations
 
-import gssapi
-from gssapi.exceptions import GSSError
-from gssapi.raw import ChannelBindings
 from zope.interface import implementer
+
+try:
+    import gssapi
+    from gssapi.exceptions import GSSError
+    from gssapi.raw import ChannelBindings
+except ImportError:     # the optional "kerberos" extra: it builds against libkrb5-dev
+    gssapi = None
+
+    class GSSError(Exception):
+        """Stands in for python-gssapi's error when the package is absent."""
 
 from securepop import events
 from securepop.auth.keytab import KeytabError, keytab_realms
 from securepop.auth.verifyqueue import CLIENT
 from securepop.errors import ConfigError
 from securepop.sasl.gssapi import GSSAPIRefused, IGSSAcceptorExchange
+
+
+MISSING_GSSAPI = (
+    "GSSAPI needs the python-gssapi package: pip install 'securepop[kerberos]' "
+    "(it builds against MIT krb5: apt-get install libkrb5-dev gcc python3-dev first)")
 
 
 def _refused(error):
@@ -68,6 +80,8 @@ class KerberosAcceptor:
         g = settings.auth.gssapi
         if "GSSAPI" not in settings.auth.mechanisms:
             return None
+        if gssapi is None:
+            raise ConfigError(settings.path or "(defaults)", "auth.mechanisms", MISSING_GSSAPI)
         try:
             return cls(str(settings.resolve(g.keytab)), g.service, settings.server.hostname,
                        run_blocking, g.realms)

@@ -89,3 +89,16 @@ def test_from_settings(tmp_path):
         KerberosAcceptor.fromSettings(settings_for(tmp_path, ("GSSAPI",), "pop.keytab"),
                                       Pool())
     assert info.value.key == "auth.gssapi.keytab" and "0604" in info.value.reason
+
+
+def test_without_python_gssapi_only_a_gssapi_config_stops(tmp_path, monkeypatch):
+    """python-gssapi is the optional "kerberos" extra: missing, GSSAPI's start names it."""
+    from securepop.auth import kerberos
+
+    monkeypatch.setattr(kerberos, "gssapi", None)
+    write(tmp_path, GOOD)
+    assert KerberosAcceptor.fromSettings(settings_for(tmp_path, ("PLAIN",), "x"), Pool()) is None
+    with pytest.raises(ConfigError) as info:
+        KerberosAcceptor.fromSettings(settings_for(tmp_path, ("GSSAPI",), "pop.keytab"), Pool())
+    assert info.value.key == "auth.mechanisms"
+    assert "securepop[kerberos]" in info.value.reason and "libkrb5-dev" in info.value.reason
