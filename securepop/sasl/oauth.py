@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from securepop.errors import SASLError
 from securepop.interfaces import IBearerCredentials, ISASLExchange, ISASLMechanism
-from securepop.sasl.base import Challenge
+from securepop.sasl.base import OneResponseExchange
 from securepop.sasl.credentials import normalise
 
 #: The largest client response these mechanisms accept (decoded).
@@ -119,22 +119,14 @@ def _parse_xoauth2(data):
 
 
 @implementer(ISASLExchange)
-class _BearerExchange:
-    username = None
+class _BearerExchange(OneResponseExchange):
 
     def __init__(self, mechanism, context):
+        super().__init__(context)
         self._mechanism = mechanism
-        self._context = context
-        self._state = "start"
+        self.mechanism_name = mechanism.name
 
-    def step(self, response):
-        if self._state == "start" and response is None:
-            self._state = "wait"
-            return Challenge(b"")
-        if self._state == "done":
-            raise SASLError(f"{self._mechanism.name} exchange already finished")
-        self._state = "done"
-        data = response or b""
+    def respond(self, data):
         if len(data) > MAX_RESPONSE:
             raise SASLError(f"{self._mechanism.name} response too long")
         authzid, token = self._mechanism.parse(data)
@@ -142,9 +134,6 @@ class _BearerExchange:
         self.username = username
         return BearerCredentials(username, token, self._mechanism.name,
                                  failure_challenge(self._context.settings))
-
-    def abort(self):
-        """Nothing is held between steps: nothing to release."""
 
 
 @implementer(ISASLMechanism)

@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from securepop.errors import SASLError
 from securepop.interfaces import PLAINTEXT, ISASLExchange, ISASLMechanism
-from securepop.sasl.base import Challenge
+from securepop.sasl.base import OneResponseExchange
 from securepop.sasl.credentials import normalise
 
 #: RFC 4616 allows 255 octets for each part; be a little generous.
@@ -26,21 +26,11 @@ def _text(raw, what):
 
 
 @implementer(ISASLExchange)
-class _PlainExchange:
-    username = None         # the credentials carry the user name to the portal
+class _PlainExchange(OneResponseExchange):
+    mechanism_name = "PLAIN"
 
-    def __init__(self, context):
-        self._context = context
-        self._state = "start"
-
-    def step(self, response):
-        if self._state == "start" and response is None:
-            self._state = "wait"
-            return Challenge(b"")
-        if self._state == "done":
-            raise SASLError("PLAIN exchange already finished")
-        self._state = "done"
-        parts = (response or b"").split(b"\x00")
+    def respond(self, data):
+        parts = data.split(b"\x00")
         if len(parts) != 3:
             raise SASLError("PLAIN response needs exactly two NULs")
         authzid, authcid, password = parts
@@ -54,9 +44,6 @@ class _PlainExchange:
             if wanted != username:
                 raise SASLError("PLAIN authzid differs from authcid")
         return UsernamePassword(username, password)
-
-    def abort(self):
-        """Nothing is held between steps: nothing to release."""
 
 
 @implementer(ISASLMechanism)
