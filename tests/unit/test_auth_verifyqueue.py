@@ -194,7 +194,8 @@ def test_renewals_run_at_a_lower_cpu_priority_than_logins(queue):
 
     login_nice = yield submit(queue, "a", nice)
     renewal_nice = yield renew(queue, nice)
-    assert renewal_nice >= RENEWAL_NICE > login_nice
+    # A process already niced past RENEWAL_NICE (a niced test run) keeps its own.
+    assert renewal_nice == max(RENEWAL_NICE, login_nice)
 
 
 @defer.inlineCallbacks
@@ -209,3 +210,22 @@ def test_renewals_are_bounded_and_never_count_against_a_client(queue):
     assert logins == [0, 1, 2]
     gate.event.set()
     yield defer.gatherResults(held)
+
+
+def test_default_threads_follow_the_cpu_affinity(monkeypatch):
+    """A server pinned to one core of many gets one hashing thread, not one per core."""
+    import os
+
+    from securepop.auth import verifyqueue
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert verifyqueue.default_threads() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert verifyqueue.default_threads() == 3
+
+    def unsupported(pid):
+        raise OSError("no affinity here")
+
+    monkeypatch.setattr(os, "sched_getaffinity", unsupported)
+    assert verifyqueue.default_threads() == 8
