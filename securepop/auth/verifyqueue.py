@@ -47,9 +47,10 @@ PURPOSE = contextvars.ContextVar("securepop_verification_purpose", default="logi
 
 DEFAULT_MAX_QUEUED = 256
 DEFAULT_MAX_PER_CLIENT = 16
-#: The renewal thread's nice value: a login's hashing and the reactor run
-#: first when both want the CPU (CFS weight 110 against 1024), while on an
-#: idle core a renewal still runs at full speed.
+#: The renewal thread runs under SCHED_IDLE (only when nothing else of the
+#: host wants the CPU: a renewal never delays a login, and on a busy core it
+#: waits, its entry serving meanwhile); where that is refused, at this nice
+#: value (CFS weight 110 against a login's 1024).
 RENEWAL_NICE = 10
 
 _lowered = threading.local()
@@ -65,7 +66,11 @@ def _lower_priority():
         current = os.getpriority(os.PRIO_PROCESS, tid)
         os.setpriority(os.PRIO_PROCESS, tid, max(current, RENEWAL_NICE))
     except (AttributeError, OSError):
-        pass        # no per-thread priority here: renewals still never take a login's thread
+        return      # no per-thread priority here: renewals still never take a login's thread
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass        # the nice value above stands
 
 
 def _renewal(f, *args):

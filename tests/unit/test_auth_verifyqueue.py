@@ -199,6 +199,17 @@ def test_renewals_run_at_a_lower_cpu_priority_than_logins(queue):
 
 
 @defer.inlineCallbacks
+def test_renewals_run_only_when_the_cpu_is_idle(queue):
+    import os
+
+    def policy():
+        return os.sched_getscheduler(threading.get_native_id())
+
+    assert (yield submit(queue, "a", policy)) != os.SCHED_IDLE
+    assert (yield renew(queue, policy)) == os.SCHED_IDLE
+
+
+@defer.inlineCallbacks
 def test_renewals_are_bounded_and_never_count_against_a_client(queue):
     gate = Gate()
     held = [renew(queue, gate.work, n) for n in range(queue.max_queued)]
