@@ -53,13 +53,16 @@ return 0
 #: The heartbeat: re-score this process's slots and refresh its maildrop
 #: leases.  KEYS: the first n are counters, the rest maildrop leases.
 #: ARGV: expiry, key ttl (ms), n, then one member per counter key and one
-#: holder per maildrop key.  A slot purged while this node could not reach
-#: the server is counted again: the connection it stands for is still open.
+#: holder per maildrop key.  Only slots Redis still holds are re-dated (XX):
+#: a beat that crosses a release, or one after the data was lost, never
+#: brings back a slot nobody holds (a phantom that would refuse a client
+#: for a TTL); a slot purged while this node could not reach the server is
+#: therefore not counted again (its connection is under-counted until it ends).
 HEARTBEAT = """
 local n = tonumber(ARGV[3])
 for i, key in ipairs(KEYS) do
   if i <= n then
-    redis.call('ZADD', key, ARGV[1], ARGV[3 + i])
+    redis.call('ZADD', key, 'XX', ARGV[1], ARGV[3 + i])
     redis.call('PEXPIRE', key, ARGV[2])
   elseif redis.call('GET', key) == ARGV[3 + i] then
     redis.call('PEXPIRE', key, ARGV[2])

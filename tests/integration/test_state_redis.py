@@ -396,3 +396,16 @@ async def test_master_found_through_sentinel(stores, redis, redis_sentinel):
             await lost.cache_get(b"k")
     finally:
         await lost.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_heartbeat_never_brings_back_a_slot_redis_no_longer_holds(stores, redis):
+    """A beat after the slot is gone (released elsewhere, data lost) creates no phantom."""
+    a = await stores()
+    await a.acquire("a1", COUNTS)
+    await a.beat()
+    assert await a.count("ip", "192.0.2.7") == 1          # a live slot is re-dated
+    assert redis.command("FLUSHALL").startswith(b"+OK")
+    await a.beat()
+    assert await a.count("ip", "192.0.2.7") == 0
+    assert await refused(a.acquire("a2", [("ip", "192.0.2.7", 1)])) is None
