@@ -12,12 +12,14 @@ the log observer twistd uses, and SIGHUP.
 from __future__ import annotations
 
 import signal
+import sys
 
 from twisted.application import service
+from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver
 from twisted.python.components import Componentized
 
-from securepop import serversecret
+from securepop import events, serversecret
 from securepop.ops import privileges, workers
 from securepop.ops.metrics import metrics_service, multiprocess_render
 from securepop.ops.notify import NotifyService, SystemdNotifier
@@ -53,7 +55,17 @@ class OperatingRoot(service.MultiService):
         return super().setServiceParent(parent)
 
     def privilegedStartService(self):
-        super().privilegedStartService()     # every listener binds here, as root
+        try:
+            super().privilegedStartService()     # every listener binds here, as root
+        except CannotListenError as e:
+            # A port another program holds: one clear line and exit status
+            # 69 (EX_UNAVAILABLE), not twistd's traceback.
+            error = e.socketError
+            reason = (error.strerror if isinstance(error, OSError) else None) or str(error)
+            where = f"{e.interface or '*'}:{e.port}"
+            events.emit("listen.failed", "error", address=where, error=reason)
+            sys.stderr.write(f"securepop: cannot listen on {where}: {reason}\n")
+            raise SystemExit(69) from None
         if self.identity is not None:
             privileges.drop(self.identity)
 

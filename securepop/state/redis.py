@@ -137,6 +137,7 @@ class RedisStateStore:
         self._attempts = itertools.count()
         self._leases = {}       # lease id -> [counter key, ...]
         self._maildrops = {}    # maildrop key -> holder
+        self._giving_back = set()   # releases sent, not yet answered (stop waits)
         self._heartbeat = LoopingCall(self.beat)
         self._heartbeat.clock = reactor
 
@@ -158,16 +159,27 @@ class RedisStateStore:
         return self._link.start()
 
     def stop(self):
-        """Give back every slot and maildrop lease of this process, then disconnect."""
+        """
+        Give back every slot and maildrop lease of this process, wait for
+        the releases already sent (a session that ended as the stop
+        began), then disconnect.
+        """
         if self._heartbeat.running:
             self._heartbeat.stop()
         keys, members = self._held(self._leases.items(), self._maildrops.items())
         self._leases.clear()
         self._maildrops.clear()
-        d = self._script("release", keys, [len(keys) - len(members[1]), *members[0],
-                                           *members[1]]) if keys else defer.succeed(None)
-        d.addErrback(lambda _: None)
+        waits = [self._script("release", keys, [len(keys) - len(members[1]), *members[0],
+                                                *members[1]])] if keys else []
+        waits += list(self._giving_back)
+        d = defer.gatherResults(waits, consumeErrors=True).addErrback(lambda _: None)
         return d.addCallback(lambda _: self._link.stop())
+
+    def _given_back(self, d):
+        """Keep C{d} (a release) until it is answered: L{stop} waits for it."""
+        self._giving_back.add(d)
+        d.addBoth(lambda r: (self._giving_back.discard(d), r)[1])
+        return d
 
     @staticmethod
     def _held(leases, maildrops):
@@ -254,8 +266,8 @@ class RedisStateStore:
         keys = self._leases.pop(lease, None)
         if not keys:
             return defer.succeed(None)
-        return self._script("release", keys, [len(keys)] + [lease] * len(keys)).addCallback(
-            lambda _: None)
+        return self._given_back(self._script("release", keys, [len(keys)] + [lease] * len(keys))
+                                .addCallback(lambda _: None))
 
     def count(self, scope, key):
         try:
@@ -329,4 +341,5 @@ class RedisStateStore:
         key = f"{self._prefix}drop:{hex_key(username)}"
         if self._maildrops.get(key) == holder:
             del self._maildrops[key]
-        return self._script("unclaim", [key], [holder]).addCallback(lambda _: None)
+        return self._given_back(self._script("unclaim", [key], [holder])
+                                .addCallback(lambda _: None))

@@ -119,15 +119,42 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------
 
     def start(self, wait_ports=None):
-        self.log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            self.wrapper + [TWISTD, "-n", "--pidfile=", *self.twistd_args, "securepop",
-                            "--config", str(self.config_path)],
-            stdout=self.log_file, stderr=subprocess.STDOUT, cwd=self.dir, env=self.env,
-        )
-        for port in wait_ports or (self.pop3_port, self.pop3s_port):
-            wait_for_port("127.0.0.1", port, proc=self.proc)
-        return self
+        for attempt in range(3):
+            start_of_log = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self.log_file = open(self.log_path, "ab")
+            self.proc = subprocess.Popen(
+                self.wrapper + [TWISTD, "-n", "--pidfile=", *self.twistd_args, "securepop",
+                                "--config", str(self.config_path)],
+                stdout=self.log_file, stderr=subprocess.STDOUT, cwd=self.dir, env=self.env,
+            )
+            try:
+                for port in wait_ports or (self.pop3_port, self.pop3s_port):
+                    wait_for_port("127.0.0.1", port, proc=self.proc)
+                return self
+            except RuntimeError as e:
+                self.log_file.close()
+                self.proc = None
+                printed = self.log()[start_of_log:]
+                if not (wait_ports is None and self._new_ports_if_taken(printed)) \
+                        or attempt == 2:
+                    raise RuntimeError(f"{e}; it printed:\n{printed[-3000:]}") from None
+
+    def _new_ports_if_taken(self, printed):
+        """
+        A port picked by L{free_port} was taken before the daemon bound it
+        (another process's outgoing connection, say): pick new ones, if the
+        configuration file is still the one written here.  True if done.
+        """
+        if "Address already in use" not in printed or \
+                self.config_path.read_text() != self.config_text:
+            return False
+        old = dict(self.ports)
+        self.ports = {k: free_port() for k in old}
+        self.pop3_port, self.pop3s_port = self.ports["pop3_port"], self.ports["pop3s_port"]
+        for key, port in old.items():
+            self.config_text = self.config_text.replace(str(port), str(self.ports[key]))
+        self.config_path.write_text(self.config_text)
+        return True
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
         if self.proc is None:

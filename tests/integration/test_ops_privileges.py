@@ -117,3 +117,29 @@ def test_refuses_world_readable_users_file(tmp_path):
                        cwd=d.dir)
     assert r.returncode == 78
     assert "chmod 600" in r.stderr
+
+
+def test_a_port_in_use_stops_the_start_with_one_clear_line(tmp_path):
+    """Another program holds the STLS port: exit 69 (EX_UNAVAILABLE), no traceback."""
+    import socket
+
+    from tests.integration.daemon import TWISTD
+
+    d = Daemon(tmp_path, name="port-taken")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", d.pop3_port))
+        r = subprocess.run([TWISTD, "-n", "--pidfile=", "securepop", "--config",
+                            str(d.config_path)], capture_output=True, text=True, timeout=60,
+                           cwd=d.dir)
+    printed = r.stdout + r.stderr
+    assert r.returncode == 69, printed
+    assert f"securepop: cannot listen on 127.0.0.1:{d.pop3_port}: Address already in use" \
+        in printed
+    assert "Traceback" not in printed
+    # The negative case: the port free again, the same configuration starts.
+    d.start()
+    try:
+        with socket.create_connection(("127.0.0.1", d.pop3_port), timeout=10) as s:
+            assert s.makefile("rb").readline().startswith(b"+OK")
+    finally:
+        d.stop()

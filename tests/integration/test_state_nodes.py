@@ -16,9 +16,13 @@ import pytest
 
 from tests.integration.clients import pop3
 from tests.integration.conftest import ALICE_PASSWORD
-from tests.integration.daemon import DEFAULT_CONFIG, Daemon
+from tests.integration.daemon import DEFAULT_CONFIG, Daemon, wait_for
 
 LEASE_TTL = 3
+
+#: Lua: how many slots all slot keys hold (a released slot is removed).
+COUNT_SLOTS = ("local n = 0 for _, k in ipairs(redis.call('KEYS', '*slot:*')) do "
+               "n = n + redis.call('ZCARD', k) end return n")
 
 
 def config(shared, url):
@@ -36,13 +40,25 @@ def nodes(redis, tmp_path):
     a.data_dir = b.data_dir = shared         # users, certificate, Maildirs, server secret
     a.add_user("alice", ALICE_PASSWORD)
     a.add_user("bob", ALICE_PASSWORD)
-    a.start()
-    b.start()
-    yield a, b
+    try:
+        a.start()
+        b.start()
+        # Each start probes its ports (connect, close): wait until Redis has
+        # given those probes' slots back, so every test starts at zero.
+        assert wait_for(lambda: slots_held(redis) == 0, timeout=5), slots_held(redis)
+        yield a, b
+    finally:
+        for node in (a, b):
+            if node.proc is not None and node.proc.poll() is None:
+                node.stop()
     for node in (a, b):
         node.stop()
         log = node.log()
         assert "state.outage" not in log and "Traceback" not in log, log[-3000:]
+
+
+def slots_held(redis):
+    return int(redis.command("EVAL", COUNT_SLOTS, 0).strip().lstrip(b":"))
 
 
 def greeted(node):
