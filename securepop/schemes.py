@@ -29,7 +29,9 @@ from collections import namedtuple
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher, extract_parameters
-from argon2.exceptions import InvalidHashError
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from nacl.exceptions import InvalidkeyError
+from nacl.pwhash import argon2id as sodium_argon2id
 
 from securepop._md4 import md4
 from securepop.auth.records import ScramSecret
@@ -95,6 +97,48 @@ def hasher_for(params=None) -> PasswordHasher:
     return hasher
 
 
+#: The hashes libsodium verifies: argon2id version 1.3, one lane (libsodium
+#: computes lanes one after the other; argon2-cffi runs p > 1 in threads).
+_SODIUM_PREFIX = "$argon2id$v=19$"
+#: libsodium's crypto_pwhash_STRBYTES, its terminating NUL excluded.
+_SODIUM_MAX_LENGTH = 127
+
+
+def verify_hash(hashed, password, hasher=None) -> bool:
+    """
+    Whether C{password} matches the argon2 hash C{hashed}; never raises for
+    a wrong password or an unreadable hash.
+
+    A one-lane argon2id hash is verified by libsodium (PyNaCl), the rest by
+    argon2-cffi (C{hasher}).  Why two libraries: on x86-64 libsodium picks
+    its AVX2 core at run time and computes one verification in about half
+    the CPU of argon2-cffi's portable build (bench/RESULTS.md measures both);
+    it is also what Dovecot's C{ARGON2ID} scheme calls.  Both compare in
+    constant time.  Blocking: a hashing thread, never the reactor.
+    """
+    if _sodium_can_verify(hashed):
+        try:
+            return sodium_argon2id.verify(hashed.encode("ascii"), _as_bytes(password))
+        except InvalidkeyError:
+            return False
+    try:
+        return (hasher or _hasher).verify(hashed, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def _sodium_can_verify(hashed):
+    if not (hashed.startswith(_SODIUM_PREFIX) and len(hashed) <= _SODIUM_MAX_LENGTH
+            and hashed.isascii()):
+        return False
+    params = hashed[len(_SODIUM_PREFIX):].split("$", 1)[0]
+    return params.endswith(",p=1")
+
+
+def _as_bytes(password):
+    return password.encode("utf-8") if isinstance(password, str) else bytes(password)
+
+
 class VerificationCost(namedtuple("VerificationCost", "wall cpu")):
     """Seconds one verification took: elapsed, and CPU of every thread."""
 
@@ -111,7 +155,7 @@ def measure_verification(params, rounds=3, clock=time.perf_counter,
     best = None
     for _ in range(max(1, rounds)):
         start, start_cpu = clock(), cpu_clock()
-        hasher.verify(hashed, DUMMY_PASSWORD)
+        verify_hash(hashed, DUMMY_PASSWORD, hasher)
         cost = VerificationCost(clock() - start, cpu_clock() - start_cpu)
         best = cost if best is None or cost.wall < best.wall else best
     return best

@@ -58,11 +58,14 @@ class AuthCache:
         least recently used entry goes first.
     @ivar refresh_after: the share of C{ttl} after which a positive entry
         is due for renewal (L{due}): its checker verifies again in the
-        background while the cached answer still serves the login.
+        background while the cached answer still serves the login.  Half:
+        a client polling every 5 minutes at random (Poisson) misses a
+        30-minute window once in e**6 (0.25%) entry lives, a 15-minute one
+        once in e**3 (5%: bench/RESULTS.md saw those cold logins).
     """
 
     def __init__(self, clock, ttl=3600.0, negative_ttl=5.0, max_entries=50000,
-                 key=None, refresh_after=0.75):
+                 key=None, refresh_after=0.5):
         """
         @param clock: L{twisted.internet.interfaces.IReactorTime}.
         @param key: HMAC key (bytes); a fresh random one when L{None}.

@@ -33,7 +33,7 @@ class PasswordChecker:
     hit never extends an entry by itself, and a refusal replaces nothing but
     the key it was for.
 
-    A hit on an entry due for renewal (L{AuthCache.due}: the last quarter
+    A hit on an entry due for renewal (L{AuthCache.due}: the second half
     of its TTL) is answered from the cache at once while the source checks
     the same credentials again in the background: a success renews the
     entry, a refusal drops it.  A client polling every few minutes then

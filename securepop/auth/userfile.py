@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from argon2.exceptions import InvalidHashError
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from zope.interface import implementer
@@ -48,7 +48,7 @@ from securepop.mailstore.paths import checkUsername
 from securepop.mailstore.quota import format_quota, parse_quota
 from securepop.schemes import (
     DUMMY_PASSWORD, cleartext_secret, decode_scram_secret, describe_hash, encode_scram_secret,
-    hasher_for, nt_hash, scram_secret,
+    hasher_for, nt_hash, scram_secret, verify_hash,
 )
 
 #: Which stored field serves which credential kind, and which mechanisms need it.
@@ -335,11 +335,7 @@ class FileCredentialSource:
 
         def verify():
             hashed = entry.password_hash if entry else self._dummy_hash()
-            try:
-                hasher.verify(hashed, password)
-                return True
-            except (VerifyMismatchError, VerificationError, InvalidHashError):
-                return False
+            return verify_hash(hashed, password, hasher)
 
         d = self._run(verify)
 

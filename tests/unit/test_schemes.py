@@ -160,3 +160,58 @@ def test_measure_verification_reports_the_fastest_round():
     assert cost.wall == pytest.approx(0.2) and cost.cpu == pytest.approx(0.3)
     real = schemes.measure_verification(CHEAP, rounds=1)
     assert 0 < real.wall < 5 and 0 <= real.cpu < 5
+
+
+# -- verify_hash: libsodium for one-lane argon2id, argon2-cffi for the rest ----------
+
+class _NoCffi:
+    """A hasher that fails the test if argon2-cffi is asked."""
+
+    def verify(self, hashed, password):
+        raise AssertionError("argon2-cffi verified a hash libsodium should have")
+
+
+def _cheap(parallelism=1):
+    return schemes.HashParameters(memory_kib=1024, time_cost=1, parallelism=parallelism)
+
+
+def test_one_lane_argon2id_is_verified_by_libsodium():
+    hashed = schemes.hasher_for(_cheap()).hash("Grüße, Alice")
+    assert schemes.verify_hash(hashed, "Grüße, Alice", _NoCffi())
+    assert schemes.verify_hash(hashed, "Grüße, Alice".encode(), _NoCffi())
+    assert not schemes.verify_hash(hashed, "Grüße, alice", _NoCffi())
+    assert not schemes.verify_hash(hashed, "", _NoCffi())
+
+
+def test_the_default_parameters_go_to_libsodium():
+    hashed = schemes.hasher_for(None).hash("pw")
+    assert schemes._sodium_can_verify(hashed)
+    assert schemes.verify_hash(hashed, "pw", _NoCffi())
+    assert not schemes.verify_hash(hashed, "pW", _NoCffi())
+
+
+def test_several_lanes_and_argon2i_stay_with_argon2_cffi():
+    import argon2
+
+    four = schemes.hasher_for(_cheap(4)).hash("pw")
+    argon2i = argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1,
+                                    type=argon2.Type.I).hash("pw")
+    for hashed in (four, argon2i):
+        assert not schemes._sodium_can_verify(hashed)
+        with pytest.raises(AssertionError):
+            schemes.verify_hash(hashed, "pw", _NoCffi())
+        assert schemes.verify_hash(hashed, "pw")
+        assert not schemes.verify_hash(hashed, "wrong")
+
+
+def test_an_unreadable_hash_is_a_failed_verification_on_both_paths():
+    good = schemes.hasher_for(_cheap()).hash("pw")
+    for hashed in (good[:-5], good.replace("$v=19$", "$v=19$$"), "$argon2id$v=19$m=1,t=1,p=1$x$y",
+                   "$argon2id$v=19$m=1024,t=1,p=1$" + "A" * 200, "$argon2id$", "", "plain"):
+        assert not schemes.verify_hash(hashed, "pw"), hashed
+
+
+def test_both_libraries_agree_on_the_same_hash():
+    hashed = schemes.hasher_for(_cheap()).hash("s3cret")
+    cffi = schemes.hasher_for(_cheap())
+    assert cffi.verify(hashed, "s3cret") and schemes.verify_hash(hashed, "s3cret", _NoCffi())
