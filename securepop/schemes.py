@@ -111,9 +111,10 @@ def verify_hash(hashed, password, hasher=None) -> bool:
 
     A one-lane argon2id hash is verified by libsodium (PyNaCl), the rest by
     argon2-cffi (C{hasher}).  Why two libraries: on x86-64 libsodium picks
-    its AVX2 core at run time and computes one verification in about half
-    the CPU of argon2-cffi's portable build (bench/RESULTS.md measures both);
-    it is also what Dovecot's C{ARGON2ID} scheme calls.  Both compare in
+    its AVX2/AVX-512 core at run time and computes a verification in half
+    the time of argon2-cffi's SSE2 build; the page faults of the fresh
+    mapping it takes each time give part back (bench/RESULTS.md); it is
+    also what Dovecot's C{ARGON2ID} scheme calls.  Both compare in
     constant time.  Blocking: a hashing thread, never the reactor.
     """
     if _sodium_can_verify(hashed):
