@@ -20,7 +20,7 @@ from twisted.logger import ILogObserver
 from twisted.python.components import Componentized
 
 from securepop import events, serversecret
-from securepop.ops import privileges, workers
+from securepop.ops import heap, privileges, workers
 from securepop.ops.metrics import metrics_service, multiprocess_render
 from securepop.ops.notify import NotifyService, SystemdNotifier
 from securepop.ops.twistdlog import observer_for_twistd
@@ -68,6 +68,10 @@ class OperatingRoot(service.MultiService):
             raise SystemExit(69) from None
         if self.identity is not None:
             privileges.drop(self.identity)
+
+    def startService(self):
+        super().startService()
+        heap.freeze_startup_heap()
 
     def reload(self):
         self.notifier.reloading()

@@ -41,6 +41,7 @@ from twisted.logger import globalLogBeginner, globalLogPublisher
 
 from securepop import config as configmodule
 from securepop import events
+from securepop.ops import heap
 from securepop.ops.jsonlog import JSONLineObserver, event_from_json
 from securepop.service import compose_server
 from securepop.state import supervisor as supervisor_state
@@ -401,6 +402,7 @@ def worker_main(argv=None):
     def start():
         root.privilegedStartService()
         root.startService()
+        heap.freeze_startup_heap()
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
