@@ -38,7 +38,9 @@ class PasswordChecker:
     the same credentials again in the background: a success renews the
     entry, a refusal drops it.  A client polling every few minutes then
     never meets a cold login, and a password changed in a directory still
-    stops working at most one TTL after the change.
+    stops working at most one TTL after the change.  A source with user
+    stamps is not asked again: the stamp in the key proves its answer
+    unchanged (L{_reconfirm}).
 
     With a L{securepop.auth.sharedcache.SharedAuthCache} (C{shared}: the
     state store of several workers or nodes), a miss here asks the shared
@@ -73,7 +75,10 @@ class PasswordChecker:
             return defer.fail(UnauthorizedLogin("bad-password-cached"))
         if hit is not MISS:
             if self.cache.due(key) and key not in self._renewing:
-                self._renew(key, username, password, stamp)
+                if stamp:
+                    self._reconfirm(key, hit, username, password, stamp)
+                else:
+                    self._renew(key, username, password, stamp)
             return defer.succeed(hit)
         if self.shared is None:
             return self._verify(key, None, username, password)
@@ -109,6 +114,20 @@ class PasswordChecker:
             return failure
 
         return d.addCallbacks(remember, refused)
+
+    def _reconfirm(self, key, record, username, password, stamp):
+        """
+        Renew a due entry of a source with user stamps (the users file)
+        without asking it: the key holds the digest of the very entry the
+        password was verified against, and that entry is still the user's
+        (else this key would not have been hit).  Verifying the same
+        password against the same hash again can only give the same answer,
+        so a polling user of the users file costs one argon2 run per entry
+        change, not one per renewal.
+        """
+        self.cache.putPositive(key, record)
+        if self.shared is not None:
+            self.shared.putPositive(self.shared.keyFor(username, password, stamp), record)
 
     def _renew(self, key, username, password, stamp=""):
         """Verify again in the background; the login that asked does not wait."""

@@ -153,10 +153,34 @@ def test_cache_serves_polling_logins_for_the_ttl(filecache):
     for _ in range(5):                # a client polling every 5 minutes: 25 minutes
         clock.advance(300)
         assert login("alice", b"pw-alice").username == "alice"
-    assert run.calls == 1             # from the cache, no renewal yet (due after 30)
-    clock.advance(300)
+    assert run.calls == 1             # from the cache
+
+
+def test_users_file_entries_are_renewed_without_hashing_while_the_entry_stands(filecache):
+    """The key holds the entry's digest: a due hit is renewed with no argon2 run."""
+    path, clock, run, checker, login = filecache
     assert login("alice", b"pw-alice").username == "alice"
-    assert run.calls == 2             # served, and renewed behind the login
+    for _ in range(36):               # every 5 minutes for 3 hours: three TTLs
+        clock.advance(300)
+        assert login("alice", b"pw-alice").username == "alice"
+    assert run.calls == 1             # the first login's verification, and no other
+    # A wrong password is no hit: verified, refused, and alice's entry stays.
+    assert login("alice", b"wrong").check(UnauthorizedLogin)
+    assert run.calls == 2
+    # The entry changes (`user passwd`): the old password is verified again and refused.
+    userfile.set_password(path, "alice", "pw-new", set(), create=False, params=CHEAP)
+    assert login("alice", b"pw-alice").check(UnauthorizedLogin)
+    assert run.calls == 3
+
+
+def test_users_file_entry_not_polled_in_its_second_half_expires(filecache):
+    path, clock, run, checker, login = filecache
+    assert login("alice", b"pw-alice").username == "alice"
+    clock.advance(1700)               # before the renewal window
+    assert login("alice", b"pw-alice").username == "alice"
+    clock.advance(1900)               # 3600 s after the verification: expired
+    assert login("alice", b"pw-alice").username == "alice"
+    assert run.calls == 2             # a hit never extends an entry outside the window
 
 
 class HeldSource(MemorySource):
