@@ -213,8 +213,42 @@ def polling(bench):
     out["loadgen"] = {k: result.get(k) for k in ("sessions", "errors", "error_kinds",
                                                  "busy_skips", "sessions_per_s",
                                                  "login_p50_ms", "login_p99_ms")}
+    out["floor"] = floor_at(bench, rate, min(duration, FLOOR_SECONDS),
+                            f"{users[0]}:{users[-1]}")
     bench.results["polling"] = out
     print(f"  polling: {json.dumps(out)}", flush=True)
+
+
+#: How long the floor runs at the polling arrivals (its tail settles in minutes).
+FLOOR_SECONDS = 300.0
+
+
+def floor_at(bench, rate, duration, users):
+    """
+    The same open-loop Poisson arrivals against the floor server (TLS
+    handshake, greeting, QUIT: no login, no mailbox): the p99/p50 this
+    machine and load generator show for a session that does nothing, the
+    yardstick for the polling line's login p99/p50.
+    """
+    from bench.loadgen import percentile
+    dump = bench.testbed.root / "poll-floor-latencies.txt"
+    with FloorServer(bench.testbed) as server:
+        cmd = [sys.executable, str(HERE / "loadgen.py"), "--bind", CLIENT_ADDRESS,
+               "--cpu", str(CLIENT_CPU), "--password", PASSWORD, "--port",
+               str(server.implicit_port), "--scenario", "floor", "--users", users,
+               "--rate", str(rate), "--poisson", "--duration", str(duration),
+               "--session-timeout", "60", "--dump-latencies", str(dump)]
+        before = cpu_seconds(server)
+        result = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                           timeout=duration + 300).stdout.strip()
+                            .splitlines()[-1])
+        used = cpu_seconds(server) - before
+    totals = sorted(float(line.split()[1]) for line in dump.read_text().splitlines())
+    return {"seconds": duration, "sessions": result.get("sessions"),
+            "errors": result.get("errors"), "p50_ms": percentile(totals, 50),
+            "p99_ms": percentile(totals, 99),
+            "cpu_ms_per_session": round(used * 1000 / result["sessions"], 3)
+            if result.get("sessions") else None}
 
 
 # -- report ----------------------------------------------------------------------
@@ -340,6 +374,15 @@ def tables(results):
                 f"Load generator: {lg['sessions']} sessions, {lg['errors']} errors, "
                 f"{lg['busy_skips']} polls skipped because the user was still in its previous "
                 "session.", ""]
+        fl = p.get("floor")
+        if fl:
+            out += [f"The floor at the same arrivals ({p['rate']} sessions/s, Poisson, "
+                    f"{fl['seconds']:g} s; TLS handshake, greeting and QUIT, no login: what "
+                    "this machine and load generator give a session that does nothing): "
+                    f"p50 {fmt(fl['p50_ms'])} ms, p99 {fmt(fl['p99_ms'])} ms, p99/p50 "
+                    f"{ratio(fl['p99_ms'], fl['p50_ms'])}; server CPU "
+                    f"{fmt(fl['cpu_ms_per_session'], 2)} ms/session; {fl['sessions']} "
+                    f"sessions, {fl['errors']} errors.", ""]
     return "\n".join(out)
 
 
