@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from nacl.exceptions import InvalidkeyError
+from nacl.exceptions import CryptoError
 from nacl.pwhash import argon2id as sodium_argon2id
 
 from securepop._md4 import md4
@@ -120,7 +120,7 @@ def verify_hash(hashed, password, hasher=None) -> bool:
     if _sodium_can_verify(hashed):
         try:
             return sodium_argon2id.verify(hashed.encode("ascii"), _as_bytes(password))
-        except InvalidkeyError:
+        except (CryptoError, ValueError):     # a mismatch, or a string it cannot use
             return False
     try:
         return (hasher or _hasher).verify(hashed, password)

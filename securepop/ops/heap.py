@@ -5,11 +5,12 @@ CPython's cyclic collector walks every tracked object of the process in a
 full collection: after start-up that is Twisted, pyOpenSSL, the
 configuration and securepop itself, ~75,000 objects, about 10 ms of one
 core (gc.collect() on the built server, measured here) during which no
-session is served.  The polling benchmark showed no p99 change from it at
-133 logins/s: it is a bound on a pause, not a speed-up.  None of them ever becomes garbage, so once the
-server is built they go to the permanent generation (C{gc.freeze}, as
-Instagram's and Dropbox's Python servers do): a full collection then walks
-only what sessions, the auth cache and later imports made.
+session is served.  None of them ever becomes garbage, so once the server
+is built they go to the permanent generation (C{gc.freeze}, as Instagram's
+and Dropbox's Python servers do): a full collection then walks only what
+sessions, the auth cache and later imports made.  The polling benchmark
+showed no p99 change from it at 133 logins/s: it bounds a pause, it is not
+a speed-up.
 """
 
 from __future__ import annotations
