@@ -28,6 +28,8 @@ def clean(value) -> str:
     text = "" if value is None else str(value)
     if len(text) > 128:
         text = text[:128] + "..."
+    if text.isascii() and text.isprintable() and " " not in text:
+        return text or "-"  # the usual value: nothing to escape, no regex pass
     return _UNSAFE.sub(lambda m: "\\x%02x" % (ord(m.group()) & 0xFF), text) or "-"
 
 

@@ -263,19 +263,25 @@ class MaildirMailbox:
             file vanished.
         """
         entry = self._entry(index)
-        for _ in range(2):
-            path = self._locate(entry)
-            if path is None:
-                break
+        # The file is usually where the snapshot saw it: open it straight
+        # away, and look for it (a rename by another program) only when the
+        # open says it is gone.
+        path = os.path.join(self.path, entry.subdir, entry.name)
+        for _ in range(3):
             try:
                 fd = openRegularFile(path)
             except FileNotFoundError:
-                continue  # renamed between locate and open
+                path = self._locate(entry)  # renamed, or renamed again meanwhile
+                if path is None:
+                    break
+                continue
             except OSError as e:
                 if e.errno in (errno.ELOOP, errno.EINVAL):
                     break  # swapped for a symlink, FIFO or device: refuse
                 raise
-            return os.fdopen(fd, "rb")
+            # Unbuffered: the streamer reads whole chunks, and a buffered
+            # reader would add an isatty ioctl, an lseek and a read per RETR.
+            return open(fd, "rb", buffering=0)
         raise MessageGone("message file vanished")
 
     def getUidl(self, index):
