@@ -549,6 +549,9 @@ def parse_args(argv=None):
                    help="--polling: time compression (interval and TTL divided by it)")
     p.add_argument("--polling-duration", type=float, default=0.0,
                    help="--polling: seconds (default 2.5 compressed TTLs)")
+    p.add_argument("--real-time", type=float, default=600.0,
+                   help="--polling: seconds of the same users at the real arrival rate "
+                   "(every 5 min, 1 h TTL, uncompressed) after a warm-up; 0: skip")
     p.add_argument("--ab", default="", help="only: warm sessions of this checkout (A) "
                    "against --checkout (B), e.g. /work/main")
     p.add_argument("--ab-runs", type=int, default=6)

@@ -36,6 +36,35 @@ def test_polling_table_and_window():
     text = logins.tables({"runs": {}, "meta": {}, "polling": polling})
     assert "| steady state (120 s) | 1000 | 80 | 92.0% | 92.3% | 3.00 | 5.0 | 40.0 | 8.00x |" in text
     assert "2 polls skipped" in text
+    assert "real arrival rate" not in text      # no real-time line was run
+
+
+def test_polling_real_time_line_states_its_rate_and_floor(tmp_path):
+    polling = {"users": 600, "time_scale": 4.0, "interval_s": 75.0, "ttl_s": 900.0,
+               "rate": 8.0, "duration_s": 1800.0,
+               "steady": {"logins": 10, "verifications": 0, "cache_share": 1.0,
+                          "cpu_ms_per_login": 2.0, "seconds": 900.0,
+                          "login_p50_ms": 3.0, "login_p99_ms": 7.5},
+               "all": {"logins": 20, "verifications": 10, "cache_share": 0.5,
+                       "cpu_ms_per_login": 9.0, "seconds": 1800.0},
+               "warmup_login_p50_ms": 9.0, "warmup_login_p99_ms": 900.0,
+               "expected_cache_share": 0.9231,
+               "loadgen": {"sessions": 1, "errors": 0, "busy_skips": 0},
+               "real_time": {"users": 600, "rate": 2.0, "seconds": 600.0, "ttl_s": 3600.0,
+                             "warmup": {"sessions": 600, "errors": 1},
+                             "logins": 1200, "verifications": 3, "cache_share": 0.9975,
+                             "cpu_ms_per_login": 2.5, "login_p50_ms": 4.0,
+                             "login_p99_ms": 7.0, "errors": 0,
+                             "floor": {"seconds": 300.0, "sessions": 600, "errors": 0,
+                                       "p50_ms": 2.5, "p99_ms": 4.5,
+                                       "cpu_ms_per_session": 1.2}}}
+    text = logins.tables({"runs": {}, "meta": {}, "polling": polling})
+    assert "| steady state (900 s) | 10 | 0 | 100.0% | 92.3% | 2.00 | 3.0 | 7.5 | 2.50x |" in text
+    assert "real arrival rate (every 300 s on average: 2.0 logins/s" in text
+    assert "600 warm-up logins at 40/s, 1 errors" in text
+    assert "| real time | 1200 | 3 | 99.8% | 2.50 | 4.0 | 7.0 | 1.75x | 0 |" in text
+    assert "The floor at the same arrivals (2.0 sessions/s" in text
+    assert "p99/p50 1.80x" in text
 
 
 def test_report_block_is_replaced_not_repeated(tmp_path):
