@@ -312,7 +312,6 @@ def floor_at(bench, rate, duration, users):
     machine and load generator show for a session that does nothing, the
     yardstick for the polling line's login p99/p50.
     """
-    from bench.loadgen import percentile
     dump = bench.testbed.root / "poll-floor-latencies.txt"
     with FloorServer(bench.testbed) as server:
         cmd = [sys.executable, str(HERE / "loadgen.py"), "--bind", CLIENT_ADDRESS,
@@ -325,10 +324,9 @@ def floor_at(bench, rate, duration, users):
                                            timeout=duration + 300).stdout.strip()
                             .splitlines()[-1])
         used = cpu_seconds(server) - before
-    totals = sorted(float(line.split()[1]) for line in dump.read_text().splitlines())
+    p50, p99, _ = _percentiles(dump, 1)     # column 1: the whole session
     return {"seconds": duration, "sessions": result.get("sessions"),
-            "errors": result.get("errors"), "p50_ms": percentile(totals, 50),
-            "p99_ms": percentile(totals, 99),
+            "errors": result.get("errors"), "p50_ms": p50, "p99_ms": p99,
             "cpu_ms_per_session": round(used * 1000 / result["sessions"], 3)
             if result.get("sessions") else None}
 
